@@ -1,0 +1,106 @@
+"""Experts: a named LLM runnable plus the profile the router matches sub-queries against."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from langchain_core.runnables import Runnable
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ExpertProfile(BaseModel):
+    """What an expert is good at: the text the embedding router compares sub-queries to."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Unique expert name, e.g. 'math'.")
+    description: str = Field(default="", description="One or two sentences on the domain.")
+    examples: tuple[str, ...] = Field(
+        default=(), description="Example questions this expert answers well."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expert name must not be empty")
+        return value
+
+    def profile_texts(self) -> list[str]:
+        """The texts whose embeddings, averaged, represent this expert."""
+        texts = [t for t in (self.description, *self.examples) if t.strip()]
+        return texts or [self.name]
+
+
+class Expert(ExpertProfile):
+    """An expert: a profile plus the runnable that answers its sub-queries.
+
+    ``llm`` is any LangChain runnable that takes a string or messages, typically a
+    ``BaseChatModel`` (a local HuggingFace model, an OpenAI-compatible server, ...).
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    llm: Runnable[Any, Any] = Field(description="The model that answers sub-queries.")
+    system_prompt: str | None = Field(
+        default=None, description="Optional system message sent with every sub-query."
+    )
+    parameters: int | None = Field(
+        default=None, description="Model size in parameters, when known (for reports)."
+    )
+
+    @property
+    def profile(self) -> ExpertProfile:
+        """The routing profile of this expert."""
+        return ExpertProfile(name=self.name, description=self.description, examples=self.examples)
+
+    @classmethod
+    def from_model_id(
+        cls,
+        name: str,
+        model_id: str,
+        *,
+        description: str = "",
+        examples: Sequence[str] = (),
+        system_prompt: str | None = None,
+        **model_kwargs: Any,
+    ) -> Expert:
+        """An expert backed by a local transformers causal LM.
+
+        ``model_id`` is a Hugging Face hub id or a local folder; ``model_kwargs`` go to
+        :meth:`langchain_complm.huggingface.ChatLocalHuggingFace.from_model_id`.
+        """
+        from langchain_complm.huggingface import ChatLocalHuggingFace
+
+        llm = ChatLocalHuggingFace.from_model_id(model_id, **model_kwargs)
+        return cls(
+            name=name,
+            description=description,
+            examples=tuple(examples),
+            llm=llm,
+            system_prompt=system_prompt,
+            parameters=llm.num_parameters,
+        )
+
+
+def check_experts(experts: Iterable[Expert]) -> dict[str, Expert]:
+    """Key experts by name, rejecting an empty set and duplicate names.
+
+    Raises:
+        ValueError: if there are no experts or two share a name.
+        TypeError: if an item is not an :class:`Expert`.
+    """
+    by_name: dict[str, Expert] = {}
+    for expert in experts:
+        if not isinstance(expert, Expert):
+            raise TypeError(f"experts must be Expert instances, got {type(expert).__name__}")
+        if expert.name in by_name:
+            raise ValueError(f"duplicate expert name {expert.name!r}")
+        by_name[expert.name] = expert
+    if not by_name:
+        raise ValueError("at least one expert is required")
+    return by_name
+
+
+__all__ = ["Expert", "ExpertProfile", "check_experts"]

@@ -1,0 +1,250 @@
+"""The plan: sub-queries and the dependency graph (a DAG) between them.
+
+A :class:`Plan` is what the Sub-query Generator produces, what the router annotates with
+experts, and what the executor compiles into a LangGraph ``StateGraph``.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from functools import cached_property
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MAX_SUB_QUERIES = 8
+"""Default cap on the number of sub-queries in one plan."""
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
+
+
+class PlanValidationError(ValueError):
+    """A plan is not a valid sub-query DAG; the message names the problem."""
+
+
+class SubQuery(BaseModel):
+    """One sub-query of a plan.
+
+    ``question`` may reference the answer of a sub-query it depends on with a placeholder
+    such as ``{q1}``; the executor substitutes the parent's answer before calling the expert.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="Identifier, unique in its plan (e.g. 'q1').")
+    question: str = Field(description="The self-contained sub-question.")
+    depends_on: tuple[str, ...] = Field(
+        default=(), description="Ids of the sub-queries whose answers this one needs."
+    )
+    expert: str | None = Field(default=None, description="Expert assigned by the router.")
+    score: float | None = Field(default=None, description="Router similarity of that expert.")
+
+    @property
+    def placeholders(self) -> list[str]:
+        """Ids referenced as ``{id}`` placeholders in the question, in order of appearance."""
+        return list(dict.fromkeys(_PLACEHOLDER.findall(self.question)))
+
+    def render(self, answers: Mapping[str, str]) -> str:
+        """Return the question with every ``{id}`` placeholder replaced by that answer."""
+        return _PLACEHOLDER.sub(
+            lambda m: answers.get(m.group(1), m.group(0)).strip(), self.question
+        )
+
+
+class Plan(BaseModel):
+    """A query decomposed into sub-queries with dependencies.
+
+    Construct freely, then call :meth:`validate_dag` (the generator and executor do).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    query: str = Field(description="The original user query.")
+    sub_queries: tuple[SubQuery, ...] = Field(description="Sub-queries in generation order.")
+    fallback_reason: str | None = Field(
+        default=None,
+        description="Set when the generator could not decompose and fell back to a "
+        "single sub-query holding the whole query; says why.",
+    )
+
+    # --- access -----------------------------------------------------------------------------
+
+    @cached_property
+    def by_id(self) -> dict[str, SubQuery]:
+        """Sub-queries keyed by id."""
+        return {sq.id: sq for sq in self.sub_queries}
+
+    @property
+    def is_fallback(self) -> bool:
+        """Whether this plan is the generator's one-sub-query fallback."""
+        return self.fallback_reason is not None
+
+    @classmethod
+    def single(cls, query: str, *, fallback_reason: str | None = None) -> Plan:
+        """The trivial plan: one sub-query that is the whole query."""
+        return cls(
+            query=query,
+            sub_queries=(SubQuery(id="q1", question=query),),
+            fallback_reason=fallback_reason,
+        )
+
+    # --- validation -------------------------------------------------------------------------
+
+    def validate_dag(self, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIES) -> Plan:
+        """Check the plan is a well-formed DAG and return it.
+
+        Raises:
+            PlanValidationError: naming the first problem found: an empty plan, too many
+                sub-queries, an empty id or question, duplicate ids, unknown or self
+                dependencies, a placeholder without a matching dependency, or a cycle.
+        """
+        if not self.sub_queries:
+            raise PlanValidationError("plan has no sub-queries")
+        if max_sub_queries is not None and len(self.sub_queries) > max_sub_queries:
+            raise PlanValidationError(
+                f"plan has {len(self.sub_queries)} sub-queries, more than the cap of "
+                f"{max_sub_queries}"
+            )
+        seen: set[str] = set()
+        for sq in self.sub_queries:
+            if not sq.id.strip():
+                raise PlanValidationError("a sub-query has an empty id")
+            if sq.id in seen:
+                raise PlanValidationError(f"duplicate sub-query id {sq.id!r}")
+            seen.add(sq.id)
+            if not sq.question.strip():
+                raise PlanValidationError(f"sub-query {sq.id!r} has an empty question")
+        for sq in self.sub_queries:
+            for dep in sq.depends_on:
+                if dep == sq.id:
+                    raise PlanValidationError(f"sub-query {sq.id!r} depends on itself")
+                if dep not in seen:
+                    raise PlanValidationError(
+                        f"sub-query {sq.id!r} depends on unknown sub-query {dep!r}"
+                    )
+            for ref in sq.placeholders:
+                if ref not in sq.depends_on:
+                    raise PlanValidationError(
+                        f"sub-query {sq.id!r} uses placeholder {{{ref}}} but does not depend "
+                        f"on {ref!r}"
+                    )
+        cycle = self._find_cycle()
+        if cycle:
+            raise PlanValidationError("dependency cycle: " + " -> ".join(cycle))
+        return self
+
+    def _find_cycle(self) -> list[str] | None:
+        white, grey, black = 0, 1, 2
+        color = {sq.id: white for sq in self.sub_queries}
+        stack: list[str] = []
+
+        def visit(node: str) -> list[str] | None:
+            color[node] = grey
+            stack.append(node)
+            for dep in self.by_id[node].depends_on:
+                if color.get(dep) == grey:
+                    return [*stack[stack.index(dep) :], dep]
+                if color.get(dep) == white and (found := visit(dep)):
+                    return found
+            stack.pop()
+            color[node] = black
+            return None
+
+        for sq in self.sub_queries:
+            if color[sq.id] == white and (found := visit(sq.id)):
+                return found
+        return None
+
+    # --- graph helpers ----------------------------------------------------------------------
+
+    def levels(self) -> list[list[str]]:
+        """Topological levels: level k holds the sub-queries whose longest chain of
+        dependencies has k edges. Sub-queries of one level can run in parallel, and this is
+        exactly the superstep in which the compiled StateGraph runs them."""
+        depth: dict[str, int] = {}
+
+        def level_of(sq_id: str) -> int:
+            if sq_id not in depth:
+                deps = self.by_id[sq_id].depends_on
+                depth[sq_id] = 1 + max((level_of(d) for d in deps), default=-1)
+            return depth[sq_id]
+
+        for sq in self.sub_queries:
+            level_of(sq.id)
+        out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        for sq in self.sub_queries:
+            out[depth[sq.id]].append(sq.id)
+        return out
+
+    def topological_order(self) -> list[str]:
+        """Ids in an order where every sub-query comes after its dependencies."""
+        return [sq_id for level in self.levels() for sq_id in level]
+
+    @property
+    def width(self) -> int:
+        """The largest number of sub-queries that can run at once (widest level)."""
+        return max((len(level) for level in self.levels()), default=0)
+
+    def dependents(self, sq_id: str) -> list[str]:
+        """Ids of the sub-queries that depend directly on ``sq_id``."""
+        return [sq.id for sq in self.sub_queries if sq_id in sq.depends_on]
+
+    def critical_path(self, cost: Mapping[str, float] | None = None) -> tuple[list[str], float]:
+        """The longest dependency chain and its total cost.
+
+        ``cost`` maps ids to a duration (default 1 per sub-query); with measured durations
+        the total is the lower bound on wall time for any schedule with unlimited parallelism.
+        """
+        best: dict[str, tuple[float, list[str]]] = {}
+        for sq_id in self.topological_order():
+            own = 1.0 if cost is None else float(cost.get(sq_id, 0.0))
+            deps = self.by_id[sq_id].depends_on
+            prev_cost, prev_path = max(
+                (best[d] for d in deps), key=lambda item: item[0], default=(0.0, [])
+            )
+            best[sq_id] = (prev_cost + own, [*prev_path, sq_id])
+        total, path = max(best.values(), key=lambda item: item[0], default=(0.0, []))
+        return path, total
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of the plan (with experts once routed)."""
+        lines = ["flowchart TD"]
+        for sq in self.sub_queries:
+            label = _mermaid_escape(sq.question)
+            if sq.expert:
+                label += f"<br/><i>{_mermaid_escape(sq.expert)}"
+                if sq.score is not None:
+                    label += f" ({sq.score:.2f})"
+                label += "</i>"
+            lines.append(f'    {_mermaid_id(sq.id)}["{sq.id}: {label}"]')
+        for sq in self.sub_queries:
+            for dep in sq.depends_on:
+                lines.append(f"    {_mermaid_id(dep)} --> {_mermaid_id(sq.id)}")
+        return "\n".join(lines)
+
+    def to_text(self) -> str:
+        """A plain-text drawing: one line per sub-query, indented by level."""
+        rows = []
+        for depth, level in enumerate(self.levels()):
+            for sq_id in level:
+                sq = self.by_id[sq_id]
+                deps = f"  <- {', '.join(sq.depends_on)}" if sq.depends_on else ""
+                expert = ""
+                if sq.expert:
+                    expert = f"  [{sq.expert}" + (
+                        f" {sq.score:.2f}]" if sq.score is not None else "]"
+                    )
+                rows.append(f"{'  ' * depth}{sq.id}: {sq.question}{expert}{deps}")
+        return "\n".join(rows)
+
+
+_MERMAID_SAFE = set(string.ascii_letters + string.digits + "_")
+
+
+def _mermaid_id(sq_id: str) -> str:
+    return "n_" + "".join(c if c in _MERMAID_SAFE else "_" for c in sq_id)
+
+
+def _mermaid_escape(text: str) -> str:
+    return text.replace('"', "#quot;").replace("\n", " ")
