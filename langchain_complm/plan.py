@@ -23,6 +23,21 @@ class PlanValidationError(ValueError):
     """A plan is not a valid sub-query DAG; the message names the problem."""
 
 
+class RoutingDecision(BaseModel):
+    """Where the router sent one sub-query, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sub_query_id: str
+    question: str
+    expert: str = Field(description="The chosen expert.")
+    score: float = Field(description="Cosine similarity to the chosen expert's profile.")
+    scores: dict[str, float] = Field(description="Cosine similarity to every expert.")
+    fallback: bool = Field(
+        default=False, description="True when the best score was under the threshold."
+    )
+
+
 class SubQuery(BaseModel):
     """One sub-query of a plan.
 
@@ -37,8 +52,19 @@ class SubQuery(BaseModel):
     depends_on: tuple[str, ...] = Field(
         default=(), description="Ids of the sub-queries whose answers this one needs."
     )
-    expert: str | None = Field(default=None, description="Expert assigned by the router.")
-    score: float | None = Field(default=None, description="Router similarity of that expert.")
+    route: RoutingDecision | None = Field(
+        default=None, description="The router's decision, once routed."
+    )
+
+    @property
+    def expert(self) -> str | None:
+        """The assigned expert, once routed."""
+        return self.route.expert if self.route else None
+
+    @property
+    def score(self) -> float | None:
+        """The router's similarity score for the assigned expert, once routed."""
+        return self.route.score if self.route else None
 
     @property
     def placeholders(self) -> list[str]:
@@ -92,7 +118,7 @@ class Plan(BaseModel):
     # --- validation -------------------------------------------------------------------------
 
     def validate_dag(self, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIES) -> Plan:
-        """Check the plan is a well-formed DAG and return it.
+        """Check the plan is a well-formed DAG and return it .
 
         Raises:
             PlanValidationError: naming the first problem found: an empty plan, too many

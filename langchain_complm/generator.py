@@ -1,0 +1,258 @@
+"""Sub-query Generator: decomposes a query into a :class:`~langchain_complm.plan.Plan`."""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import re
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForChainRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, PlanValidationError, SubQuery
+from langchain_complm.prompts import DECOMPOSE_PROMPT, DECOMPOSE_RETRY
+
+logger = logging.getLogger(__name__)
+
+
+class _SubQueryOut(BaseModel):
+    """One sub-question, as the model writes it."""
+
+    id: str = Field(description="Identifier such as q1.")
+    question: str = Field(description="The self-contained sub-question.")
+    depends_on: list[str] = Field(
+        default_factory=list, description="Ids of earlier sub-questions whose answers it needs."
+    )
+
+
+class PlanOutput(BaseModel):
+    """Structured-output schema of a decomposition."""
+
+    sub_queries: list[_SubQueryOut] = Field(description="The sub-questions, in order.")
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_LIST_KEYS = ("sub_queries", "subqueries", "sub_questions", "subquestions", "queries", "steps")
+_QUESTION_KEYS = ("question", "text", "query", "sub_query", "subquery")
+_DEPS_KEYS = ("depends_on", "dependencies", "deps", "parents")
+
+
+def parse_plan(text: str, query: str) -> Plan:
+    """Parse a model's decomposition into a plan, tolerating the usual noise.
+
+    Accepts code fences, prose around the JSON, trailing commas, single quotes, a bare list
+    instead of an object, common key aliases, and numeric ids. The plan is not validated.
+
+    Raises:
+        ValueError: when no JSON plan can be recovered from ``text``.
+    """
+    data = _load_json_like(text)
+    items = data
+    if isinstance(data, dict):
+        items = next((data[k] for k in _LIST_KEYS if k in data), None)
+    if not isinstance(items, list):
+        raise ValueError('expected a JSON object with a "sub_queries" list')
+    sub_queries = []
+    for position, item in enumerate(items, start=1):
+        if isinstance(item, str):
+            item = {"question": item}
+        if not isinstance(item, dict):
+            raise ValueError(f"sub-query {position} is not an object")
+        question = next((item[k] for k in _QUESTION_KEYS if k in item), None)
+        if not isinstance(question, str):
+            raise ValueError(f'sub-query {position} has no "question" text')
+        deps = next((item[k] for k in _DEPS_KEYS if k in item), None) or []
+        if not isinstance(deps, list):
+            deps = [deps]
+        sub_queries.append(
+            SubQuery(
+                id=_normalize_id(item.get("id", position)),
+                question=_normalize_placeholders(question),
+                depends_on=tuple(_normalize_id(d) for d in deps),
+            )
+        )
+    return Plan(query=query, sub_queries=tuple(sub_queries))
+
+
+def _normalize_id(value: Any) -> str:
+    """Ids the model writes as numbers ("1", 1) become "q1" so placeholders can name them."""
+    text = str(value).strip()
+    return f"q{text}" if text.isdigit() else text
+
+
+def _normalize_placeholders(question: str) -> str:
+    return re.sub(r"\{(\d+)\}", r"{q\1}", question)
+
+
+def _load_json_like(text: str) -> Any:
+    fenced = _FENCE.search(text)
+    candidate = fenced.group(1) if fenced else text
+    starts = [i for i in (candidate.find("{"), candidate.find("[")) if i >= 0]
+    if not starts:
+        raise ValueError("no JSON object found in the reply")
+    start = min(starts)
+    closer = "}" if candidate[start] == "{" else "]"
+    end = candidate.rfind(closer)
+    if end <= start:
+        raise ValueError("unterminated JSON in the reply")
+    snippet = _TRAILING_COMMA.sub(r"\1", candidate[start : end + 1])
+    try:
+        return json.loads(snippet)
+    except json.JSONDecodeError as json_error:
+        # Models often write Python literals: single quotes, True/False/None.
+        pythonish = re.sub(r"\btrue\b", "True", snippet)
+        pythonish = re.sub(r"\bfalse\b", "False", pythonish)
+        pythonish = re.sub(r"\bnull\b", "None", pythonish)
+        try:
+            return ast.literal_eval(pythonish)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"invalid JSON: {json_error}") from None
+
+
+def supports_structured_output(llm: BaseChatModel) -> bool:
+    """Whether ``llm`` implements tool calling, which ``with_structured_output`` builds on."""
+    return type(llm).bind_tools is not BaseChatModel.bind_tools
+
+
+class SubQueryGenerator(RunnableSerializable[str, Plan]):
+    """Decomposes a query into sub-queries with dependencies, over any chat model.
+
+    Uses structured output when the model supports tool calling, otherwise a few-shot prompt
+    and a tolerant JSON parser. An invalid decomposition is retried once with the error
+    shown to the model; if it fails again (or the model raises), the generator falls back to
+    a single sub-query holding the whole query and records why in ``Plan.fallback_reason``.
+
+    Example:
+        .. code-block:: python
+
+            generator = SubQueryGenerator(llm=chat_model)
+            plan = generator.invoke("What is 2+2, and who wrote Hamlet?")
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    llm: BaseChatModel
+    """The chat model that writes the decomposition."""
+    prompt: ChatPromptTemplate = DECOMPOSE_PROMPT
+    """Prompt with ``query`` and ``max_sub_queries`` variables."""
+    retry_message: str = DECOMPOSE_RETRY
+    """Sent after an invalid reply, with ``error``."""
+    max_sub_queries: int = Field(default=DEFAULT_MAX_SUB_QUERIES, ge=1)
+    """Plans with more sub-queries are invalid."""
+    structured_output: bool | None = None
+    """Force structured output on or off; ``None`` uses it when the model supports it."""
+    name: str | None = "SubQueryGenerator"
+
+    def invoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> Plan:
+        return self._call_with_config(self._decompose, input, config, run_type="chain", **kwargs)
+
+    async def ainvoke(
+        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Plan:
+        return await self._acall_with_config(
+            self._adecompose, input, config, run_type="chain", **kwargs
+        )
+
+    def _use_structured(self) -> bool:
+        if self.structured_output is not None:
+            return self.structured_output
+        return supports_structured_output(self.llm)
+
+    def _messages(self, query: str) -> list[BaseMessage]:
+        return self.prompt.format_messages(query=query, max_sub_queries=self.max_sub_queries)
+
+    def _to_plan(self, reply: Any, query: str) -> Plan:
+        if isinstance(reply, PlanOutput):
+            plan = Plan(
+                query=query,
+                sub_queries=tuple(
+                    SubQuery(id=s.id, question=s.question, depends_on=tuple(s.depends_on))
+                    for s in reply.sub_queries
+                ),
+            )
+        else:
+            plan = parse_plan(_reply_text(reply), query)
+        return plan.validate_dag(self.max_sub_queries)
+
+    def _decompose(
+        self, query: str, run_manager: CallbackManagerForChainRun, config: RunnableConfig
+    ) -> Plan:
+        model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
+        child = {**config, "callbacks": run_manager.get_child()}
+        messages = self._messages(query)
+        error: Exception | None = None
+        for attempt in range(2):
+            reply = None
+            try:
+                reply = model.invoke(messages, child)
+                return self._to_plan(reply, query)
+            except Exception as exc:
+                error = exc
+                if attempt or not _is_bad_output(exc):
+                    break
+                messages = self._retry_messages(messages, reply, exc)
+        return self._fallback(query, error)
+
+    async def _adecompose(self, query: str, run_manager: Any, config: RunnableConfig) -> Plan:
+        model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
+        child = {**config, "callbacks": run_manager.get_child()}
+        messages = self._messages(query)
+        error: Exception | None = None
+        for attempt in range(2):
+            reply = None
+            try:
+                reply = await model.ainvoke(messages, child)
+                return self._to_plan(reply, query)
+            except Exception as exc:
+                error = exc
+                if attempt or not _is_bad_output(exc):
+                    break
+                messages = self._retry_messages(messages, reply, exc)
+        return self._fallback(query, error)
+
+    def _retry_messages(
+        self, messages: list[BaseMessage], reply: Any, error: Exception
+    ) -> list[BaseMessage]:
+        shown = [] if reply is None else [AIMessage(content=_reply_text(reply))]
+        return [
+            *messages,
+            *shown,
+            HumanMessage(content=self.retry_message.format(error=_short(error))),
+        ]
+
+    def _fallback(self, query: str, error: Exception | None) -> Plan:
+        reason = f"{type(error).__name__}: {_short(error)}"
+        logger.warning("decomposition failed, answering the query whole (%s)", reason)
+        return Plan.single(query, fallback_reason=reason)
+
+
+def _is_bad_output(error: Exception) -> bool:
+    """Unusable model output (worth one retry), as opposed to the model failing to run.
+
+    Parse errors, including structured-output ``OutputParserException``, and plan validation
+    errors are all ``ValueError``s.
+    """
+    return isinstance(error, (ValueError, ValidationError))
+
+
+def _reply_text(reply: Any) -> str:
+    if isinstance(reply, BaseMessage):
+        return reply.text
+    if isinstance(reply, BaseModel):
+        return reply.model_dump_json()
+    return str(reply)
+
+
+def _short(error: Exception | None, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+__all__ = ["PlanOutput", "PlanValidationError", "SubQueryGenerator", "parse_plan"]
