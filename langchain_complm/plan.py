@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_MAX_SUB_QUERIES = 8
 """Default cap on the number of sub-queries in one plan."""
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_\-]*)\}")
+_ID = r"[A-Za-z][A-Za-z0-9_\-]*"
+_VALID_ID = re.compile(_ID)
+_PLACEHOLDER = re.compile(r"\{(" + _ID + r")\}")
 
 
 class PlanValidationError(ValueError):
@@ -134,8 +136,12 @@ class Plan(BaseModel):
             )
         seen: set[str] = set()
         for sq in self.sub_queries:
-            if not sq.id.strip():
-                raise PlanValidationError("a sub-query has an empty id")
+            if not _VALID_ID.fullmatch(sq.id):
+                # Ids double as placeholder names and LangGraph node names.
+                raise PlanValidationError(
+                    f"invalid sub-query id {sq.id!r}: use a letter followed by letters, "
+                    "digits, '_' or '-'"
+                )
             if sq.id in seen:
                 raise PlanValidationError(f"duplicate sub-query id {sq.id!r}")
             seen.add(sq.id)

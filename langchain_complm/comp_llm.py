@@ -1,0 +1,253 @@
+"""The Comp-LLM runnable: decompose -> route -> execute -> aggregate, as a LangGraph graph."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import RunnableConfig
+from langgraph.func import entrypoint
+from langgraph.pregel import Pregel
+from langgraph.types import Checkpointer
+from pydantic import BaseModel, Field
+
+from langchain_complm.aggregator import AggregationInput, ResponseAggregator
+from langchain_complm.events import emit
+from langchain_complm.executor import (
+    FailurePolicy,
+    QueryExecutor,
+    ScheduleMode,
+    SubQueryResult,
+)
+from langchain_complm.experts import Expert, check_experts
+from langchain_complm.generator import SubQueryGenerator
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision
+from langchain_complm.router import EmbeddingRouter
+
+DEFAULT_MAX_QUERY_CHARS = 8000
+"""Default limit on the length of a query, in characters."""
+
+
+class CompLLMOutput(BaseModel):
+    """The final answer and the full trace of how it was reached."""
+
+    query: str
+    answer: str
+    plan: Plan = Field(description="The plan, with every sub-query's routing decision.")
+    results: dict[str, SubQueryResult] = Field(description="Per sub-query results, plan order.")
+    timings: dict[str, float] = Field(
+        description="Seconds per stage: decompose, route, execute, aggregate, total."
+    )
+
+    @property
+    def routing(self) -> list[RoutingDecision]:
+        """The router's decision for every sub-query."""
+        return [sq.route for sq in self.plan.sub_queries if sq.route is not None]
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Why each failed or skipped sub-query did not produce an answer."""
+        return {k: r.error or r.status for k, r in self.results.items() if r.status != "ok"}
+
+    @property
+    def fallbacks(self) -> list[str]:
+        """Every fallback taken: decomposition, routing thresholds, fallback experts."""
+        notes = []
+        if self.plan.fallback_reason:
+            notes.append(f"decomposition fell back to the whole query: {self.plan.fallback_reason}")
+        notes += [
+            f"{d.sub_query_id}: score {d.score:.2f} under threshold, sent to {d.expert}"
+            for d in self.routing
+            if d.fallback
+        ]
+        notes += [
+            f"{k}: answered by fallback expert {r.expert}"
+            for k, r in self.results.items()
+            if r.used_fallback
+        ]
+        return notes
+
+
+def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) -> str:
+    """The query text from any accepted input form.
+
+    Accepts a string, ``{"query": str}``, ``{"messages": [...]}`` (as in a LangGraph agent's
+    state), a list of messages, a single message or a prompt value; messages yield the last
+    human message's text.
+
+    Raises:
+        TypeError: for any other type.
+        ValueError: for an empty query or one longer than ``max_chars``.
+    """
+    if isinstance(value, dict):
+        if "query" in value:
+            value = value["query"]
+        elif "messages" in value:
+            value = value["messages"]
+        else:
+            raise ValueError(
+                f"input dict needs a 'query' or 'messages' key, got keys {sorted(value)}"
+            )
+    if isinstance(value, PromptValue):
+        value = value.to_messages()
+    if isinstance(value, BaseMessage):
+        value = [value]
+    if isinstance(value, list) and all(isinstance(m, BaseMessage) for m in value):
+        humans = [m for m in value if isinstance(m, HumanMessage)]
+        if not humans:
+            raise ValueError("the messages contain no human message to answer")
+        value = humans[-1].text
+    if not isinstance(value, str):
+        raise TypeError(
+            "query must be a string, {'query': str}, or chat messages; "
+            f"got {type(value).__name__}"
+        )
+    query = value.strip()
+    if not query:
+        raise ValueError("query is empty")
+    if max_chars is not None and len(query) > max_chars:
+        raise ValueError(f"query is {len(query)} characters long, over the limit of {max_chars}")
+    return query
+
+
+def create_comp_llm(
+    experts: Iterable[Expert],
+    *,
+    generator: SubQueryGenerator | BaseChatModel | None = None,
+    router: EmbeddingRouter | Embeddings | None = None,
+    aggregator: ResponseAggregator | BaseChatModel | None = None,
+    mode: ScheduleMode = "superstep",
+    max_concurrency: int | None = None,
+    failure_policy: FailurePolicy | None = None,
+    routing_threshold: float | None = None,
+    fallback_expert: str | None = None,
+    max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES,
+    max_query_chars: int | None = DEFAULT_MAX_QUERY_CHARS,
+    checkpointer: Checkpointer = None,
+    name: str = "CompLLM",
+) -> Pregel:
+    """Build the Comp-LLM runnable: a compiled LangGraph graph.
+
+    Args:
+        experts: The expert models with their profiles; names must be unique.
+        generator: A :class:`SubQueryGenerator`, or a chat model to build one with the default
+            prompt. ``None`` uses the embedded default model.
+        router: An :class:`EmbeddingRouter`, or an embeddings model to build one over the
+            experts. ``None`` uses the embedded default embeddings.
+        aggregator: A :class:`ResponseAggregator`, or a chat model to build one. ``None``
+            uses the generator's chat model.
+        mode: How sub-queries are scheduled (see :data:`ScheduleMode`).
+        max_concurrency: At most this many experts run at once (default: unlimited).
+        failure_policy: Retries, fallback expert, timeout and raise-or-continue for experts.
+        routing_threshold: With ``fallback_expert``, sub-queries whose best routing score is
+            lower go to the fallback expert (ignored when ``router`` is an EmbeddingRouter).
+        fallback_expert: The expert for low-scoring sub-queries.
+        max_sub_queries: Cap on sub-queries per plan (ignored when ``generator`` is a
+            SubQueryGenerator, which has its own).
+        max_query_chars: Longer queries are rejected with a ``ValueError``.
+        checkpointer: Optional LangGraph checkpointer (for threads and resumption).
+        name: The run name shown in traces.
+
+    Returns:
+        A LangGraph ``Pregel`` runnable. ``invoke("...")`` (or ``{"query": ...}``, or chat
+        messages) returns a :class:`CompLLMOutput`; ``stream`` yields
+        :class:`~langchain_complm.events.ProgressEvent` dicts (``stream_mode="custom"`` by
+        default; any LangGraph stream mode can be asked for); ``astream_events`` reports
+        every stage, sub-query and expert as a named child run.
+
+    Raises:
+        ValueError: no experts, duplicate expert names, or an unknown fallback expert.
+    """
+    by_name = check_experts(experts)
+    if fallback_expert is not None and fallback_expert not in by_name:
+        raise ValueError(
+            f"fallback expert {fallback_expert!r} is not one of the experts ({', '.join(by_name)})"
+        )
+    if not isinstance(generator, SubQueryGenerator):
+        generator = SubQueryGenerator(
+            llm=generator or _default_chat_model(), max_sub_queries=max_sub_queries
+        )
+    if not isinstance(router, EmbeddingRouter):
+        router = EmbeddingRouter(
+            experts=list(by_name.values()),
+            embeddings=router or _default_embeddings(),
+            threshold=routing_threshold,
+            fallback_expert=fallback_expert if routing_threshold is not None else None,
+        )
+    unknown = sorted(set(router.expert_names) - set(by_name))
+    if unknown:
+        raise ValueError(f"the router routes to experts that do not exist: {', '.join(unknown)}")
+    if not isinstance(aggregator, ResponseAggregator):
+        aggregator = ResponseAggregator(llm=aggregator or generator.llm)
+    executor = QueryExecutor(
+        experts=by_name,
+        mode=mode,
+        max_concurrency=max_concurrency,
+        failure_policy=failure_policy or FailurePolicy(),
+    )
+    return _compile(generator, router, executor, aggregator, max_query_chars, checkpointer, name)
+
+
+def _compile(
+    generator: SubQueryGenerator,
+    router: EmbeddingRouter,
+    executor: QueryExecutor,
+    aggregator: ResponseAggregator,
+    max_query_chars: int | None,
+    checkpointer: Checkpointer,
+    name: str,
+) -> Pregel:
+    # The functional API rather than a StateGraph here because its input may be any value
+    # (a plain string included); the plan's own graph is a StateGraph, built per query.
+    @entrypoint(checkpointer=checkpointer)
+    def comp_llm(query_input: Any, config: RunnableConfig) -> CompLLMOutput:
+        query = coerce_query(query_input, max_query_chars)
+        timings: dict[str, float] = {}
+        start = last = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            timings[stage] = now - last
+            last = now
+
+        plan = generator.invoke(query, config)
+        lap("decompose")
+        emit({"type": "plan", "data": plan}, config)
+        plan = router.invoke(plan, config)
+        lap("route")
+        execution = executor.invoke(plan, config)
+        lap("execute")
+        results = list(execution.results.values())
+        answer = aggregator.invoke(AggregationInput(query=query, results=results), config)
+        lap("aggregate")
+        timings["total"] = last - start
+        output = CompLLMOutput(
+            query=query, answer=answer, plan=plan, results=execution.results, timings=timings
+        )
+        emit({"type": "done", "data": output}, config)
+        return output
+
+    comp_llm.name = name
+    comp_llm.stream_mode = "custom"
+    return comp_llm
+
+
+def _default_chat_model() -> BaseChatModel:
+    from langchain_complm.embedded import default_chat_model
+
+    return default_chat_model()
+
+
+def _default_embeddings() -> Embeddings:
+    from langchain_complm.embedded import default_embeddings
+
+    return default_embeddings()
+
+
+__all__ = ["CompLLMOutput", "coerce_query", "create_comp_llm"]

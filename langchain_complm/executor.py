@@ -1,0 +1,501 @@
+"""Query Executor: compiles a routed plan into a LangGraph ``StateGraph`` and runs it.
+
+One node per sub-query, bound to its expert; edges follow the dependencies. LangGraph runs
+all nodes whose inputs are ready in the same superstep (fan-out) and a node with several
+parents waits for all of them (fan-in), so independent sub-queries run in parallel and
+dependents see their parents' answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from typing import Annotated, Any, Literal
+
+from langchain_core.callbacks import CallbackManagerForChainRun
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnableSerializable
+from langchain_core.runnables.config import merge_configs
+from langgraph.errors import GraphBubbleUp
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import TypedDict
+
+from langchain_complm.events import emit
+from langchain_complm.experts import Expert, check_experts
+from langchain_complm.plan import Plan, SubQuery
+from langchain_complm.prompts import SUBQUERY_WITH_CONTEXT
+
+ScheduleMode = Literal["superstep", "sequential"]
+"""How the plan's graph is laid out: ``superstep`` runs each dependency level in parallel
+(LangGraph fan-out/fan-in); ``sequential`` chains the sub-queries in topological order, one
+after another (the paper's baseline)."""
+
+
+class FailurePolicy(BaseModel):
+    """What to do when an expert raises, returns nothing, or times out.
+
+    The assigned expert is tried ``1 + max_retries`` times, then ``fallback_expert`` once.
+    If all fail, ``on_failure="continue"`` records the failure, skips the sub-queries that
+    depend on it and lets the rest finish; ``"raise"`` stops starting new sub-queries and
+    raises :class:`SubQueryExecutionError`, which still carries every result computed.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    max_retries: int = Field(default=0, ge=0)
+    fallback_expert: str | None = None
+    timeout: float | None = Field(default=None, gt=0, description="Seconds per expert call.")
+    on_failure: Literal["continue", "raise"] = "continue"
+
+
+class Attempt(BaseModel):
+    """One call of one expert for one sub-query."""
+
+    expert: str
+    error: str | None = None
+    duration: float
+
+
+class SubQueryResult(BaseModel):
+    """What happened to one sub-query."""
+
+    id: str
+    question: str = Field(description="The sub-query as planned (placeholders unfilled).")
+    depends_on: tuple[str, ...] = ()
+    expert: str | None = Field(default=None, description="Expert that answered (or last tried).")
+    prompt: str | None = Field(default=None, description="The text sent to the expert.")
+    answer: str | None = None
+    status: Literal["ok", "failed", "skipped"]
+    error: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    started_at: float | None = Field(default=None, description="Unix time the first call began.")
+    ended_at: float | None = Field(default=None, description="Unix time the last call ended.")
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first expert call to the end of the last."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    @property
+    def used_fallback(self) -> bool:
+        """Whether a fallback expert (not the routed one) produced the answer."""
+        return self.status == "ok" and len({a.expert for a in self.attempts}) > 1
+
+
+class ExecutionResult(BaseModel):
+    """Results of every sub-query of a plan, keyed by id, in plan order."""
+
+    results: dict[str, SubQueryResult]
+    started_at: float
+    ended_at: float
+
+    @property
+    def answers(self) -> dict[str, str]:
+        """Answers of the sub-queries that succeeded."""
+        return {k: r.answer for k, r in self.results.items() if r.answer is not None}
+
+    @property
+    def failed(self) -> dict[str, SubQueryResult]:
+        """The sub-queries that failed or were skipped."""
+        return {k: r for k, r in self.results.items() if r.status != "ok"}
+
+
+class SubQueryExecutionError(RuntimeError):
+    """Raised under ``on_failure="raise"``; ``result`` holds everything that was computed."""
+
+    def __init__(self, message: str, result: ExecutionResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _merge(left: dict[str, SubQueryResult], right: dict[str, SubQueryResult]) -> dict:
+    return {**left, **right}
+
+
+class _ExecState(TypedDict):
+    results: Annotated[dict[str, SubQueryResult], _merge]
+
+
+class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
+    """Runs a routed :class:`Plan` as a compiled LangGraph ``StateGraph``.
+
+    Each sub-query's expert gets the sub-query with its parents' answers filled into ``{id}``
+    placeholders and listed as context. ``max_concurrency`` caps how many experts run at
+    once (LangGraph's own limit); a per-run ``FailurePolicy`` can be given as
+    ``config={"configurable": {"failure_policy": {...}}}``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    experts: dict[str, Expert]
+    """Experts by name (a list of experts is accepted)."""
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    mode: ScheduleMode = "superstep"
+    context_template: str = SUBQUERY_WITH_CONTEXT
+    """How parents' answers are given to a dependent sub-query (``context``, ``question``)."""
+    name: str | None = "QueryExecutor"
+
+    @field_validator("experts", mode="before")
+    @classmethod
+    def _key_experts(cls, value: Any) -> dict[str, Expert]:
+        return check_experts(value.values() if isinstance(value, Mapping) else value)
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> QueryExecutor:
+        self._checked(self.failure_policy)
+        return self
+
+    def _checked(self, policy: FailurePolicy) -> FailurePolicy:
+        if policy.fallback_expert is not None and policy.fallback_expert not in self.experts:
+            raise ValueError(
+                f"fallback expert {policy.fallback_expert!r} is not one of the experts "
+                f"({', '.join(self.experts)})"
+            )
+        return policy
+
+    # --- graph construction ---------------------------------------------------------------
+
+    def compile_plan(self, plan: Plan, policy: FailurePolicy | None = None) -> CompiledStateGraph:
+        """Compile ``plan`` (validated and routed) into a LangGraph graph; one node per
+        sub-query, named by its id."""
+        run = _Run(self, plan, policy or self.failure_policy)
+        builder = StateGraph(_ExecState)
+        for sq in plan.sub_queries:
+            builder.add_node(
+                sq.id,
+                RunnableLambda(run.node(sq), afunc=run.anode(sq), name=sq.id).with_config(
+                    tags=_tags(sq.id, sq.expert)
+                ),
+                metadata={"complm_sub_query_id": sq.id, "complm_expert": sq.expert},
+            )
+        if self.mode == "sequential":
+            order = plan.topological_order()
+            for src, dst in zip([START, *order], [*order, END], strict=True):
+                builder.add_edge(src, dst)
+        else:
+            for sq in plan.sub_queries:
+                deps = list(sq.depends_on)
+                builder.add_edge(deps if len(deps) > 1 else (deps or [START])[0], sq.id)
+                if not plan.dependents(sq.id):
+                    builder.add_edge(sq.id, END)
+        return builder.compile(name=self.get_name())
+
+    def _check_plan(self, plan: Plan) -> Plan:
+        if not isinstance(plan, Plan):
+            raise TypeError(f"QueryExecutor expects a Plan, got {type(plan).__name__}")
+        plan.validate_dag(max_sub_queries=None)
+        for sq in plan.sub_queries:
+            if sq.expert is None:
+                raise ValueError(f"sub-query {sq.id!r} has no expert: route the plan first")
+            if sq.expert not in self.experts:
+                raise ValueError(f"sub-query {sq.id!r} is routed to unknown expert {sq.expert!r}")
+        return plan
+
+    def _policy(self, config: RunnableConfig) -> FailurePolicy:
+        override = (config.get("configurable") or {}).get("failure_policy")
+        if override is None:
+            return self.failure_policy
+        policy = FailurePolicy.model_validate(override)
+        if policy.fallback_expert is not None and policy.fallback_expert not in self.experts:
+            raise ValueError(
+                f"fallback expert {policy.fallback_expert!r} is not one of the experts"
+            )
+        return policy
+
+    def _graph_config(self, config: RunnableConfig, run_manager: Any) -> RunnableConfig:
+        child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
+        if self.max_concurrency is not None:
+            child["max_concurrency"] = self.max_concurrency
+        return child
+
+    # --- running ----------------------------------------------------------------------------
+
+    def invoke(
+        self, input: Plan, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> ExecutionResult:
+        return self._call_with_config(self._execute, input, config, run_type="chain", **kwargs)
+
+    async def ainvoke(
+        self, input: Plan, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> ExecutionResult:
+        return await self._acall_with_config(
+            self._aexecute, input, config, run_type="chain", **kwargs
+        )
+
+    def _execute(
+        self, plan: Plan, run_manager: CallbackManagerForChainRun, config: RunnableConfig
+    ) -> ExecutionResult:
+        policy = self._policy(config)
+        graph = self.compile_plan(self._check_plan(plan), policy)
+        started = time.time()
+        state = graph.invoke({"results": {}}, self._graph_config(config, run_manager))
+        return self._collect(plan, state, started, policy)
+
+    async def _aexecute(
+        self, plan: Plan, run_manager: Any, config: RunnableConfig
+    ) -> ExecutionResult:
+        policy = self._policy(config)
+        graph = self.compile_plan(self._check_plan(plan), policy)
+        started = time.time()
+        state = await graph.ainvoke({"results": {}}, self._graph_config(config, run_manager))
+        return self._collect(plan, state, started, policy)
+
+    def _collect(
+        self, plan: Plan, state: Mapping[str, Any], started: float, policy: FailurePolicy
+    ) -> ExecutionResult:
+        results = state["results"]
+        result = ExecutionResult(
+            results={sq.id: results[sq.id] for sq in plan.sub_queries},
+            started_at=started,
+            ended_at=time.time(),
+        )
+        failed = [k for k, r in result.results.items() if r.status == "failed"]
+        if failed and policy.on_failure == "raise":
+            details = "; ".join(f"{k}: {result.results[k].error}" for k in failed)
+            raise SubQueryExecutionError(f"sub-queries failed: {details}", result)
+        return result
+
+
+def _tags(sq_id: str, expert: str | None) -> list[str]:
+    return [f"complm:sub_query:{sq_id}", f"complm:expert:{expert}"]
+
+
+class _Run:
+    """Per-invocation state shared by the nodes of one compiled plan."""
+
+    def __init__(self, executor: QueryExecutor, plan: Plan, policy: FailurePolicy) -> None:
+        self.executor = executor
+        self.plan = plan
+        self.policy = policy
+        # Under on_failure="raise" the first failure stops sub-queries not yet started.
+        self.aborted = threading.Event()
+
+    # Each node reads its parents' results from the graph state and writes its own.
+
+    def node(self, sq: SubQuery) -> Callable[[_ExecState, RunnableConfig], dict]:
+        def run(state: _ExecState, config: RunnableConfig) -> dict:
+            prepared = self._prepare(sq, state["results"], config)
+            if isinstance(prepared, SubQueryResult):
+                return {"results": {sq.id: prepared}}
+            prompt, messages = prepared
+            attempts: list[Attempt] = []
+            started = time.time()
+            for expert in self._candidates(sq):
+                answer = self._attempt(
+                    attempts, expert, lambda e=expert: self._call(e, messages, sq, config)
+                )
+                if answer is not None:
+                    break
+            return {"results": {sq.id: self._finish(sq, prompt, attempts, started, answer, config)}}
+
+        return run
+
+    def anode(self, sq: SubQuery) -> Callable[[_ExecState, RunnableConfig], Any]:
+        async def arun(state: _ExecState, config: RunnableConfig) -> dict:
+            prepared = self._prepare(sq, state["results"], config)
+            if isinstance(prepared, SubQueryResult):
+                return {"results": {sq.id: prepared}}
+            prompt, messages = prepared
+            attempts: list[Attempt] = []
+            started = time.time()
+            for expert in self._candidates(sq):
+                answer = await self._aattempt(
+                    attempts, expert, self._acall(expert, messages, sq, config)
+                )
+                if answer is not None:
+                    break
+            return {"results": {sq.id: self._finish(sq, prompt, attempts, started, answer, config)}}
+
+        return arun
+
+    def _attempt(self, attempts: list[Attempt], expert: str, call: Callable[[], str]) -> str | None:
+        t0 = time.perf_counter()
+        try:
+            answer = call()
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:
+            return self._record(attempts, expert, t0, exc)
+        return self._record(attempts, expert, t0, answer)
+
+    async def _aattempt(
+        self, attempts: list[Attempt], expert: str, call: Awaitable[str]
+    ) -> str | None:
+        t0 = time.perf_counter()
+        try:
+            answer = await call
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:
+            return self._record(attempts, expert, t0, exc)
+        return self._record(attempts, expert, t0, answer)
+
+    def _record(
+        self, attempts: list[Attempt], expert: str, t0: float, outcome: str | Exception
+    ) -> str | None:
+        """Log one attempt; the answer, or None if it failed."""
+        failed = isinstance(outcome, Exception)
+        attempts.append(
+            Attempt(
+                expert=expert,
+                error=_describe(outcome, self.policy.timeout) if failed else None,
+                duration=time.perf_counter() - t0,
+            )
+        )
+        return None if failed else outcome
+
+    async def _acall(
+        self, expert: str, messages: list[BaseMessage], sq: SubQuery, config: RunnableConfig
+    ) -> str:
+        llm = self.executor.experts[expert].llm
+        call = llm.ainvoke(messages, _expert_config(config, sq, expert))
+        return _answer_text(await asyncio.wait_for(call, self.policy.timeout))
+
+    def _call(
+        self, expert: str, messages: list[BaseMessage], sq: SubQuery, config: RunnableConfig
+    ) -> str:
+        llm = self.executor.experts[expert].llm
+        expert_config = _expert_config(config, sq, expert)
+        if self.policy.timeout is None:
+            return _answer_text(llm.invoke(messages, expert_config))
+        # A sync call cannot be cancelled: on timeout the thread finishes in the background
+        # and its answer is dropped.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"complm-{sq.id}")
+        future = pool.submit(
+            contextvars.copy_context().run, lambda: llm.invoke(messages, expert_config)
+        )
+        pool.shutdown(wait=False)
+        try:
+            return _answer_text(future.result(timeout=self.policy.timeout))
+        except FutureTimeoutError:
+            raise TimeoutError() from None
+
+    def _candidates(self, sq: SubQuery) -> list[str]:
+        assert sq.expert is not None  # checked before compiling
+        order = [sq.expert] * (1 + self.policy.max_retries)
+        fallback = self.policy.fallback_expert
+        if fallback is not None and fallback != sq.expert:
+            order.append(fallback)
+        return order
+
+    def _prepare(
+        self, sq: SubQuery, results: Mapping[str, SubQueryResult], config: RunnableConfig
+    ) -> SubQueryResult | tuple[str, list[BaseMessage]]:
+        """The prompt and messages for ``sq``, or a skipped result if it cannot run."""
+        parents = [results[d] for d in sq.depends_on]
+        reason = None
+        if self.aborted.is_set():
+            reason = "not run: another sub-query failed and the failure policy is 'raise'"
+        elif bad := [p.id for p in parents if p.status != "ok"]:
+            reason = f"not run: depends on {', '.join(bad)}, which did not succeed"
+        if reason is not None:
+            result = SubQueryResult(
+                id=sq.id,
+                question=sq.question,
+                depends_on=sq.depends_on,
+                expert=sq.expert,
+                status="skipped",
+                error=reason,
+            )
+            emit({"type": "subquery_error", "sub_query_id": sq.id, "error": reason}, config)
+            return result
+        question = sq.render({p.id: p.answer or "" for p in parents})
+        prompt = question
+        if parents:
+            context = "\n".join(f"- {p.question} -> {(p.answer or '').strip()}" for p in parents)
+            prompt = self.executor.context_template.format(context=context, question=question)
+        expert = self.executor.experts[sq.expert]  # type: ignore[index]
+        messages: list[BaseMessage] = [HumanMessage(content=prompt)]
+        if expert.system_prompt:
+            messages.insert(0, SystemMessage(content=expert.system_prompt))
+        emit({"type": "subquery_start", "sub_query_id": sq.id, "expert": expert.name}, config)
+        return prompt, messages
+
+    def _finish(
+        self,
+        sq: SubQuery,
+        prompt: str,
+        attempts: Sequence[Attempt],
+        started: float,
+        answer: str | None,
+        config: RunnableConfig,
+    ) -> SubQueryResult:
+        ok = answer is not None
+        result = SubQueryResult(
+            id=sq.id,
+            question=sq.question,
+            depends_on=sq.depends_on,
+            expert=attempts[-1].expert,
+            prompt=prompt,
+            answer=answer,
+            status="ok" if ok else "failed",
+            error=None if ok else "; ".join(f"{a.expert}: {a.error}" for a in attempts),
+            attempts=list(attempts),
+            started_at=started,
+            ended_at=time.time(),
+        )
+        if ok:
+            emit(
+                {
+                    "type": "subquery_answer",
+                    "sub_query_id": sq.id,
+                    "expert": result.expert or "",
+                    "answer": answer or "",
+                    "data": result,
+                },
+                config,
+            )
+        else:
+            if self.policy.on_failure == "raise":
+                self.aborted.set()
+            emit(
+                {"type": "subquery_error", "sub_query_id": sq.id, "error": result.error or ""},
+                config,
+            )
+        return result
+
+
+def _expert_config(config: RunnableConfig, sq: SubQuery, expert: str) -> RunnableConfig:
+    return merge_configs(
+        config,
+        {
+            "run_name": f"expert:{expert}",
+            "tags": _tags(sq.id, expert),
+            "metadata": {"complm_sub_query_id": sq.id, "complm_expert": expert},
+        },
+    )
+
+
+def _answer_text(output: Any) -> str:
+    """An expert's output as text; an empty answer counts as a failure."""
+    text = output.text if isinstance(output, BaseMessage) else str(output)
+    if not text.strip():
+        raise ValueError("the expert returned an empty answer")
+    return text.strip()
+
+
+def _describe(error: BaseException, timeout: float | None) -> str:
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        return f"timed out after {timeout:g} s"
+    return f"{type(error).__name__}: {error}"
+
+
+__all__ = [
+    "Attempt",
+    "ExecutionResult",
+    "FailurePolicy",
+    "QueryExecutor",
+    "ScheduleMode",
+    "SubQueryExecutionError",
+    "SubQueryResult",
+]
