@@ -1,0 +1,1 @@
+"""Benchmarks: public QA sources and the MultiExpertQA-style compound benchmarks."""
