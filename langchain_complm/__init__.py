@@ -1,0 +1,50 @@
+"""Comp-LLM for LangChain and LangGraph.
+
+Answer a query with several small expert LLMs: a Sub-query Generator decomposes it into a
+dependency graph of sub-queries, an embedding router assigns each to the most similar expert,
+a compiled LangGraph ``StateGraph`` runs them in parallel where dependencies allow, and a
+Response Aggregator writes the final answer.
+"""
+
+from langchain_complm.aggregator import AggregationInput, ResponseAggregator
+from langchain_complm.chat_models import ChatCompLLM
+from langchain_complm.comp_llm import CompLLMOutput, coerce_query, create_comp_llm
+from langchain_complm.events import PROGRESS_EVENT, ProgressEvent
+from langchain_complm.executor import (
+    Attempt,
+    ExecutionResult,
+    FailurePolicy,
+    QueryExecutor,
+    SubQueryExecutionError,
+    SubQueryResult,
+)
+from langchain_complm.experts import Expert, ExpertProfile
+from langchain_complm.generator import SubQueryGenerator, parse_plan
+from langchain_complm.plan import Plan, PlanValidationError, RoutingDecision, SubQuery
+from langchain_complm.router import EmbeddingRouter
+
+__all__ = [
+    "PROGRESS_EVENT",
+    "AggregationInput",
+    "Attempt",
+    "ChatCompLLM",
+    "CompLLMOutput",
+    "EmbeddingRouter",
+    "ExecutionResult",
+    "Expert",
+    "ExpertProfile",
+    "FailurePolicy",
+    "Plan",
+    "PlanValidationError",
+    "ProgressEvent",
+    "QueryExecutor",
+    "ResponseAggregator",
+    "RoutingDecision",
+    "SubQuery",
+    "SubQueryExecutionError",
+    "SubQueryGenerator",
+    "SubQueryResult",
+    "coerce_query",
+    "create_comp_llm",
+    "parse_plan",
+]

@@ -1,0 +1,105 @@
+"""Deterministic fakes shared by the unit tests: no model is downloaded or loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableLambda
+
+from langchain_complm import Expert
+
+KEYWORDS = {
+    "math": ["sum", "add", "multiply", "percent", "number", "plus", "equation", "math"],
+    "medicine": ["drug", "disease", "symptom", "patient", "treat", "dose", "medicine"],
+    "history": ["war", "king", "century", "empire", "revolution", "history"],
+}
+
+
+class KeywordEmbeddings(Embeddings):
+    """Bag-of-keywords vectors: texts sharing keywords are similar. Counts its calls."""
+
+    def __init__(self) -> None:
+        self.vocabulary = [w for words in KEYWORDS.values() for w in words]
+        self.calls: list[list[str]] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.calls.append(list(texts))
+        return [self._vector(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+    def _vector(self, text: str) -> list[float]:
+        lowered = text.lower()
+        # A small constant keeps unrelated texts from having a zero vector.
+        return [float(lowered.count(w)) + 0.01 for w in self.vocabulary]
+
+
+class RecordingExpert:
+    """A fake expert runnable: answers ``"<name>: <last message>"`` after ``delay`` seconds,
+    recording every call's prompt and wall-clock interval."""
+
+    def __init__(self, name: str, delay: float = 0.0, fail_times: int = 0) -> None:
+        self.name = name
+        self.delay = delay
+        self.fail_times = fail_times
+        self.calls: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def _answer(self, messages: Sequence[BaseMessage]) -> str:
+        prompt = messages[-1].text
+        with self._lock:
+            call = {"prompt": prompt, "start": time.time()}
+            self.calls.append(call)
+            failing = self.fail_times > 0
+            self.fail_times -= 1
+        if failing:
+            raise RuntimeError(f"{self.name} is down")
+        return f"{self.name} answer to <{prompt.splitlines()[-1]}>"
+
+    def invoke_sync(self, messages: Sequence[BaseMessage]) -> str:
+        answer = self._answer(messages)
+        time.sleep(self.delay)
+        self.calls[-1]["end"] = time.time()
+        return answer
+
+    async def invoke_async(self, messages: Sequence[BaseMessage]) -> str:
+        answer = self._answer(messages)
+        await asyncio.sleep(self.delay)
+        self.calls[-1]["end"] = time.time()
+        return answer
+
+    def runnable(self) -> RunnableLambda:
+        return RunnableLambda(self.invoke_sync, afunc=self.invoke_async, name=self.name)
+
+
+def make_expert(
+    name: str, delay: float = 0.0, fail_times: int = 0
+) -> tuple[Expert, RecordingExpert]:
+    fake = RecordingExpert(name, delay, fail_times)
+    expert = Expert(
+        name=name,
+        description=f"Questions about {name}: " + ", ".join(KEYWORDS.get(name, [name])),
+        examples=tuple(f"A {w} question" for w in KEYWORDS.get(name, [name])[:3]),
+        llm=fake.runnable(),
+    )
+    return expert, fake
+
+
+def plan_json(*sub_queries: tuple[str, str, list[str]]) -> str:
+    """A decomposition reply: (id, question, depends_on) triples."""
+    return json.dumps(
+        {"sub_queries": [{"id": i, "question": q, "depends_on": d} for i, q, d in sub_queries]}
+    )
+
+
+def fake_llm(*responses: str) -> FakeListChatModel:
+    return FakeListChatModel(responses=list(responses))
