@@ -1,0 +1,632 @@
+"""Chat model over a local transformers causal LM, served by a shared micro-batching engine.
+
+Comp-LLM runs several sub-queries at once, often on the same small expert model. On a CPU,
+running ``generate`` from several threads over one model is slower than running the calls one
+after another, while one batched ``generate`` over N prompts costs far less than N calls. So
+every model gets one :class:`GenerationEngine`: a worker thread that owns the model and its
+tokenizer, collects the requests that arrive together (from threads, ``batch()`` or asyncio
+tasks) and answers them with one batched, left-padded ``generate`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_BATCH_WINDOW_MS = 5.0
+
+_IDLE_EXIT_S = 30.0
+"""An idle worker thread exits after this long; the next request starts a new one."""
+
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+"""Template used for tokenizers that ship none (base models): ``Role: text`` lines."""
+
+_PLAIN_TEMPLATE_STOP = ("\nUser:",)
+"""Without a real template a model goes on to write the next user turn; cut it there."""
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings of one request; requests are only batched with equal settings."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    do_sample: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate`` (stop strings excluded)."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+        }
+        # Sampling parameters are only passed when sampling: transformers warns otherwise.
+        if self.do_sample:
+            for name in ("temperature", "top_p", "top_k"):
+                if (value := getattr(self, name)) is not None:
+                    kwargs[name] = value
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        return kwargs
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """The answer to one request and how it was produced."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    batch_size: int
+    queue_wait_s: float
+    generation_s: float
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters of an engine, for benchmarks and tests."""
+
+    requests: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    generation_s: float = 0.0
+
+    @property
+    def generate_calls(self) -> int:
+        """Number of ``generate`` calls made."""
+        return len(self.batch_sizes)
+
+
+@dataclass
+class _Request:
+    conversation: list[dict[str, str]]
+    settings: GenerationSettings
+    max_batch_size: int
+    batch_window_s: float
+    future: Future[GenerationOutput] = field(default_factory=Future)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def key(self) -> tuple[GenerationSettings, int]:
+        return self.settings, self.max_batch_size
+
+
+class GenerationEngine:
+    """Serves one model and tokenizer from a single worker thread, batching requests.
+
+    The worker is the only thread that touches the model and the tokenizer, so ``generate``
+    never runs twice at once on a model and a fast tokenizer is never shared across threads.
+    It waits up to the first request's batch window for more requests with the same settings
+    and batch limit, then answers them all with one ``generate`` call; requests with other
+    settings wait for the next round, in arrival order.
+
+    Get engines with :meth:`for_model`, which returns the one engine of a model object.
+    A tokenizer without a chat template gets :data:`PLAIN_CHAT_TEMPLATE` (with a warning).
+    """
+
+    _registry: ClassVar[weakref.WeakValueDictionary[int, GenerationEngine]] = (
+        weakref.WeakValueDictionary()
+    )
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+    _ids: ClassVar[itertools.count[int]] = itertools.count(1)
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Wrap ``model`` and ``tokenizer``; prefer :meth:`for_model`, which shares engines."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self._extra_stop: tuple[str, ...] = ()
+        if not getattr(tokenizer, "chat_template", None):
+            warnings.warn(
+                f"tokenizer of {model.name_or_path!r} has no chat template; "
+                "using a plain 'Role: text' template",
+                stacklevel=3,
+            )
+            tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+            self._extra_stop = _PLAIN_TEMPLATE_STOP
+        if tokenizer.pad_token_id is None:
+            # Left padding needs a pad token; the EOS token is the usual stand-in.
+            tokenizer.pad_token = tokenizer.eos_token
+        self._end_ids = _end_token_ids(model, tokenizer)
+        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._stats = EngineStats()
+        self._name = f"complm-engine-{next(self._ids)}"
+
+    @classmethod
+    def for_model(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    ) -> GenerationEngine:
+        """The engine of ``model``, created on first use.
+
+        Two chat models over the same model object share its engine, so their requests are
+        batched together. A later call with another tokenizer object gets the existing engine.
+        """
+        with cls._registry_lock:
+            engine = cls._registry.get(id(model))
+            if engine is None or engine.model is not model:
+                engine = cls(model, tokenizer)
+                cls._registry[id(model)] = engine
+            return engine
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters (inputs are moved there)."""
+        return self.model.device
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters of the model."""
+        return int(sum(p.numel() for p in self.model.parameters()))
+
+    @property
+    def stats(self) -> EngineStats:
+        """A snapshot of the cumulative counters."""
+        with self._lock:
+            return replace(self._stats, batch_sizes=list(self._stats.batch_sizes))
+
+    def reset_stats(self) -> None:
+        """Zero the cumulative counters."""
+        with self._lock:
+            self._stats = EngineStats()
+
+    def submit(
+        self,
+        conversation: list[dict[str, str]],
+        settings: GenerationSettings,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+    ) -> Future[GenerationOutput]:
+        """Queue one chat ``conversation`` (role/content dicts); the future gets the answer.
+
+        ``max_batch_size`` caps the batch this request joins (1: never batched) and
+        ``batch_window_ms`` is how long the worker waits for companions when it is first.
+        Cancelling the future before its batch starts drops the request.
+        """
+        request = _Request(
+            conversation=conversation,
+            settings=settings,
+            max_batch_size=max(1, max_batch_size),
+            batch_window_s=max(0.0, batch_window_ms) / 1000,
+        )
+        with self._lock:
+            self._queue.put(request)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._worker.start()
+        return request.future
+
+    def _run(self) -> None:
+        pending: deque[_Request] = deque()
+        while True:
+            if pending:
+                first = pending.popleft()
+            else:
+                try:
+                    first = self._queue.get(timeout=_IDLE_EXIT_S)
+                except queue.Empty:
+                    with self._lock:
+                        # Checked under the lock so a concurrent submit() either lands
+                        # before this check or sees no worker and starts a new one.
+                        if self._queue.empty():
+                            self._worker = None
+                            return
+                    continue
+            self._serve(self._collect(first, pending))
+
+    def _collect(self, first: _Request, pending: deque[_Request]) -> list[_Request]:
+        batch = [first]
+        limit = first.max_batch_size
+        for request in list(pending):
+            if len(batch) >= limit:
+                break
+            if request.key == first.key:
+                pending.remove(request)
+                batch.append(request)
+        # Measured from arrival: requests that queued during the previous generate call
+        # are served at once instead of waiting another window.
+        deadline = first.enqueued_at + first.batch_window_s
+        while len(batch) < limit:
+            timeout = deadline - time.perf_counter()
+            try:
+                request = (
+                    self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get(False)
+                )
+            except queue.Empty:
+                break
+            (batch if request.key == first.key else pending).append(request)
+        return batch
+
+    def _serve(self, batch: list[_Request]) -> None:
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            answers = self._generate([r.conversation for r in live], live[0].settings)
+        except Exception as exc:  # every caller of the batch gets the error
+            for request in live:
+                request.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self._stats.requests += len(live)
+            self._stats.batch_sizes.append(len(live))
+            self._stats.generation_s += elapsed
+        for request, (text, prompt_tokens, completion_tokens, finish_reason) in zip(
+            live, answers, strict=True
+        ):
+            request.future.set_result(
+                GenerationOutput(
+                    text=text,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    finish_reason=finish_reason,
+                    batch_size=len(live),
+                    queue_wait_s=started - request.enqueued_at,
+                    generation_s=elapsed,
+                )
+            )
+
+    def _generate(
+        self, conversations: list[list[dict[str, str]]], settings: GenerationSettings
+    ) -> list[tuple[str, int, int, str]]:
+        import torch
+
+        prompts = [
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        # The template already holds BOS and role markers: no second set of special tokens.
+        inputs = self.tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        ).to(self.device)
+        stop = settings.stop + self._extra_stop
+        kwargs = settings.generate_kwargs()
+        if stop:
+            # Ends rows early on a stop string; the text is still cut below, since a
+            # stop string can end inside a token.
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs, pad_token_id=self.tokenizer.pad_token_id, **kwargs
+            )
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        answers = []
+        for row, n_prompt in zip(new_tokens, prompt_tokens, strict=True):
+            end = next((i for i, t in enumerate(row) if t in self._end_ids), len(row))
+            text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+            text, stopped = truncate_at_stop(text, stop)
+            finish_reason = "stop" if stopped or end < len(row) else "length"
+            answers.append((text, int(n_prompt), min(end + 1, len(row)), finish_reason))
+        return answers
+
+
+def _end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Token ids that end a row: EOS ids of model and tokenizer, and the pad id."""
+    ids: set[int] = set()
+    for value in (
+        getattr(model.generation_config, "eos_token_id", None),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    ):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, Iterable):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` before the earliest stop string; also say whether one was found."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    conversation = []
+    for message in messages:
+        role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)
+        if role is None:
+            raise ValueError(f"unsupported message type {message.type!r} for a local chat model")
+        conversation.append({"role": role, "content": str(message.text)})
+    return conversation
+
+
+class ChatLocalHuggingFace(BaseChatModel):
+    """Chat model over a local transformers causal LM, safe to call concurrently.
+
+    Concurrent calls on models that share a :class:`GenerationEngine` (same model object)
+    are merged into batched ``generate`` calls; see the module docstring. The prompt is
+    built with the tokenizer's chat template and never echoed: only new tokens are decoded.
+    Decoding is greedy unless ``do_sample=True``. Stop strings (``stop`` here and per call)
+    end a row early and are cut from the answer. ``stream()`` yields the answer as one chunk.
+
+    Each answer's ``response_metadata`` holds ``batch_size`` (prompts in its ``generate``
+    call), ``queue_wait_s``, ``generation_s``, ``prompt_tokens``, ``completion_tokens`` and
+    ``finish_reason``; ``usage_metadata`` holds the token counts.
+
+    Example:
+        .. code-block:: python
+
+            llm = ChatLocalHuggingFace.from_model_id(
+                "HuggingFaceTB/SmolLM2-135M-Instruct", max_new_tokens=64
+            )
+            llm.batch(["What is 2+3?", "Capital of France?"])  # one generate call
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    engine: GenerationEngine = Field(exclude=True, repr=False)
+    """The shared engine that owns the model and tokenizer."""
+    model_id: str | None = None
+    """Hub id or folder the model came from (for tracing and reports)."""
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1)
+    do_sample: bool = False
+    """Sample instead of greedy decoding; greedy answers are reproducible."""
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] | None = None
+    """Stop strings applied to every call, on top of the call's own ``stop``."""
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
+    """Most prompts merged into one ``generate`` call; 1 serializes calls without batching."""
+    batch_window_ms: float = Field(default=DEFAULT_BATCH_WINDOW_MS, ge=0)
+    """How long the engine waits for more requests before starting a batch."""
+
+    @classmethod
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        model_id: str | None = None,
+        **kwargs: Any,
+    ) -> ChatLocalHuggingFace:
+        """A chat model over an already loaded ``model`` and ``tokenizer``.
+
+        ``kwargs`` set the fields (``max_new_tokens``, ``stop``, ``max_batch_size``, ...).
+        Instances over the same model object share one engine.
+        """
+        engine = GenerationEngine.for_model(model, tokenizer)
+        return cls(engine=engine, model_id=model_id or model.name_or_path or None, **kwargs)
+
+    @classmethod
+    def from_model_id(
+        cls,
+        model_id: str,
+        *,
+        gguf_file: str | None = None,
+        device: str | None = None,
+        torch_dtype: Any = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        tokenizer_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ChatLocalHuggingFace:
+        """Load a causal LM from a hub id or a local folder; see :func:`load_causal_lm`.
+
+        ``kwargs`` set the fields (``max_new_tokens``, ``do_sample``, ``max_batch_size``,
+        ``batch_window_ms``, ``stop``, ...).
+
+        Raises:
+            FileNotFoundError: ``model_id`` looks like a path but no such folder exists, or
+                ``gguf_file`` is not in it.
+        """
+        model, tokenizer = load_causal_lm(
+            model_id,
+            gguf_file=gguf_file,
+            device=device,
+            torch_dtype=torch_dtype,
+            model_kwargs=model_kwargs,
+            tokenizer_kwargs=tokenizer_kwargs,
+        )
+        return cls.from_model(model, tokenizer, model_id=model_id, **kwargs)
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters of the underlying model."""
+        return self.engine.num_parameters
+
+    @property
+    def _llm_type(self) -> str:
+        return "local-huggingface"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            **self._settings({}, None).generate_kwargs(),
+            "stop": self.stop,
+            "max_batch_size": self.max_batch_size,
+            "batch_window_ms": self.batch_window_ms,
+        }
+
+    def _settings(self, overrides: dict[str, Any], stop: list[str] | None) -> GenerationSettings:
+        unknown = set(overrides) - _OVERRIDABLE
+        if unknown:
+            raise TypeError(f"unsupported generation arguments: {sorted(unknown)}")
+        values = {name: getattr(self, name) for name in _OVERRIDABLE} | overrides
+        stops = tuple(dict.fromkeys([*(self.stop or ()), *(stop or ())]))
+        return GenerationSettings(stop=stops, **values)
+
+    def _submit(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> Future[GenerationOutput]:
+        return self.engine.submit(
+            _to_conversation(messages),
+            self._settings(kwargs, stop),
+            max_batch_size=self.max_batch_size,
+            batch_window_ms=self.batch_window_ms,
+        )
+
+    def _to_result(self, output: GenerationOutput) -> ChatResult:
+        metadata = {
+            "model_name": self.model_id,
+            "batch_size": output.batch_size,
+            "queue_wait_s": output.queue_wait_s,
+            "generation_s": output.generation_s,
+            "prompt_tokens": output.prompt_tokens,
+            "completion_tokens": output.completion_tokens,
+            "finish_reason": output.finish_reason,
+        }
+        message = AIMessage(
+            content=output.text,
+            response_metadata=metadata,
+            usage_metadata={
+                "input_tokens": output.prompt_tokens,
+                "output_tokens": output.completion_tokens,
+                "total_tokens": output.prompt_tokens + output.completion_tokens,
+            },
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._to_result(self._submit(messages, stop, kwargs).result())
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        future = self._submit(messages, stop, kwargs)
+        return self._to_result(await asyncio.wrap_future(future))
+
+
+_OVERRIDABLE = frozenset(
+    {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty"}
+)
+"""Generation fields a call may override, e.g. ``llm.invoke(q, max_new_tokens=16)``."""
+
+
+def default_device() -> str:
+    """``"cuda"`` when a CUDA GPU is visible, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve_source(model_id: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Split ``model_id`` into what ``from_pretrained`` takes, checking local paths.
+
+    A path to a ``.gguf`` file stands for its folder plus ``gguf_file``. Anything that looks
+    like a path (absolute, ``.``/``~`` prefix, more than one ``/``) must exist locally;
+    ``name`` and ``org/name`` that are not local folders are hub ids.
+    """
+    path = Path(model_id).expanduser()
+    if path.is_file() and path.suffix == ".gguf" and gguf_file is None:
+        return str(path.parent), path.name
+    if path.is_dir():
+        if gguf_file is not None and not (path / gguf_file).is_file():
+            raise FileNotFoundError(f"GGUF file {gguf_file!r} not found in {path}")
+        return str(path), gguf_file
+    looks_local = model_id.startswith(("/", ".", "~")) or "\\" in model_id
+    if looks_local or model_id.count("/") > 1 or path.exists():
+        raise FileNotFoundError(f"model folder not found: {path} (from model_id {model_id!r})")
+    return model_id, gguf_file
+
+
+def load_causal_lm(
+    model_id: str,
+    *,
+    gguf_file: str | None = None,
+    device: str | None = None,
+    torch_dtype: Any = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    tokenizer_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, in eval mode, on ``device``.
+
+    Args:
+        model_id: Hugging Face hub id (downloaded and cached by transformers) or local folder;
+            a path to a ``.gguf`` file also works.
+        gguf_file: GGUF file inside the folder or repo; it is dequantized on load.
+        device: ``"cpu"``, ``"cuda:0"``, ...; default: CUDA when available, else CPU. Ignored
+            when ``model_kwargs`` holds a ``device_map``.
+        torch_dtype: e.g. ``torch.bfloat16``, ``"float16"`` or ``"auto"``; default float32.
+        model_kwargs: extra ``AutoModelForCausalLM.from_pretrained`` arguments.
+        tokenizer_kwargs: extra ``AutoTokenizer.from_pretrained`` arguments.
+
+    Raises:
+        FileNotFoundError: a local-looking ``model_id`` or its ``gguf_file`` is missing.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf_file = _resolve_source(model_id, gguf_file)
+    model_args = dict(model_kwargs or {})
+    if gguf_file is not None:
+        model_args["gguf_file"] = gguf_file
+    if torch_dtype is not None:
+        model_args["dtype"] = torch_dtype
+    tokenizer_args = dict(tokenizer_kwargs or {})
+    if gguf_file is not None:
+        tokenizer_args.setdefault("gguf_file", gguf_file)
+    logger.info("loading %s%s", source, f" ({gguf_file})" if gguf_file else "")
+    tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_args)
+    model = AutoModelForCausalLM.from_pretrained(source, **model_args)
+    if "device_map" not in model_args:
+        model = model.to(device or default_device())
+    return model.eval(), tokenizer
+
+
+__all__ = [
+    "PLAIN_CHAT_TEMPLATE",
+    "ChatLocalHuggingFace",
+    "EngineStats",
+    "GenerationEngine",
+    "GenerationOutput",
+    "GenerationSettings",
+    "default_device",
+    "load_causal_lm",
+    "truncate_at_stop",
+]
