@@ -54,28 +54,29 @@ class RecordingExpert:
         self.calls: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
-    def _answer(self, messages: Sequence[BaseMessage]) -> str:
+    def _start(self, messages: Sequence[BaseMessage]) -> dict[str, Any]:
         prompt = messages[-1].text
         with self._lock:
-            call = {"prompt": prompt, "start": time.time()}
+            call = {"prompt": prompt, "start": time.time(), "fail": self.fail_times > 0}
             self.calls.append(call)
-            failing = self.fail_times > 0
             self.fail_times -= 1
-        if failing:
+        return call
+
+    def _end(self, call: dict[str, Any]) -> str:
+        call["end"] = time.time()
+        if call["fail"]:
             raise RuntimeError(f"{self.name} is down")
-        return f"{self.name} answer to <{prompt.splitlines()[-1]}>"
+        return f"{self.name} answer to <{call['prompt'].splitlines()[-1]}>"
 
     def invoke_sync(self, messages: Sequence[BaseMessage]) -> str:
-        answer = self._answer(messages)
+        call = self._start(messages)
         time.sleep(self.delay)
-        self.calls[-1]["end"] = time.time()
-        return answer
+        return self._end(call)
 
     async def invoke_async(self, messages: Sequence[BaseMessage]) -> str:
-        answer = self._answer(messages)
+        call = self._start(messages)
         await asyncio.sleep(self.delay)
-        self.calls[-1]["end"] = time.time()
-        return answer
+        return self._end(call)
 
     def runnable(self) -> RunnableLambda:
         return RunnableLambda(self.invoke_sync, afunc=self.invoke_async, name=self.name)

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+from fakes import make_expert
+from langchain_core.runnables import RunnableLambda
+
+from langchain_complm import (
+    Expert,
+    FailurePolicy,
+    Plan,
+    QueryExecutor,
+    RoutingDecision,
+    SubQuery,
+    SubQueryExecutionError,
+)
+
+
+def routed(*items: tuple[str, str, str, tuple[str, ...]]) -> Plan:
+    """A plan from (id, question, expert, depends_on) tuples, already routed."""
+    return Plan(
+        query="compound question",
+        sub_queries=tuple(
+            SubQuery(
+                id=i,
+                question=q,
+                depends_on=deps,
+                route=RoutingDecision(
+                    sub_query_id=i, question=q, expert=e, score=1.0, scores={e: 1.0}
+                ),
+            )
+            for i, q, e, deps in items
+        ),
+    )
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+FAN_OUT = routed(
+    ("q1", "one", "math", ()), ("q2", "two", "medicine", ()), ("q3", "three", "math", ())
+)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_independent_sub_queries_overlap_in_time(use_async: bool) -> None:
+    math, math_fake = make_expert("math", delay=0.3)
+    medicine, medicine_fake = make_expert("medicine", delay=0.3)
+    executor = QueryExecutor(experts=[math, medicine])
+    started = time.perf_counter()
+    result = await executor.ainvoke(FAN_OUT) if use_async else executor.invoke(FAN_OUT)
+    elapsed = time.perf_counter() - started
+    calls = math_fake.calls + medicine_fake.calls
+    assert len(calls) == 3
+    assert all(overlaps(a, b) for a in calls for b in calls if a is not b)
+    assert elapsed < 0.8  # three 0.3 s calls one after another would take 0.9 s
+    assert {r.status for r in result.results.values()} == {"ok"}
+
+
+def test_dependents_see_parents_answers_and_wait_for_them() -> None:
+    math, math_fake = make_expert("math", delay=0.05)
+    medicine, _ = make_expert("medicine", delay=0.05)
+    plan = routed(
+        ("q1", "What is the sum of 2 and 3?", "math", ()),
+        ("q2", "Which drug treats it?", "medicine", ()),
+        ("q3", "Multiply {q1} by two", "math", ("q1", "q2")),
+    )
+    result = QueryExecutor(experts=[math, medicine]).invoke(plan)
+    q1, q2, q3 = (result.results[k] for k in ("q1", "q2", "q3"))
+    # The placeholder is filled and both parents' answers are given as context.
+    assert f"Multiply {q1.answer} by two" in q3.prompt
+    assert q1.answer in q3.prompt and q2.answer in q3.prompt
+    assert q3.started_at >= max(q1.ended_at, q2.ended_at)
+    assert [c["prompt"] for c in math_fake.calls][-1] == q3.prompt
+    assert list(result.results) == ["q1", "q2", "q3"]
+
+
+def test_diamond_fan_in_runs_each_sub_query_once() -> None:
+    math, fake = make_expert("math")
+    plan = routed(
+        ("a", "root", "math", ()),
+        ("b", "left {a}", "math", ("a",)),
+        ("c", "right", "math", ("a",)),
+        ("d", "join {b} {c}", "math", ("b", "c")),
+        ("e", "late {d} {a}", "math", ("d", "a")),
+    )
+    result = QueryExecutor(experts=[math]).invoke(plan)
+    assert len(fake.calls) == 5
+    assert all(r.status == "ok" for r in result.results.values())
+
+
+def test_trace_records_expert_prompt_answer_and_times() -> None:
+    math, _ = make_expert("math", delay=0.02)
+    result = QueryExecutor(experts=[math]).invoke(routed(("q1", "one", "math", ())))
+    r = result.results["q1"]
+    assert r.expert == "math" and r.prompt == "one" and r.answer == "math answer to <one>"
+    assert r.started_at <= r.ended_at and r.duration >= 0.02
+    assert r.attempts[0].expert == "math" and r.attempts[0].error is None
+    assert result.answers == {"q1": r.answer} and result.failed == {}
+
+
+def test_max_concurrency_one_serializes() -> None:
+    math, fake = make_expert("math", delay=0.1)
+    plan = routed(("q1", "one", "math", ()), ("q2", "two", "math", ()))
+    QueryExecutor(experts=[math], max_concurrency=1).invoke(plan)
+    assert not overlaps(*fake.calls)
+
+
+def test_sequential_mode_same_answers_no_overlap() -> None:
+    math, fake = make_expert("math", delay=0.05)
+    medicine, _ = make_expert("medicine", delay=0.05)
+    parallel = QueryExecutor(experts=[math, medicine]).invoke(FAN_OUT)
+    fake.calls.clear()
+    sequential = QueryExecutor(experts=[math, medicine], mode="sequential").invoke(FAN_OUT)
+    assert sequential.answers == parallel.answers
+    assert not overlaps(*fake.calls)
+
+
+def test_compiled_graph_mirrors_plan() -> None:
+    math, _ = make_expert("math")
+    plan = routed(("q1", "one", "math", ()), ("q2", "two {q1}", "math", ("q1",)))
+    graph = QueryExecutor(experts=[math]).compile_plan(plan).get_graph()
+    assert {"q1", "q2"} <= set(graph.nodes)
+    edges = {(e.source, e.target) for e in graph.edges}
+    assert ("__start__", "q1") in edges and ("q1", "q2") in edges and ("q2", "__end__") in edges
+
+
+def test_retry_then_success() -> None:
+    math, fake = make_expert("math", fail_times=1)
+    executor = QueryExecutor(experts=[math], failure_policy=FailurePolicy(max_retries=1))
+    r = executor.invoke(routed(("q1", "one", "math", ()))).results["q1"]
+    assert r.status == "ok" and len(fake.calls) == 2
+    assert r.attempts[0].error and "math is down" in r.attempts[0].error
+
+
+def test_fallback_expert_answers_when_routed_expert_fails() -> None:
+    math, _ = make_expert("math", fail_times=5)
+    general, _ = make_expert("general")
+    executor = QueryExecutor(
+        experts=[math, general], failure_policy=FailurePolicy(fallback_expert="general")
+    )
+    r = executor.invoke(routed(("q1", "one", "math", ()))).results["q1"]
+    assert r.status == "ok" and r.expert == "general" and r.used_fallback
+    assert [a.expert for a in r.attempts] == ["math", "general"]
+
+
+def test_continue_policy_skips_dependents_and_keeps_other_answers() -> None:
+    math, _ = make_expert("math", fail_times=5)
+    medicine, _ = make_expert("medicine")
+    plan = routed(
+        ("q1", "one", "math", ()),
+        ("q2", "two", "medicine", ()),
+        ("q3", "three {q1}", "medicine", ("q1",)),
+    )
+    result = QueryExecutor(experts=[math, medicine]).invoke(plan)
+    assert result.results["q1"].status == "failed"
+    assert "math is down" in result.results["q1"].error
+    assert result.results["q2"].status == "ok"
+    assert result.results["q3"].status == "skipped" and "q1" in result.results["q3"].error
+    assert set(result.failed) == {"q1", "q3"}
+
+
+def test_raise_policy_raises_with_computed_answers() -> None:
+    math, _ = make_expert("math", delay=0.2, fail_times=5)  # fails after q2 is answered
+    medicine, _ = make_expert("medicine", delay=0.05)
+    plan = routed(
+        ("q1", "one", "math", ()),
+        ("q2", "two", "medicine", ()),
+        ("q3", "three {q1} {q2}", "medicine", ("q1", "q2")),
+        ("q4", "four {q2}", "medicine", ("q2",)),
+    )
+    executor = QueryExecutor(experts=[math, medicine], failure_policy={"on_failure": "raise"})
+    with pytest.raises(SubQueryExecutionError, match="q1") as info:
+        executor.invoke(plan)
+    results = info.value.result.results
+    assert results["q2"].status == "ok" and results["q2"].answer  # computed, not lost
+    assert results["q3"].status == "skipped"
+    # q4's parents succeeded, but it comes after the failure: not started.
+    assert results["q4"].status == "skipped" and "'raise'" in results["q4"].error
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_timeout_counts_as_failure_and_falls_back(use_async: bool) -> None:
+    slow, _ = make_expert("slow", delay=1.0)
+    fast, _ = make_expert("fast")
+    executor = QueryExecutor(
+        experts=[slow, fast], failure_policy=FailurePolicy(timeout=0.1, fallback_expert="fast")
+    )
+    plan = routed(("q1", "one", "slow", ()))
+    started = time.perf_counter()
+    result = await executor.ainvoke(plan) if use_async else executor.invoke(plan)
+    assert time.perf_counter() - started < 0.8
+    r = result.results["q1"]
+    assert r.attempts[0].error == "timed out after 0.1 s"
+    assert r.status == "ok" and r.expert == "fast"
+
+
+def test_per_run_failure_policy_from_config() -> None:
+    math, fake = make_expert("math", fail_times=2)
+    executor = QueryExecutor(experts=[math])
+    config = {"configurable": {"failure_policy": {"max_retries": 2}}}
+    assert executor.invoke(routed(("q1", "one", "math", ())), config).results["q1"].status == "ok"
+    assert len(fake.calls) == 3
+
+
+def test_empty_answer_is_a_failure() -> None:
+    mute = Expert(name="mute", llm=RunnableLambda(lambda _: "  "))
+    r = QueryExecutor(experts=[mute]).invoke(routed(("q1", "one", "mute", ()))).results["q1"]
+    assert r.status == "failed" and "empty answer" in r.error
+
+
+def test_bad_input_errors() -> None:
+    math, _ = make_expert("math")
+    executor = QueryExecutor(experts=[math])
+    with pytest.raises(TypeError, match="expects a Plan"):
+        executor.invoke("not a plan")  # type: ignore[arg-type]
+    unrouted = Plan(query="x", sub_queries=(SubQuery(id="q1", question="one"),))
+    with pytest.raises(ValueError, match="route the plan first"):
+        executor.invoke(unrouted)
+    with pytest.raises(ValueError, match="unknown expert 'law'"):
+        executor.invoke(routed(("q1", "one", "law", ())))
+    with pytest.raises(ValueError, match="fallback expert 'law'"):
+        QueryExecutor(experts=[math], failure_policy=FailurePolicy(fallback_expert="law"))
+    with pytest.raises(ValueError, match="duplicate expert name"):
+        QueryExecutor(experts=[math, math])
+    with pytest.raises(ValueError, match="at least one expert"):
+        QueryExecutor(experts=[])
