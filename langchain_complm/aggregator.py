@@ -79,7 +79,7 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
     ) -> str:
         if (answer := self._passthrough(data, config)) is not None:
             return answer
-        child = {**config, "callbacks": run_manager.get_child()}
+        child = _llm_config(config, run_manager)
         parts = []
         for chunk in self.llm.stream(self._messages(data), child):
             parts.append(chunk.text)
@@ -91,12 +91,17 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
     ) -> str:
         if (answer := self._passthrough(data, config)) is not None:
             return answer
-        child = {**config, "callbacks": run_manager.get_child()}
+        child = _llm_config(config, run_manager)
         parts = []
         async for chunk in self.llm.astream(self._messages(data), child):
             parts.append(chunk.text)
             emit({"type": "token", "content": chunk.text}, config)
         return "".join(parts).strip()
+
+
+def _llm_config(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
+    # The tag lets stream consumers tell the final answer's tokens from other model calls.
+    return {**config, "callbacks": run_manager.get_child("complm:aggregate")}
 
 
 __all__ = ["AggregationInput", "ResponseAggregator"]

@@ -8,6 +8,7 @@ graph or run, emitting is a no-op, so every stage also works on its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Literal
 
@@ -42,11 +43,29 @@ class ProgressEvent(TypedDict):
     data: NotRequired[Any]
 
 
-def emit(event: ProgressEvent, config: RunnableConfig | None = None) -> None:
-    """Send ``event`` to the LangGraph stream writer and to callback handlers, if any."""
+def current_writer() -> Callable[[Any], None] | None:
+    """The stream writer of the LangGraph run we are in, if any.
+
+    A graph run inside a node (the executor's plan graph) has a writer of its own whose
+    output its parent does not stream; capturing the outer writer first lets the inner
+    graph's nodes report to the stream the user is reading.
+    """
     from langgraph.config import get_stream_writer
 
-    with suppress(RuntimeError):  # not inside a LangGraph run
-        get_stream_writer()(event)
+    try:
+        return get_stream_writer()
+    except (RuntimeError, KeyError):  # not inside a LangGraph run
+        return None
+
+
+def emit(
+    event: ProgressEvent,
+    config: RunnableConfig | None = None,
+    writer: Callable[[Any], None] | None = None,
+) -> None:
+    """Send ``event`` to the stream writer (``writer`` or the current run's) and to callback
+    handlers, if any."""
+    if (writer := writer or current_writer()) is not None:
+        writer(event)
     with suppress(RuntimeError):  # no parent run to attach the event to
         dispatch_custom_event(PROGRESS_EVENT, event, config=config)

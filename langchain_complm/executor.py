@@ -27,7 +27,7 @@ from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict
 
-from langchain_complm.events import emit
+from langchain_complm.events import current_writer, emit
 from langchain_complm.experts import Expert, check_experts
 from langchain_complm.plan import Plan, SubQuery
 from langchain_complm.prompts import SUBQUERY_WITH_CONTEXT
@@ -279,6 +279,7 @@ class _Run:
         self.policy = policy
         # Under on_failure="raise" the first failure stops sub-queries not yet started.
         self.aborted = threading.Event()
+        self.writer = current_writer()
 
     # Each node reads its parents' results from the graph state and writes its own.
 
@@ -407,7 +408,11 @@ class _Run:
                 status="skipped",
                 error=reason,
             )
-            emit({"type": "subquery_error", "sub_query_id": sq.id, "error": reason}, config)
+            emit(
+                {"type": "subquery_error", "sub_query_id": sq.id, "error": reason},
+                config,
+                self.writer,
+            )
             return result
         question = sq.render({p.id: p.answer or "" for p in parents})
         prompt = question
@@ -418,7 +423,11 @@ class _Run:
         messages: list[BaseMessage] = [HumanMessage(content=prompt)]
         if expert.system_prompt:
             messages.insert(0, SystemMessage(content=expert.system_prompt))
-        emit({"type": "subquery_start", "sub_query_id": sq.id, "expert": expert.name}, config)
+        emit(
+            {"type": "subquery_start", "sub_query_id": sq.id, "expert": expert.name},
+            config,
+            self.writer,
+        )
         return prompt, messages
 
     def _finish(
@@ -454,6 +463,7 @@ class _Run:
                     "data": result,
                 },
                 config,
+                self.writer,
             )
         else:
             if self.policy.on_failure == "raise":
@@ -461,6 +471,7 @@ class _Run:
             emit(
                 {"type": "subquery_error", "sub_query_id": sq.id, "error": result.error or ""},
                 config,
+                self.writer,
             )
         return result
 
