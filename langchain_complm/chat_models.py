@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -64,13 +69,15 @@ class ChatCompLLM(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
-    def _config(self, run_manager: Any) -> RunnableConfig:
+    def _config(
+        self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
+    ) -> RunnableConfig:
         overrides = {
             key: value
             for key, value in (("timeout", self.timeout), ("max_retries", self.max_retries))
             if value is not None
         }
-        config: RunnableConfig = {"callbacks": run_manager.get_child() if run_manager else None}
+        config: RunnableConfig = {"callbacks": _child_callbacks(run_manager)}
         if overrides:
             config["configurable"] = {"failure_policy": overrides}
         return config
@@ -147,6 +154,32 @@ class ChatCompLLM(BaseChatModel):
                 message=AIMessageChunk(content=cutter.flush(), response_metadata=metadata)
             )
         return None
+
+
+def _child_callbacks(
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+) -> CallbackManager | AsyncCallbackManager | None:
+    """Callbacks that nest the pipeline's runs under this chat model's run.
+
+    LLM run managers have no ``get_child`` (model runs are usually leaves); this builds the
+    same child manager a chain run would, so traces show the stages inside the model call.
+    """
+    if run_manager is None:
+        return None
+    cls = (
+        AsyncCallbackManager
+        if isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+        else CallbackManager
+    )
+    return cls(
+        handlers=run_manager.inheritable_handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.run_id,
+        tags=run_manager.inheritable_tags,
+        inheritable_tags=run_manager.inheritable_tags,
+        metadata=run_manager.inheritable_metadata,
+        inheritable_metadata=run_manager.inheritable_metadata,
+    )
 
 
 def _cut(text: str, stop: list[str] | None) -> str:
