@@ -203,27 +203,28 @@ def _split_pools(
 ) -> dict[Domain, tuple[SourceRecord, ...]]:
     """The source questions of one split, per domain (``general`` holds multi-hop ones).
 
-    Each source (or MMLU subject) is deduplicated, shuffled with ``seed`` and cut by
-    :data:`SPLIT_FRACTIONS`; a domain's pool interleaves its sources round-robin so that no
-    large source (MedMCQA, professional law) crowds out the others. Over-long questions are
-    dropped after the cut, so the split of a question never depends on ``max_part_chars``.
+    Each source (or MMLU subject) is deduplicated within its domain, shuffled with ``seed``
+    and cut by :data:`SPLIT_FRACTIONS`; a domain's pool interleaves its sources round-robin
+    so that no large source (MedMCQA, professional law) crowds out the others. Over-long
+    questions, and the few whose braces would read as plan placeholders, are dropped after
+    the cut, so the split of a question never depends on ``max_part_chars``.
     """
     pools = {}
     for domain, sources in _domain_sources(location).items():
-        seen: set[tuple[str, ...]] = set()
+        seen: set[str] = set()
         per_source = []
         for key, records in sources:
-            unique = [r for r in records if _dedup_key(r) not in seen]
-            # Identical questions appear under different ids (college and high-school physics
-            # share some), and would leak across splits.
-            seen.update(_dedup_key(r) for r in unique)
+            # The same question appears under several ids (college and high-school physics
+            # share some); kept twice, it could land in two splits.
+            unique = []
+            for record in records:
+                if (dedup_key := _dedup_key(record)) not in seen:
+                    seen.add(dedup_key)
+                    unique.append(record)
             random.Random(f"{key}:{seed}").shuffle(unique)
-            kept = [
-                r
-                for r in _split_slice(unique, split)
-                if max_part_chars is None or _length(r) <= max_part_chars
-            ]
-            per_source.append(kept)
+            per_source.append(
+                [r for r in _split_slice(unique, split) if _usable(r, max_part_chars)]
+            )
         pools[domain] = tuple(
             r for r in chain.from_iterable(zip_longest(*per_source)) if r is not None
         )
@@ -272,12 +273,17 @@ def _split_slice(records: list[SourceRecord], split: Split) -> list[SourceRecord
     raise ValueError(f"unknown split {split!r}")
 
 
-def _dedup_key(record: SourceRecord) -> tuple[str, ...]:
-    return (" ".join(record.question.lower().split()), *sorted((record.options or {}).values()))
+def _dedup_key(record: SourceRecord) -> str:
+    # The stem alone: MMLU repeats some questions with reworded or reordered options.
+    return " ".join(record.question.lower().split())
 
 
-def _length(record: SourceRecord) -> int:
-    return len(record.question) + sum(len(o) for o in (record.options or {}).values())
+def _usable(record: SourceRecord, max_part_chars: int | None) -> bool:
+    prompt = _part("q1", record).prompt
+    if max_part_chars is not None and len(prompt) > max_part_chars:
+        return False
+    # Braces such as "{PB}" would read as plan placeholders, which have no escape.
+    return not SubQuery(id="q1", question=prompt).placeholders
 
 
 class _Drawer:
