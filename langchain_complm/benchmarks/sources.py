@@ -220,7 +220,9 @@ def _load(source: str, split: str, location: str) -> tuple[SourceRecord, ...]:
 
 
 def _from_hub(group: str, name: str, split: str) -> Iterable[SourceRecord]:
-    """Upstream rows, mapped to the same records (and ids) as the local copies."""
+    """Upstream rows, mapped to the same record shape as the local copies. Ids follow the
+    upstream order; the local MedMCQA and PubMedQA files are subsets of the upstream sets
+    and medical MMLU ids differ, so Hub-built benchmarks draw from larger pools."""
     if group == "gsm8k":
         return _gsm8k(_hub_rows("gsm8k", "main", split), split)
     if group == "mmlu":
