@@ -62,6 +62,33 @@ def test_missing_packages_say_how_to_install(
         default_embeddings()
 
 
+def test_cache_is_written_atomically_and_reused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    exports: list[Path] = []
+
+    def crash(gguf: Path, folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+        raise RuntimeError("killed while saving")
+
+    def export(gguf: Path, folder: Path) -> None:
+        exports.append(folder)
+        (folder / "config.json").write_text("{}")
+
+    monkeypatch.setattr(embedded, "_export_gguf", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        smollm2_path(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no broken cache, no temporary leftovers
+
+    monkeypatch.setattr(embedded, "_export_gguf", export)
+    lines: list[str] = []
+    folder = smollm2_path(tmp_path, progress=lines.append)
+    assert smollm2_path(tmp_path) == folder
+    assert len(exports) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    assert any("dequantizing" in line for line in lines)
+
+
 @pytest.fixture(scope="module")
 def smollm2_folder() -> Path:
     """The cached safetensors folder (dequantized here on the first run only)."""

@@ -383,6 +383,8 @@ class ChatLocalHuggingFace(BaseChatModel):
     built with the tokenizer's chat template and never echoed: only new tokens are decoded.
     Decoding is greedy unless ``do_sample=True``. Stop strings (``stop`` here and per call)
     end a row early and are cut from the answer. ``stream()`` yields the answer as one chunk.
+    A tokenizer without a chat template (a base model) gets :data:`PLAIN_CHAT_TEMPLATE` with
+    a warning, rather than an error, and ``"\\nUser:"`` as an extra stop string.
 
     Each answer's ``response_metadata`` holds ``batch_size`` (prompts in its ``generate``
     call), ``queue_wait_s``, ``generation_s``, ``prompt_tokens``, ``completion_tokens`` and
@@ -442,14 +444,18 @@ class ChatLocalHuggingFace(BaseChatModel):
         gguf_file: str | None = None,
         device: str | None = None,
         torch_dtype: Any = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        do_sample: bool = False,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
         model_kwargs: Mapping[str, Any] | None = None,
         tokenizer_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> ChatLocalHuggingFace:
         """Load a causal LM from a hub id or a local folder; see :func:`load_causal_lm`.
 
-        ``kwargs`` set the fields (``max_new_tokens``, ``do_sample``, ``max_batch_size``,
-        ``batch_window_ms``, ``stop``, ...).
+        The generation and batching arguments and ``kwargs`` (``stop``, ``temperature``,
+        ...) set the fields of the same names.
 
         Raises:
             FileNotFoundError: ``model_id`` looks like a path but no such folder exists, or
@@ -463,7 +469,16 @@ class ChatLocalHuggingFace(BaseChatModel):
             model_kwargs=model_kwargs,
             tokenizer_kwargs=tokenizer_kwargs,
         )
-        return cls.from_model(model, tokenizer, model_id=model_id, **kwargs)
+        return cls.from_model(
+            model,
+            tokenizer,
+            model_id=model_id,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            max_batch_size=max_batch_size,
+            batch_window_ms=batch_window_ms,
+            **kwargs,
+        )
 
     @property
     def num_parameters(self) -> int:
