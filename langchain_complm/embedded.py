@@ -145,7 +145,7 @@ def _export_gguf(gguf: Path, folder: Path) -> None:
     )
     # The weights are plain floats after dequantizing, but transformers still marks the
     # model as GGUF-quantized and refuses to save it until the marks are gone.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(folder)
