@@ -13,7 +13,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Annotated, Any, Literal
 
@@ -21,9 +21,11 @@ from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnableSerializable
 from langchain_core.runnables.config import merge_configs
+from langgraph.config import get_config
 from langgraph.errors import GraphBubbleUp
+from langgraph.func import entrypoint, task
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
+from langgraph.pregel import Pregel
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict
 
@@ -32,10 +34,20 @@ from langchain_complm.experts import Expert, check_experts
 from langchain_complm.plan import Plan, SubQuery
 from langchain_complm.prompts import SUBQUERY_WITH_CONTEXT
 
-ScheduleMode = Literal["superstep", "sequential"]
-"""How the plan's graph is laid out: ``superstep`` runs each dependency level in parallel
-(LangGraph fan-out/fan-in); ``sequential`` chains the sub-queries in topological order, one
-after another (the paper's baseline)."""
+ScheduleMode = Literal["superstep", "eager", "sequential"]
+"""How sub-queries are scheduled; all three give the same answers.
+
+- ``superstep``: a ``StateGraph``; each dependency level runs in parallel (LangGraph
+  fan-out/fan-in), and a level starts when the previous one has finished.
+- ``eager``: LangGraph's functional API; a sub-query starts as soon as its own parents have
+  finished, so a dependent of a fast branch does not wait for a slow sibling.
+- ``sequential``: a ``StateGraph`` chaining the sub-queries in topological order, one after
+  another (the paper's baseline).
+"""
+
+
+PLAN_GRAPH_NAME = "PlanGraph"
+"""Run name of the graph compiled from a plan (a child of the ``QueryExecutor`` run)."""
 
 
 class FailurePolicy(BaseModel):
@@ -165,10 +177,18 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
 
     # --- graph construction ---------------------------------------------------------------
 
-    def compile_plan(self, plan: Plan, policy: FailurePolicy | None = None) -> CompiledStateGraph:
-        """Compile ``plan`` (validated and routed) into a LangGraph graph; one node per
-        sub-query, named by its id."""
+    def compile_plan(
+        self, plan: Plan, policy: FailurePolicy | None = None, *, asynchronous: bool = False
+    ) -> Pregel:
+        """Compile ``plan`` (validated and routed) into the LangGraph graph that runs it.
+
+        ``superstep`` and ``sequential`` give a ``StateGraph`` with one node per sub-query,
+        named by its id; ``eager`` gives a functional-API graph with one task per sub-query
+        (an async one when ``asynchronous``). Each returns ``{"results": {...}}``.
+        """
         run = _Run(self, plan, policy or self.failure_policy)
+        if self.mode == "eager":
+            return run.eager_graph(asynchronous)
         builder = StateGraph(_ExecState)
         for sq in plan.sub_queries:
             builder.add_node(
@@ -188,7 +208,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
                 builder.add_edge(deps if len(deps) > 1 else (deps or [START])[0], sq.id)
                 if not plan.dependents(sq.id):
                     builder.add_edge(sq.id, END)
-        return builder.compile(name=self.get_name())
+        return builder.compile(name=PLAN_GRAPH_NAME)
 
     def _check_plan(self, plan: Plan) -> Plan:
         if not isinstance(plan, Plan):
@@ -214,7 +234,11 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
 
     def _graph_config(self, config: RunnableConfig, run_manager: Any) -> RunnableConfig:
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
-        if self.max_concurrency is not None:
+        if self.mode == "eager":
+            # The eager loop enforces the limit itself: LangGraph's would count the waiting
+            # entrypoint as one of the running tasks and deadlock at 1.
+            child.pop("max_concurrency", None)
+        elif self.max_concurrency is not None:
             child["max_concurrency"] = self.max_concurrency
         return child
 
@@ -245,7 +269,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         self, plan: Plan, run_manager: Any, config: RunnableConfig
     ) -> ExecutionResult:
         policy = self._policy(config)
-        graph = self.compile_plan(self._check_plan(plan), policy)
+        graph = self.compile_plan(self._check_plan(plan), policy, asynchronous=True)
         started = time.time()
         state = await graph.ainvoke({"results": {}}, self._graph_config(config, run_manager))
         return self._collect(plan, state, started, policy)
@@ -282,6 +306,69 @@ class _Run:
         self.writer = current_writer()
 
     # Each node reads its parents' results from the graph state and writes its own.
+
+    def eager_graph(self, asynchronous: bool) -> Pregel:
+        """A functional-API graph that starts each sub-query once its parents are done."""
+        plan, limit = self.plan, self.executor.max_concurrency
+
+        def make_task(sq: SubQuery) -> Any:
+            if asynchronous:
+                anode = self.anode(sq)
+
+                async def arun(parents: dict[str, SubQueryResult]) -> SubQueryResult:
+                    update = await anode({"results": parents}, get_config())
+                    return update["results"][sq.id]
+
+                return task(name=sq.id)(arun)
+            node = self.node(sq)
+
+            def run(parents: dict[str, SubQueryResult]) -> SubQueryResult:
+                return node({"results": parents}, get_config())["results"][sq.id]
+
+            return task(name=sq.id)(run)
+
+        tasks = {sq.id: make_task(sq) for sq in plan.sub_queries}
+
+        def start_ready(results: dict, running: dict, waiting: list[str]) -> None:
+            for sq_id in list(waiting):
+                if limit is not None and len(running) >= limit:
+                    return
+                deps = plan.by_id[sq_id].depends_on
+                if all(d in results for d in deps):
+                    waiting.remove(sq_id)
+                    running[tasks[sq_id]({d: results[d] for d in deps})] = sq_id
+
+        if asynchronous:
+
+            @entrypoint()
+            async def eager_async(_: Any) -> dict[str, dict[str, SubQueryResult]]:
+                results: dict[str, SubQueryResult] = {}
+                running: dict[Any, str] = {}
+                waiting = plan.topological_order()
+                while waiting or running:
+                    start_ready(results, running, waiting)
+                    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    for future in done:
+                        results[running.pop(future)] = future.result()
+                return {"results": results}
+
+            eager_async.name = PLAN_GRAPH_NAME
+            return eager_async
+
+        @entrypoint()
+        def eager(_: Any) -> dict[str, dict[str, SubQueryResult]]:
+            results: dict[str, SubQueryResult] = {}
+            running: dict[Any, str] = {}
+            waiting = plan.topological_order()
+            while waiting or running:
+                start_ready(results, running, waiting)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[running.pop(future)] = future.result()
+            return {"results": results}
+
+        eager.name = PLAN_GRAPH_NAME
+        return eager
 
     def node(self, sq: SubQuery) -> Callable[[_ExecState, RunnableConfig], dict]:
         def run(state: _ExecState, config: RunnableConfig) -> dict:

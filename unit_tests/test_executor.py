@@ -227,3 +227,51 @@ def test_bad_input_errors() -> None:
         QueryExecutor(experts=[math, math])
     with pytest.raises(ValueError, match="at least one expert"):
         QueryExecutor(experts=[])
+
+
+SKEWED = routed(
+    ("slow", "slow branch", "slow", ()),
+    ("fast", "fast branch", "fast", ()),
+    ("after", "after {fast}", "fast", ("fast",)),
+)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_eager_starts_dependent_before_slow_sibling_finishes(use_async: bool) -> None:
+    slow, _ = make_expert("slow", delay=0.4)
+    fast, _ = make_expert("fast", delay=0.05)
+    results = {}
+    for mode in ("superstep", "eager"):
+        executor = QueryExecutor(experts=[slow, fast], mode=mode)
+        results[mode] = await executor.ainvoke(SKEWED) if use_async else executor.invoke(SKEWED)
+    superstep, eager = results["superstep"].results, results["eager"].results
+    # Superstep: "after" waits for the whole first level, the slow sibling included.
+    assert superstep["after"].started_at >= superstep["slow"].ended_at
+    # Eager: "after" starts as soon as its own parent is done.
+    assert eager["after"].started_at < eager["slow"].ended_at - 0.2
+    assert {k: r.answer for k, r in eager.items()} == {k: r.answer for k, r in superstep.items()}
+
+
+def test_eager_honours_max_concurrency() -> None:
+    math, fake = make_expert("math", delay=0.05)
+    plan = routed(("q1", "one", "math", ()), ("q2", "two", "math", ()), ("q3", "three", "math", ()))
+    result = QueryExecutor(experts=[math], mode="eager", max_concurrency=1).invoke(plan)
+    assert len(fake.calls) == 3 and all(r.status == "ok" for r in result.results.values())
+    assert not any(overlaps(a, b) for a in fake.calls for b in fake.calls if a is not b)
+    fake.calls.clear()
+    QueryExecutor(experts=[math], mode="eager", max_concurrency=2).invoke(plan)
+    assert sum(overlaps(a, b) for a in fake.calls for b in fake.calls if a is not b) >= 2
+
+
+def test_eager_failure_policy_and_diamond() -> None:
+    math, _ = make_expert("math", fail_times=1)
+    plan = routed(
+        ("a", "root", "math", ()),
+        ("b", "left {a}", "math", ("a",)),
+        ("c", "right", "math", ()),
+        ("d", "join {b} {c}", "math", ("b", "c")),
+    )
+    result = QueryExecutor(experts=[math], mode="eager").invoke(plan).results
+    failed_root = [k for k, r in result.items() if r.status == "failed"]
+    assert len(failed_root) == 1
+    assert result["d"].status == "skipped"
