@@ -73,6 +73,10 @@ class Attempt(BaseModel):
     expert: str
     error: str | None = None
     duration: float
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The expert reply's response_metadata (e.g. batch size, tokens, load time).",
+    )
 
 
 class SubQueryResult(BaseModel):
@@ -96,6 +100,11 @@ class SubQueryResult(BaseModel):
         if self.started_at is None or self.ended_at is None:
             return None
         return self.ended_at - self.started_at
+
+    @property
+    def response_metadata(self) -> dict[str, Any]:
+        """Metadata of the reply that answered (batch size, tokens, load time, ...)."""
+        return self.attempts[-1].metadata if self.status == "ok" else {}
 
     @property
     def used_fallback(self) -> bool:
@@ -406,56 +415,58 @@ class _Run:
 
         return arun
 
-    def _attempt(self, attempts: list[Attempt], expert: str, call: Callable[[], str]) -> str | None:
+    def _attempt(self, attempts: list[Attempt], expert: str, call: Callable[[], Any]) -> str | None:
         t0 = time.perf_counter()
         try:
-            answer = call()
+            output = call()
         except GraphBubbleUp:
             raise
         except Exception as exc:
-            return self._record(attempts, expert, t0, exc)
-        return self._record(attempts, expert, t0, answer)
+            output = exc
+        return self._record(attempts, expert, t0, output)
 
     async def _aattempt(
-        self, attempts: list[Attempt], expert: str, call: Awaitable[str]
+        self, attempts: list[Attempt], expert: str, call: Awaitable[Any]
     ) -> str | None:
         t0 = time.perf_counter()
         try:
-            answer = await call
+            output = await call
         except GraphBubbleUp:
             raise
         except Exception as exc:
-            return self._record(attempts, expert, t0, exc)
-        return self._record(attempts, expert, t0, answer)
+            output = exc
+        return self._record(attempts, expert, t0, output)
 
-    def _record(
-        self, attempts: list[Attempt], expert: str, t0: float, outcome: str | Exception
-    ) -> str | None:
-        """Log one attempt; the answer, or None if it failed."""
-        failed = isinstance(outcome, Exception)
-        attempts.append(
-            Attempt(
-                expert=expert,
-                error=_describe(outcome, self.policy.timeout) if failed else None,
-                duration=time.perf_counter() - t0,
-            )
-        )
-        return None if failed else outcome
+    def _record(self, attempts: list[Attempt], expert: str, t0: float, outcome: Any) -> str | None:
+        """Log one attempt (an expert's output, or the exception it raised); the answer,
+        or None if it failed."""
+        duration = time.perf_counter() - t0
+        try:
+            if isinstance(outcome, Exception):
+                raise outcome
+            answer = _answer_text(outcome)
+        except Exception as exc:
+            error = _describe(exc, self.policy.timeout)
+            attempts.append(Attempt(expert=expert, error=error, duration=duration))
+            return None
+        metadata = dict(getattr(outcome, "response_metadata", None) or {})
+        attempts.append(Attempt(expert=expert, duration=duration, metadata=metadata))
+        return answer
 
     async def _acall(
         self, expert: str, messages: list[BaseMessage], sq: SubQuery, config: RunnableConfig
-    ) -> str:
+    ) -> Any:
         llm = self.executor.experts[expert].llm
         call = llm.ainvoke(messages, _expert_config(config, sq, expert))
-        return _answer_text(await asyncio.wait_for(call, self.policy.timeout))
+        return await asyncio.wait_for(call, self.policy.timeout)
 
     def _call(
         self, expert: str, messages: list[BaseMessage], sq: SubQuery, config: RunnableConfig
-    ) -> str:
+    ) -> Any:
         llm = self.executor.experts[expert].llm
         expert_config = _expert_config(config, sq, expert)
         if self.policy.timeout is None:
-            return _answer_text(llm.invoke(messages, expert_config))
+            return llm.invoke(messages, expert_config)
         # A sync call cannot be cancelled: on timeout the thread finishes in the background
         # and its answer is dropped.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"complm-{sq.id}")
@@ -464,7 +475,7 @@ class _Run:
         )
         pool.shutdown(wait=False)
         try:
-            return _answer_text(future.result(timeout=self.policy.timeout))
+            return future.result(timeout=self.policy.timeout)
         except FutureTimeoutError:
             raise TimeoutError() from None
 

@@ -275,3 +275,13 @@ def test_eager_failure_policy_and_diamond() -> None:
     failed_root = [k for k, r in result.items() if r.status == "failed"]
     assert len(failed_root) == 1
     assert result["d"].status == "skipped"
+
+
+def test_reply_metadata_is_kept_in_the_trace() -> None:
+    from langchain_core.messages import AIMessage
+
+    reply = AIMessage(content="42", response_metadata={"batch_size": 3, "load_time_s": 0.5})
+    local = Expert(name="local", llm=RunnableLambda(lambda _: reply))
+    r = QueryExecutor(experts=[local]).invoke(routed(("q1", "one", "local", ()))).results["q1"]
+    assert r.answer == "42"
+    assert r.response_metadata == {"batch_size": 3, "load_time_s": 0.5}
