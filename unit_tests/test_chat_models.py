@@ -87,3 +87,28 @@ def test_failure_policy_overrides_reach_the_executor() -> None:
     reply = ChatCompLLM(comp_llm=comp, max_retries=1).invoke("q")
     assert reply.response_metadata["complm"]["results"]["q1"]["status"] == "ok"
     assert len(fake.calls) == 2
+
+
+def test_works_as_the_model_of_a_langgraph_agent_node() -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    chat = ChatCompLLM(comp_llm=comp_llm("It is five."))
+
+    def agent(state: MessagesState) -> dict:
+        return {"messages": [chat.invoke(state["messages"])]}
+
+    graph = (
+        StateGraph(MessagesState)
+        .add_node("agent", agent)
+        .add_edge(START, "agent")
+        .compile(checkpointer=InMemorySaver())
+    )
+    config = {"configurable": {"thread_id": "t1"}}
+    graph.invoke({"messages": [HumanMessage("What is 2+3?")]}, config)
+    state = graph.invoke({"messages": [HumanMessage("And a drug?")]}, config)
+    assert [m.type for m in state["messages"]] == ["human", "ai", "human", "ai"]
+    assert state["messages"][-1].content == "It is five."
+    # Each turn answers the latest human message.
+    trace = state["messages"][-1].response_metadata["complm"]
+    assert trace["query"] == "And a drug?"
