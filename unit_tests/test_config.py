@@ -1,0 +1,337 @@
+"""Config files (YAML/TOML/JSON), their errors, the default experts and build_comp_llm."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import KeywordEmbeddings, fake_llm, plan_json
+from langchain_core.language_models import BaseChatModel
+
+from langchain_complm import CompLLMOutput
+from langchain_complm.config import (
+    DEFAULT_MODEL,
+    EMBEDDED_CHAT_MODEL,
+    EMBEDDED_EMBEDDINGS,
+    CompLLMConfig,
+    ConfigError,
+    ExpertSpec,
+    ModelNotFoundError,
+    ModelSpec,
+    build_comp_llm,
+    build_planner,
+    default_config,
+    default_experts_path,
+    load_chat_model,
+    load_config,
+    load_default_experts,
+)
+
+DEFAULT_EXPERTS = ["math", "medicine", "science", "law", "computer_science", "history", "general"]
+
+YAML_CONFIG = """\
+models:
+  default: {max_new_tokens: 64}
+  planner:
+    model_id: HuggingFaceTB/SmolLM2-360M-Instruct
+    device: cpu
+    max_new_tokens: 300
+  shared: org/expert-model
+generator: planner
+aggregator: default
+embeddings: embedded
+experts:
+  - name: math
+    description: Arithmetic, sums and equations.
+    examples: ["What is the sum of 2 and 3?", "Multiply 4 by 5"]
+    model: shared
+    system_prompt: Show your work.
+  - name: medicine
+    description: Drugs, diseases and patients.
+    model: shared
+  - name: history
+    description: Wars, kings and empires.
+routing: {threshold: 0.1, fallback_expert: history}
+execution:
+  mode: sequential
+  max_concurrency: 2
+  failure: {max_retries: 1, fallback_expert: history, on_failure: continue}
+"""
+
+TOML_CONFIG = """\
+generator = "planner"
+
+[models.planner]
+model_id = "HuggingFaceTB/SmolLM2-360M-Instruct"
+max_new_tokens = 300
+
+[models.shared]
+model_id = "org/expert-model"
+
+[[experts]]
+name = "math"
+description = "Arithmetic, sums and equations."
+examples = ["What is the sum of 2 and 3?"]
+model = "shared"
+
+[[experts]]
+name = "history"
+description = "Wars, kings and empires."
+
+[execution]
+max_concurrency = 3
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def test_load_yaml(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "complm.yaml", YAML_CONFIG))
+
+    assert list(config.models) == ["default", "planner", "shared"]
+    assert config.models["default"].is_embedded and config.models["default"].max_new_tokens == 64
+    assert config.models["shared"] == ModelSpec(model_id="org/expert-model")
+    assert config.models["planner"].device == "cpu"
+    assert config.generator == "planner" and config.aggregator_model == "default"
+    assert config.embeddings.model_id == EMBEDDED_EMBEDDINGS
+    assert [e.name for e in config.experts] == ["math", "medicine", "history"]
+    assert config.experts[0].system_prompt == "Show your work."
+    assert config.experts[2].model == DEFAULT_MODEL
+    assert config.routing.threshold == 0.1 and config.routing.fallback_expert == "history"
+    assert config.execution.mode == "sequential" and config.execution.max_concurrency == 2
+    assert config.execution.failure.max_retries == 1
+    assert config.model_names_used() == ["planner", "default", "shared"]
+
+
+def test_load_toml_and_json(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "complm.toml", TOML_CONFIG))
+    assert config.generator == "planner" and config.aggregator_model == "planner"
+    assert [e.model for e in config.experts] == ["shared", "default"]
+    assert config.models["default"].model_id == EMBEDDED_CHAT_MODEL
+    assert config.execution.max_concurrency == 3
+
+    as_json = write(tmp_path, "complm.json", json.dumps(config.model_dump()))
+    assert load_config(as_json) == config
+
+
+def test_empty_file_is_the_default_setup(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "empty.yml", "")) == default_config()
+
+
+def test_default_experts_file_loads_and_validates() -> None:
+    path = default_experts_path()
+    assert path.is_file() and path.parent.name == "data"
+    experts = load_default_experts()
+    assert [e.name for e in experts] == DEFAULT_EXPERTS
+    for expert in experts:
+        assert expert.description.strip()
+        assert 6 <= len(expert.examples) <= 10
+        assert expert.model == DEFAULT_MODEL
+    # The file is itself a valid config (everything else defaulted).
+    assert load_config(path).experts == list(experts)
+    config = default_config()
+    assert [e.name for e in config.experts] == DEFAULT_EXPERTS
+    assert list(config.models) == [DEFAULT_MODEL] and config.models[DEFAULT_MODEL].is_embedded
+
+
+def test_relative_local_model_path_is_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    path = write(sub, "c.yaml", "models:\n  tiny: ../models/tiny\n")
+    config = load_config(path)
+    assert config.models["tiny"].model_id == str((tmp_path / "models" / "tiny").resolve())
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        ("bad.yaml", "models: [\n  - a\nexperts: {", "invalid YAML"),
+        ("bad.toml", "models = [\n", "invalid TOML"),
+        ("bad.json", "{", "invalid JSON"),
+        ("list.yaml", "- a\n- b\n", "top level must be a mapping"),
+        ("c.ini", "[x]", "unsupported config format '.ini'"),
+        (
+            "unknown_model.yaml",
+            "experts:\n  - {name: math, model: big}\n",
+            "experts.0 (math): unknown model 'big' (models: default)",
+        ),
+        (
+            "dup.yaml",
+            "experts:\n  - {name: math}\n  - {name: law}\n  - {name: math}\n",
+            "duplicate expert names: math",
+        ),
+        (
+            "fallback.yaml",
+            "experts: [{name: math}]\nrouting: {threshold: 0.3, fallback_expert: general}\n",
+            "routing.fallback_expert: unknown expert 'general'",
+        ),
+        (
+            "failure_fallback.yaml",
+            "experts: [{name: math}]\nexecution: {failure: {fallback_expert: law}}\n",
+            "execution.failure.fallback_expert: unknown expert 'law'",
+        ),
+        (
+            "threshold.yaml",
+            "routing: {threshold: 0.3}\n",
+            "routing.threshold needs routing.fallback_expert",
+        ),
+        ("generator.yaml", "generator: nope\n", "generator: unknown model 'nope'"),
+        ("typo.yaml", "models: {default: {max_new_token: 3}}\n", "max_new_token: Extra inputs"),
+        ("top_typo.yaml", "expert: []\n", "expert: Extra inputs are not permitted"),
+        ("mode.yaml", "execution: {mode: fast}\n", "execution.mode: Input should be"),
+        ("policy.yaml", "execution: {failure: {retries: 2}}\n", "unknown failure policy keys"),
+        ("no_experts.yaml", "experts: []\n", "at least one expert"),
+        ("blank.yaml", "experts: [{name: ' '}]\n", "expert name must not be empty"),
+    ],
+)
+def test_config_errors_name_file_and_problem(
+    tmp_path: Path, name: str, text: str, problem: str
+) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert problem in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nothere\.yaml: config file not found"):
+        load_config(tmp_path / "nothere.yaml")
+
+
+def test_missing_local_model_path_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yaml", "models:\n  local: ./weights/tiny\n")
+    with pytest.raises(ModelNotFoundError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and "'local'" in message
+    assert str(tmp_path / "weights" / "tiny") in message
+    # Checking can be turned off, and build reports it before loading anything.
+    config = load_config(path, check_paths=False)
+    with pytest.raises(ModelNotFoundError, match="weights/tiny"):
+        build_comp_llm(config, embeddings=KeywordEmbeddings())
+
+
+def test_missing_embeddings_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yaml", "embeddings: /no/such/minilm\n")
+    with pytest.raises(ModelNotFoundError, match=r"'embeddings'.*/no/such/minilm"):
+        load_config(path)
+
+
+def test_python_built_config_errors() -> None:
+    with pytest.raises(ValueError, match="unknown model 'x'"):
+        CompLLMConfig(experts=[ExpertSpec(name="a", model="x")])
+    config = CompLLMConfig(experts=[ExpertSpec(name="a")])
+    assert config.with_overrides(mode="sequential").execution.mode == "sequential"
+    with pytest.raises(ConfigError, match=r"execution\.max_concurrency"):
+        config.with_overrides(max_concurrency=0)
+
+
+def test_loader_turns_missing_files_into_model_not_found(tmp_path: Path) -> None:
+    spec = ModelSpec(model_id=str(tmp_path / "absent"))
+    with pytest.raises(ModelNotFoundError, match=r"model 'x'.*absent"):
+        load_chat_model("x", spec)
+
+
+# --- building ---------------------------------------------------------------------------------
+
+PLAN = plan_json(
+    ("q1", "What is the sum of 2 and 3?", []),
+    ("q2", "Which drug treats this disease?", []),
+)
+
+
+class Factory:
+    """A model factory handing out fakes and recording what it was asked for."""
+
+    def __init__(self, responses: dict[str, list[str]]) -> None:
+        self.responses = responses
+        self.calls: list[str] = []
+
+    def __call__(self, name: str, spec: ModelSpec) -> BaseChatModel:
+        self.calls.append(name)
+        return fake_llm(*self.responses.get(name, [f"{name} ({spec.model_id}) says hi"]))
+
+
+def test_build_from_config_with_injected_models(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "complm.yaml", YAML_CONFIG))
+    factory = Factory({"planner": [PLAN], "default": ["Final: 5 and aspirin."]})
+    progress: list[str] = []
+    comp = build_comp_llm(
+        config, model_factory=factory, embeddings=KeywordEmbeddings(), progress=progress.append
+    )
+    out = comp.invoke("What is 2+3, and which drug treats it?")
+
+    assert isinstance(out, CompLLMOutput)
+    assert out.answer == "Final: 5 and aspirin."
+    assert [sq.expert for sq in out.plan.sub_queries] == ["math", "medicine"]
+    assert {r.answer for r in out.results.values()} == {"shared (org/expert-model) says hi"}
+    # Each named model is built once, in generator, aggregator, expert order.
+    assert factory.calls == ["planner", "default", "shared"]
+
+
+def test_experts_sharing_a_model_share_one_instance(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "complm.yaml", YAML_CONFIG))
+    built: dict[str, list[BaseChatModel]] = {}
+
+    def factory(name: str, spec: ModelSpec) -> BaseChatModel:
+        llm = fake_llm(PLAN)
+        built.setdefault(name, []).append(llm)
+        return llm
+
+    captured: dict[str, Any] = {}
+
+    def fake_create(experts: Any, **kwargs: Any) -> str:
+        captured["experts"] = {e.name: e for e in experts}
+        captured.update(kwargs)
+        return "runnable"
+
+    import langchain_complm.comp_llm as comp_llm_module
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(comp_llm_module, "create_comp_llm", fake_create)
+    try:
+        assert build_comp_llm(config, model_factory=factory, embeddings=KeywordEmbeddings())
+    finally:
+        monkey.undo()
+
+    assert {name: len(models) for name, models in built.items()} == {
+        "planner": 1,
+        "default": 1,
+        "shared": 1,
+    }
+    experts = captured["experts"]
+    assert experts["math"].llm is experts["medicine"].llm is built["shared"][0]
+    assert experts["history"].llm is captured["aggregator"] is built["default"][0]
+    assert captured["generator"] is built["planner"][0]
+    assert experts["math"].system_prompt == "Show your work."
+    assert experts["math"].examples == ("What is the sum of 2 and 3?", "Multiply 4 by 5")
+    assert captured["mode"] == "sequential" and captured["max_concurrency"] == 2
+    assert captured["routing_threshold"] == 0.1 and captured["fallback_expert"] == "history"
+    assert captured["failure_policy"].max_retries == 1
+
+
+def test_build_planner_loads_only_the_generator(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "complm.yaml", YAML_CONFIG))
+    factory = Factory({"planner": [PLAN]})
+    planner = build_planner(config, model_factory=factory, embeddings=KeywordEmbeddings())
+    plan = planner.invoke("What is 2+3, and which drug treats it?")
+    assert factory.calls == ["planner"]
+    assert [sq.expert for sq in plan.sub_queries] == ["math", "medicine"]
+    assert all(sq.route is not None and sq.route.scores for sq in plan.sub_queries)
