@@ -199,7 +199,7 @@ def describe_event(event: dict[str, Any]) -> str | None:
     if kind == "plan":
         plan: Plan = event["data"]
         count = len(plan.sub_queries)
-        line = f"Plan ready: {count} sub-quer{'y' if count == 1 else 'ies'}"
+        line = f"Plan ready: {_plural(count, 'sub-query', 'sub-queries')}"
         if plan.width > 1:
             line += f", up to {plan.width} in parallel"
         if plan.fallback_reason:
@@ -221,6 +221,10 @@ def describe_event(event: dict[str, Any]) -> str | None:
     return None
 
 
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 def plan_text(plan: Plan) -> str:
     """:meth:`Plan.to_text` of ``plan`` with its routing.
 
@@ -234,7 +238,8 @@ def format_output(output: CompLLMOutput) -> str:
     """The ``--show-plan`` report: plan with routing scores, sub-answers with experts and
     timings, notes, a Mermaid drawing and the answer."""
     plan = output.plan
-    lines = [f"Plan ({len(plan.sub_queries)} sub-queries, {len(plan.levels())} levels):"]
+    count, depth = len(plan.sub_queries), len(plan.levels())
+    lines = [f"Plan ({_plural(count, 'sub-query', 'sub-queries')}, {_plural(depth, 'level')}):"]
     lines += ["  " + row for row in plan_text(plan).splitlines()]
     lines += ["", "Sub-answers:"]
     for sq_id, result in output.results.items():
