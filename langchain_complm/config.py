@@ -92,6 +92,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_GENERATION_FIELDS = (
+    *("max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty", "stop"),
+    *("max_batch_size", "batch_window_ms"),
+)
+"""ModelSpec fields that are ChatLocalHuggingFace fields of the same name."""
+
+
 class _ModelLocation(_Strict):
     """Where a model is: ``model_id`` (a bare string stands for ``{model_id: ...}``)."""
 
@@ -144,9 +151,7 @@ class ModelSpec(_ModelLocation):
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Chat model fields: generation and batching settings that are set."""
-        fields = ("max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty")
-        fields += ("stop", "max_batch_size", "batch_window_ms")
-        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+        return {f: getattr(self, f) for f in _GENERATION_FIELDS if getattr(self, f) is not None}
 
 
 class EmbeddingsSpec(_ModelLocation):
