@@ -225,22 +225,13 @@ def _plural(count: int, singular: str, plural: str | None = None) -> str:
     return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
-def plan_text(plan: Plan) -> str:
-    """:meth:`Plan.to_text` of ``plan`` with its routing.
-
-    A routed plan is a ``model_copy`` of the generator's, which carries over the cached
-    ``Plan.by_id`` of the unrouted sub-queries (that ``to_text`` reads); a fresh copy has none.
-    """
-    return Plan.model_validate(plan.model_dump()).to_text()
-
-
 def format_output(output: CompLLMOutput) -> str:
     """The ``--show-plan`` report: plan with routing scores, sub-answers with experts and
     timings, notes, a Mermaid drawing and the answer."""
     plan = output.plan
     count, depth = len(plan.sub_queries), len(plan.levels())
     lines = [f"Plan ({_plural(count, 'sub-query', 'sub-queries')}, {_plural(depth, 'level')}):"]
-    lines += ["  " + row for row in plan_text(plan).splitlines()]
+    lines += ["  " + row for row in plan.to_text().splitlines()]
     lines += ["", "Sub-answers:"]
     for sq_id, result in output.results.items():
         took = f", {result.duration:.1f} s" if result.duration is not None else ""
@@ -338,7 +329,7 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
     elif args.mermaid:
         console.print(plan.to_mermaid())
     else:
-        console.print(plan_text(plan))
+        console.print(plan.to_text())
     return EXIT_OK
 
 

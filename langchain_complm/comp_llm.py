@@ -14,7 +14,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.func import entrypoint
 from langgraph.pregel import Pregel
 from langgraph.types import Checkpointer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from langchain_complm.aggregator import AggregationInput, ResponseAggregator
 from langchain_complm.events import emit
@@ -44,16 +44,19 @@ class CompLLMOutput(BaseModel):
         description="Seconds per stage: decompose, route, execute, aggregate, total."
     )
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def routing(self) -> list[RoutingDecision]:
         """The router's decision for every sub-query."""
         return [sq.route for sq in self.plan.sub_queries if sq.route is not None]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def errors(self) -> dict[str, str]:
         """Why each failed or skipped sub-query did not produce an answer."""
         return {k: r.error or r.status for k, r in self.results.items() if r.status != "ok"}
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def fallbacks(self) -> list[str]:
         """Every fallback taken: decomposition, routing thresholds, fallback experts."""

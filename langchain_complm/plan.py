@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,9 +97,12 @@ class Plan(BaseModel):
 
     # --- access -----------------------------------------------------------------------------
 
-    @cached_property
+    @property
     def by_id(self) -> dict[str, SubQuery]:
-        """Sub-queries keyed by id."""
+        """Sub-queries keyed by id.
+
+        Not cached: ``model_copy`` (how the router annotates a plan) would carry a stale cache.
+        """
         return {sq.id: sq for sq in self.sub_queries}
 
     @property

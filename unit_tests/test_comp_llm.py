@@ -39,6 +39,11 @@ def test_invoke_string_returns_answer_and_complete_trace() -> None:
     assert isinstance(out, CompLLMOutput)
     assert out.answer == "Final: 5, aspirin, 10."
     assert [sq.expert for sq in out.plan.sub_queries] == ["math", "medicine", "math"]
+    # The drawing reads the routed sub-queries (the generator's plan was validated, and so
+    # looked up by id, before the router annotated a copy).
+    assert "[math" in out.plan.to_text() and "medicine" in out.plan.to_mermaid()
+    dumped = out.model_dump(mode="json")
+    assert dumped["errors"] == {} and dumped["fallbacks"] == [] and len(dumped["routing"]) == 3
     assert [d.sub_query_id for d in out.routing] == ["q1", "q2", "q3"]
     assert all(set(d.scores) == {"math", "medicine", "history"} for d in out.routing)
     assert list(out.results) == ["q1", "q2", "q3"]
