@@ -1,0 +1,366 @@
+"""Embedding router: expert choice, score vectors, batching, thresholds, errors, events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+from uuid import UUID
+
+import pytest
+from fakes import KEYWORDS, KeywordEmbeddings, make_expert
+from langchain_core.callbacks import BaseCallbackHandler
+
+from langchain_complm import (
+    PROGRESS_EVENT,
+    EmbeddingRouter,
+    Expert,
+    ExpertProfile,
+    Plan,
+    RoutingDecision,
+    SubQuery,
+)
+
+NAMES = list(KEYWORDS)  # math, medicine, history
+
+QUESTIONS = {
+    "math": "What is the sum when you add 3 plus 4?",
+    "medicine": "Which drug can treat the symptom of this disease?",
+    "history": "Which king started the war that ended the empire?",
+}
+
+
+def profiles() -> list[ExpertProfile]:
+    return [
+        ExpertProfile(
+            name=name,
+            description=f"Questions about {name}: " + ", ".join(words),
+            examples=tuple(f"A {w} question" for w in words[:3]),
+        )
+        for name, words in KEYWORDS.items()
+    ]
+
+
+def experts() -> list[Expert]:
+    return [make_expert(name)[0] for name in KEYWORDS]
+
+
+def profile_texts(items: list[ExpertProfile]) -> list[str]:
+    return [t for e in items for t in e.profile_texts()]
+
+
+def three_part_plan() -> Plan:
+    return Plan(
+        query="A compound question",
+        sub_queries=(
+            SubQuery(id="q1", question=QUESTIONS["math"]),
+            SubQuery(id="q2", question=QUESTIONS["medicine"]),
+            SubQuery(id="q3", question=QUESTIONS["history"] + " {q1}", depends_on=("q1",)),
+        ),
+    ).validate_dag()
+
+
+class EventRecorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.events.append((name, data))
+
+
+# --- routing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [profiles, experts], ids=["profiles", "experts"])
+def test_questions_route_to_the_matching_expert(make: Any, embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=make(), embeddings=embeddings)
+    assert router.expert_names == NAMES
+    decisions = router.route(list(QUESTIONS.values()), list(QUESTIONS))
+    assert [d.expert for d in decisions] == NAMES
+    assert [d.sub_query_id for d in decisions] == NAMES
+    assert [d.question for d in decisions] == list(QUESTIONS.values())
+    assert not any(d.fallback for d in decisions)
+
+
+def test_decision_carries_the_full_score_vector(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    for decision in router.route(list(QUESTIONS.values())):
+        assert list(decision.scores) == NAMES
+        assert decision.score == max(decision.scores.values())
+        assert decision.scores[decision.expert] == decision.score
+        assert all(-1.0 - 1e-9 <= s <= 1.0 + 1e-9 for s in decision.scores.values())
+        # The keyword questions are clearly separated from the other experts.
+        others = [s for n, s in decision.scores.items() if n != decision.expert]
+        assert decision.score > max(others) + 0.2
+
+
+def test_route_default_ids_are_positions_and_empty_input(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    assert [d.sub_query_id for d in router.route(["a sum", "a war"])] == ["0", "1"]
+    assert router.route([]) == []
+
+
+def test_profile_is_the_mean_of_description_and_examples(embeddings: KeywordEmbeddings) -> None:
+    # Only the examples mention "war": without them the question would tie on every expert.
+    router = EmbeddingRouter(
+        experts=[
+            ExpertProfile(name="a", description="generic", examples=("the war",)),
+            ExpertProfile(name="b", description="generic"),
+        ],
+        embeddings=embeddings,
+    )
+    assert router.route(["a war story"])[0].expert == "a"
+    assert ["generic", "the war", "generic"] in embeddings.calls
+
+
+def test_profile_without_text_uses_the_name(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(
+        experts=[ExpertProfile(name="history"), ExpertProfile(name="math")],
+        embeddings=embeddings,
+    )
+    assert router.route(["the history of math"])[0].expert in {"history", "math"}
+    assert ["history", "math"] in embeddings.calls
+    assert router.route(["history"])[0].expert == "history"
+
+
+# --- batching and caching -------------------------------------------------------------------
+
+
+def test_one_embedding_call_per_plan_and_profiles_once(embeddings: KeywordEmbeddings) -> None:
+    items = profiles()
+    router = EmbeddingRouter(experts=items, embeddings=embeddings)
+    plan = three_part_plan()
+    for _ in range(3):
+        router.invoke(plan)
+    questions = [sq.question for sq in plan.sub_queries]
+    profile_calls = [c for c in embeddings.calls if c == profile_texts(items)]
+    assert len(profile_calls) == 1
+    assert len(embeddings.calls) == 4  # profiles once + one batched call per invocation
+    assert [c for c in embeddings.calls if c != profile_texts(items)] == [questions] * 3
+
+
+def test_concurrent_first_calls_embed_profiles_once() -> None:
+    class SlowEmbeddings(KeywordEmbeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            time.sleep(0.05)  # widen the race window
+            return super().embed_documents(texts)
+
+    embeddings = SlowEmbeddings()
+    items = profiles()
+    router = EmbeddingRouter(experts=items, embeddings=embeddings)
+    n = 8
+    barrier = threading.Barrier(n)
+    results: list[list[RoutingDecision]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            results.append(router.route([QUESTIONS["medicine"]]))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not errors
+    assert len(results) == n
+    assert all(r[0].expert == "medicine" for r in results)
+    assert sum(c == profile_texts(items) for c in embeddings.calls) == 1
+    assert len(embeddings.calls) == n + 1
+
+
+# --- thresholds -----------------------------------------------------------------------------
+
+
+def test_global_threshold_sends_low_scores_to_the_fallback(
+    embeddings: KeywordEmbeddings,
+) -> None:
+    router = EmbeddingRouter(
+        experts=profiles(), embeddings=embeddings, threshold=0.65, fallback_expert="history"
+    )
+    unclear, clear = router.route(["Tell me a joke about cats", QUESTIONS["math"]])
+    # Keyword-free text is about equally (and weakly) similar to every profile.
+    assert max(unclear.scores.values()) < 0.65
+    assert unclear.fallback is True
+    assert unclear.expert == "history"
+    assert unclear.score == unclear.scores["history"]
+    assert clear.fallback is False
+    assert clear.expert == "math"
+    assert clear.score == max(clear.scores.values()) >= 0.65
+
+
+def test_threshold_above_every_score_sends_everything_to_the_fallback(
+    embeddings: KeywordEmbeddings,
+) -> None:
+    router = EmbeddingRouter(
+        experts=profiles(), embeddings=embeddings, threshold=1.01, fallback_expert="medicine"
+    )
+    decisions = router.route(list(QUESTIONS.values()))
+    assert [d.expert for d in decisions] == ["medicine"] * 3
+    assert all(d.fallback for d in decisions)
+    assert [d.score for d in decisions] == [d.scores["medicine"] for d in decisions]
+
+
+def test_per_expert_thresholds(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(
+        experts=profiles(),
+        embeddings=embeddings,
+        thresholds={"history": 0.999},
+        fallback_expert="math",
+    )
+    math, medicine, history = router.route(list(QUESTIONS.values()))
+    assert (math.expert, math.fallback) == ("math", False)
+    assert (medicine.expert, medicine.fallback) == ("medicine", False)  # no threshold for it
+    assert (history.expert, history.fallback) == ("math", True)
+    assert history.score == history.scores["math"]
+    assert max(history.scores, key=history.scores.__getitem__) == "history"
+
+
+def test_per_expert_threshold_overrides_the_global_one(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(
+        experts=profiles(),
+        embeddings=embeddings,
+        threshold=1.01,
+        thresholds={"medicine": 0.0},
+        fallback_expert="math",
+    )
+    math, medicine, history = router.route(list(QUESTIONS.values()))
+    assert (medicine.expert, medicine.fallback) == ("medicine", False)
+    assert (history.expert, history.fallback) == ("math", True)
+    assert (math.expert, math.fallback) == ("math", True)  # under the global threshold
+
+
+# --- construction errors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"experts": []}, "needs at least one expert", id="no-experts"),
+        pytest.param(
+            {"experts": [*profiles(), ExpertProfile(name="math")]},
+            "duplicate expert names: math",
+            id="duplicate",
+        ),
+        pytest.param(
+            {"fallback_expert": "law"},
+            "fallback expert 'law' is not one of the experts (math, medicine, history)",
+            id="unknown-fallback",
+        ),
+        pytest.param(
+            {"threshold": 0.3}, "a routing threshold needs a fallback_expert", id="no-fallback"
+        ),
+        pytest.param(
+            {"thresholds": {"math": 0.3}},
+            "a routing threshold needs a fallback_expert",
+            id="thresholds-no-fallback",
+        ),
+        pytest.param(
+            {"thresholds": {"law": 0.3, "art": 0.1, "math": 0.2}, "fallback_expert": "math"},
+            "thresholds name unknown experts: art, law",
+            id="thresholds-unknown",
+        ),
+    ],
+)
+def test_construction_errors(
+    kwargs: dict[str, Any], message: str, embeddings: KeywordEmbeddings
+) -> None:
+    with pytest.raises(ValueError) as info:
+        EmbeddingRouter(**{"experts": profiles(), "embeddings": embeddings, **kwargs})
+    assert message in str(info.value)
+    assert embeddings.calls == []
+
+
+def test_expert_profile_name_must_not_be_blank() -> None:
+    with pytest.raises(ValueError, match="expert name must not be empty"):
+        ExpertProfile(name="  ")
+
+
+# --- invoke ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["What is 2+2?", {"query": "x"}, None], ids=["str", "dict", "none"])
+def test_invoke_with_a_non_plan_raises_type_error(bad: Any, embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    with pytest.raises(TypeError, match="EmbeddingRouter expects a Plan"):
+        router.invoke(bad)
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+async def test_invoke_routes_every_sub_query(
+    use_async: bool, embeddings: KeywordEmbeddings
+) -> None:
+    router = EmbeddingRouter(experts=experts(), embeddings=embeddings)
+    plan = three_part_plan()
+    routed = await router.ainvoke(plan) if use_async else router.invoke(plan)
+    assert isinstance(routed, Plan)
+    assert [sq.expert for sq in routed.sub_queries] == NAMES
+    for original, sq in zip(plan.sub_queries, routed.sub_queries, strict=True):
+        assert sq.route is not None
+        assert (sq.id, sq.question, sq.depends_on) == (
+            original.id,
+            original.question,
+            original.depends_on,
+        )
+        assert sq.route.sub_query_id == sq.id
+        assert sq.route.question == sq.question
+        assert sq.score == sq.route.score == max(sq.route.scores.values())
+    assert routed.query == plan.query
+    assert plan.sub_queries[0].route is None  # the input plan is not modified
+    assert routed.validate_dag() is routed
+
+
+def test_routed_plan_lookups_and_drawings_show_the_routes(
+    embeddings: KeywordEmbeddings,
+) -> None:
+    # The plan was validated before routing (as the generator does).
+    routed = EmbeddingRouter(experts=profiles(), embeddings=embeddings).invoke(three_part_plan())
+    assert {i: sq.expert for i, sq in routed.by_id.items()} == dict(
+        zip(["q1", "q2", "q3"], NAMES, strict=True)
+    )
+    text = routed.to_text()
+    assert "[math " in text and "[medicine " in text and "[history " in text
+    assert "<i>history (" in routed.to_mermaid()
+
+
+def test_invoke_emits_routed_progress_events(embeddings: KeywordEmbeddings) -> None:
+    recorder = EventRecorder()
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    routed = router.invoke(three_part_plan(), config={"callbacks": [recorder]})
+    assert [name for name, _ in recorder.events] == [PROGRESS_EVENT] * 3
+    events = [data for _, data in recorder.events]
+    assert [e["type"] for e in events] == ["routed"] * 3
+    assert [e["sub_query_id"] for e in events] == ["q1", "q2", "q3"]
+    assert [e["expert"] for e in events] == NAMES
+    for event, sq in zip(events, routed.sub_queries, strict=True):
+        assert event["score"] == sq.score
+        assert event["data"] == sq.route
+
+
+def test_invoke_emits_fallback_decisions(embeddings: KeywordEmbeddings) -> None:
+    recorder = EventRecorder()
+    router = EmbeddingRouter(
+        experts=profiles(), embeddings=embeddings, threshold=1.01, fallback_expert="math"
+    )
+    router.invoke(Plan.single("Tell me about the war"), config={"callbacks": [recorder]})
+    ((name, event),) = recorder.events
+    assert name == PROGRESS_EVENT
+    assert event["expert"] == "math"
+    assert event["data"].fallback is True
+
+
+def test_invoke_without_callbacks_does_not_fail(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    assert router.invoke(Plan.single(QUESTIONS["history"])).sub_queries[0].expert == "history"
