@@ -94,22 +94,35 @@ def _normalize_placeholders(question: str) -> str:
 def _load_json_like(text: str) -> Any:
     fenced = _FENCE.search(text)
     candidate = fenced.group(1) if fenced else text
-    starts = [i for i in (candidate.find("{"), candidate.find("[")) if i >= 0]
+    # Prose may hold brackets of its own before the JSON: try each opening bracket in turn.
+    starts = [i for i, char in enumerate(candidate) if char in "{["]
     if not starts:
         raise ValueError("no JSON object found in the reply")
-    start = min(starts)
-    closer = "}" if candidate[start] == "{" else "]"
-    end = candidate.rfind(closer)
-    if end <= start:
-        raise ValueError("unterminated JSON in the reply")
-    snippet = _TRAILING_COMMA.sub(r"\1", candidate[start : end + 1])
+    first_error: ValueError | None = None
+    for start in starts:
+        end = candidate.rfind("}" if candidate[start] == "{" else "]")
+        if end <= start:
+            continue
+        try:
+            return _parse_snippet(_TRAILING_COMMA.sub(r"\1", candidate[start : end + 1]))
+        except ValueError as exc:
+            first_error = first_error or exc
+    raise first_error or ValueError("unterminated JSON in the reply")
+
+
+_PY_LITERALS = {"true": "True", "false": "False", "null": "None"}
+_STRING_OR_LITERAL = re.compile(r"(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*')|\b(true|false|null)\b")
+
+
+def _parse_snippet(snippet: str) -> Any:
     try:
         return json.loads(snippet)
     except json.JSONDecodeError as json_error:
-        # Models often write Python literals: single quotes, True/False/None.
-        pythonish = re.sub(r"\btrue\b", "True", snippet)
-        pythonish = re.sub(r"\bfalse\b", "False", pythonish)
-        pythonish = re.sub(r"\bnull\b", "None", pythonish)
+        # Models often write Python literals (single quotes); JSON's true/false/null are
+        # translated outside string values only, so the sub-questions' text is untouched.
+        pythonish = _STRING_OR_LITERAL.sub(
+            lambda m: m.group(1) or _PY_LITERALS[m.group(2)], snippet
+        )
         try:
             return ast.literal_eval(pythonish)
         except (ValueError, SyntaxError):

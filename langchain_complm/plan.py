@@ -7,7 +7,6 @@ experts, and what the executor compiles into a LangGraph ``StateGraph``.
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -273,11 +272,9 @@ class Plan(BaseModel):
         return "\n".join(rows)
 
 
-_MERMAID_SAFE = set(string.ascii_letters + string.digits + "_")
-
-
 def _mermaid_id(sq_id: str) -> str:
-    return "n_" + "".join(c if c in _MERMAID_SAFE else "_" for c in sq_id)
+    # Injective over valid ids (letters, digits, '_' and '-'): 'q-1' and 'q_1' stay apart.
+    return "n_" + sq_id.replace("_", "__").replace("-", "_d")
 
 
 def _mermaid_escape(text: str) -> str:

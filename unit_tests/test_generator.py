@@ -268,21 +268,11 @@ def test_parse_plan_raises_a_clear_value_error(text: str, message: str) -> None:
     assert message in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the Python-literal fallback rewrites true/false/null inside string values "
-    "(question text 'true' becomes 'True', 'null' becomes 'None')",
-)
 def test_python_literal_fallback_keeps_question_text() -> None:
     text = "{'sub_queries': [{'id': 'q1', 'question': 'Is it true that null is false?'}]}"
     assert parse_plan(text, "q").sub_queries[0].question == "Is it true that null is false?"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _load_json_like starts at the first '{' or '[' anywhere, so a bracket in the "
-    "prose before the JSON object makes parsing fail",
-)
 def test_prose_with_brackets_before_the_json() -> None:
     text = f"Sure [plan below]:\n{VALID}"
     assert shape(parse_plan(text, QUERY)) == VALID_SHAPE
