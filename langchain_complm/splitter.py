@@ -1,0 +1,299 @@
+"""A deterministic Sub-query Generator: splits compound queries at their explicit structure.
+
+Small embedded chat models cannot write a JSON decomposition from a few-shot prompt. Until a
+trained generator exists, :class:`StructuralSubQueryGenerator` decomposes the compound
+questions whose parts are marked by their structure (enumerations, several questions in a
+row, questions joined by ", and") into independent sub-queries, and answers anything else
+whole. It never calls a model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForChainRun
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from pydantic import Field
+
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery
+
+_QWORDS = (
+    "what|who|whom|whose|which|when|where|why|how|is|are|was|were|am|does|do|did|can|could|"
+    "should|would|will|shall|has|have|had|may|might|must"
+)
+_QSTART = re.compile(rf"^\W*(?:{_QWORDS})\b", re.IGNORECASE)
+_QWORD_CAP = re.compile(r"\b(?:" + "|".join(w.capitalize() for w in _QWORDS.split("|")) + r")\b")
+
+# Words that make a later part depend on an earlier one ("Who wrote Hamlet? When was it
+# written?"); such queries are not split, since the parts would not be self-contained.
+_ANAPHORA = re.compile(
+    r"\b(?:it|its|itself|he|him|his|she|her|they|them|their|theirs|themselves)\b",
+    re.IGNORECASE,
+)
+# A leading sentence that talks about the request rather than asking something.
+_META = re.compile(
+    r"\b(?:questions?|answer|following|both|these|help|queries|things|quick)\b", re.IGNORECASE
+)
+_LEADING_JOINER = re.compile(r"^(?:,|;|and\s+also\b|and\b|also\b,?|\s)+", re.IGNORECASE)
+_TRAILING_JOINER = re.compile(r"(?:[,;:]|\s|\band\s+also|\band|\balso)+$", re.IGNORECASE)
+_COURTESY = re.compile(r"^(?:thanks?|thank you|thx|cheers)\b", re.IGNORECASE)
+_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "st", "vs", "etc", "jr", "sr", "prof", "no", "fig"}
+
+# Enumeration markers. Each pattern captures the label; labels must run 1, 2, 3... / a, b, c...
+_ENUMERATIONS = (
+    re.compile(r"(?:^|(?<=[\s:;,.?!]))\((\d{1,2})\)\s*"),  # (1) ... (2) ...
+    re.compile(r"(?:^|(?<=[\s:;,?!]))(\d{1,2})[.)]\s+"),  # 1. ... 2. ...  /  1) ... 2) ...
+    re.compile(r"(?:^|(?<=[\s:;,.?!]))\(([a-h])\)\s*"),  # (a) ... (b) ...
+    re.compile(r"(?:^|(?<=[\s:;,.?!]))([a-h])\)\s+"),  # a) ... b) ...
+)
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+_ORDINAL = re.compile(
+    r"(?:^|(?<=[\s:;,.?!]))(first|second|third|fourth|fifth|sixth|seventh|eighth|finally|"
+    r"lastly|last)(?:ly)?\s*,\s*",
+    re.IGNORECASE,
+)
+_OPTION_LABEL = re.compile(r"(?:^|(?<=\s))\(?([A-H])[.)]\s")
+_CONJUNCTIONS = re.compile(r"\s*(?:[,;]\s*and(?:\s+also)?|\s+and\s+also|[,;.]?\s+Also,)\s+")
+
+
+def split_query(query: str, max_sub_queries: int | None = None) -> list[str]:
+    """Split ``query`` into independent parts at its explicit structure.
+
+    Returns ``[]`` when no structure is found, when the parts would not be self-contained,
+    or when there are more than ``max_sub_queries`` parts.
+    """
+    text = re.sub(r"[ \t]+", " ", query).strip()
+    if not text:
+        return []
+    parts = _split_enumeration(text) or _split_ordinals(text) or _split_sentences(text)
+    parts = [p for p in (_finish(p) for p in parts) if p]
+    if len(parts) < 2:
+        return []
+    if max_sub_queries is not None and len(parts) > max_sub_queries:
+        return []
+    if any(_ANAPHORA.search(p) for p in parts[1:]):
+        return []
+    return parts
+
+
+# --- enumerations -----------------------------------------------------------------------------
+
+
+def _split_enumeration(text: str) -> list[str]:
+    for pattern in _ENUMERATIONS:
+        markers = _sequential(pattern, text, _labels(pattern))
+        if len(markers) >= 2:
+            return _cut(text, markers)
+    return []
+
+
+def _labels(pattern: re.Pattern[str]) -> list[str]:
+    if "a-h" in pattern.pattern:
+        return list("abcdefgh")
+    return [str(i) for i in range(1, 100)]
+
+
+def _sequential(pattern: re.Pattern[str], text: str, labels: list[str]) -> list[re.Match[str]]:
+    """The markers labelled labels[0], labels[1], ... in order (greedy, first match each)."""
+    found: list[re.Match[str]] = []
+    for match in pattern.finditer(text):
+        if len(found) < len(labels) and match.group(1).lower() == labels[len(found)]:
+            found.append(match)
+    return found
+
+
+def _cut(text: str, markers: list[re.Match[str]]) -> list[str]:
+    lead = text[: markers[0].start()].strip()
+    items = [
+        text[m.end() : markers[i + 1].start() if i + 1 < len(markers) else len(text)]
+        for i, m in enumerate(markers)
+    ]
+    items = [_TRAILING_JOINER.sub("", _LEADING_JOINER.sub("", item)).strip() for item in items]
+    # A lead-in that is not a sentence of its own ("Tell me (1) ... and (2) ...") heads every
+    # item; a sentence or a "...:" line before the list is a preamble and is dropped.
+    if lead and not re.search(r"[.?!:]$", lead):
+        lead_is_question = bool(_QSTART.match(lead))
+        items = [
+            f"{lead} {_decapitalize(item)}".rstrip("?. ") + ("?" if lead_is_question else "")
+            for item in items
+        ]
+    return items
+
+
+def _split_ordinals(text: str) -> list[str]:
+    markers: list[re.Match[str]] = []
+    for match in _ORDINAL.finditer(text):
+        word = match.group(1).lower()
+        if word in ("finally", "lastly", "last"):
+            if len(markers) >= 2:
+                markers.append(match)
+            break
+        if len(markers) < len(_ORDINALS) and word == _ORDINALS[len(markers)]:
+            markers.append(match)
+    return _cut(text, markers) if len(markers) >= 2 else []
+
+
+# --- sentences and joined questions -----------------------------------------------------------
+
+
+def _split_sentences(text: str) -> list[str]:
+    segments: list[str] = []
+    for sentence in _sentences(text):
+        segments.extend(_split_options(sentence))
+    parts: list[str] = []
+    attached_after_question = False
+    for position, segment in enumerate(segments):
+        if _is_question(segment):
+            parts.extend(_split_conjunctions(segment))
+            attached_after_question = True
+        elif not attached_after_question:
+            # A preamble: dropped when it is about the request, else it may carry content
+            # ("Explain X. What is Y?"), so the query is not split.
+            if position == 0 and _META.search(segment):
+                continue
+            return []
+        elif _COURTESY.match(segment):
+            continue
+        else:
+            parts[-1] = f"{parts[-1]} {segment}"  # options or remarks belong to their question
+    return parts
+
+
+def _sentences(text: str) -> list[str]:
+    out: list[str] = []
+    start = 0
+    for match in re.finditer(r"[.?!]+\s+|\n+", text):
+        end = match.start() + len(match.group(0).rstrip())
+        if match.group(0)[0] == "." and not _is_sentence_end(text, match.start()):
+            continue
+        if text[match.end() : match.end() + 1].islower() and match.group(0)[0] != "\n":
+            continue
+        out.append(text[start:end].strip())
+        start = match.end()
+    out.append(text[start:].strip())
+    return [s for s in out if s]
+
+
+def _is_sentence_end(text: str, dot: int) -> bool:
+    word = re.search(r"(\S+)$", text[:dot])
+    if not word:
+        return True
+    token = word.group(1)
+    # Initials, option labels ("A."), abbreviations, "U.S.", list numbers ("1.").
+    return not (
+        len(token.strip("(")) == 1
+        or token.lower().strip("(") in _ABBREVIATIONS
+        or "." in token
+        or token.isdigit()
+    )
+
+
+def _split_options(sentence: str) -> list[str]:
+    """Separate a run of options from a question glued after it ("A. 3 B. 4 What is...?")."""
+    labels = list(_OPTION_LABEL.finditer(sentence))
+    if not labels or labels[0].start() != 0 or labels[0].group(1) != "A":
+        return [sentence]
+    last = labels[0]
+    for match in labels[1:]:
+        if ord(match.group(1)) == ord(last.group(1)) + 1:
+            last = match
+    question = _QWORD_CAP.search(sentence, last.end())
+    if not question or not sentence.rstrip().endswith("?"):
+        return [sentence]
+    return [sentence[: question.start()].strip(), sentence[question.start() :].strip()]
+
+
+def _split_conjunctions(question: str) -> list[str]:
+    pieces: list[str] = []
+    rest = question
+    while True:
+        for match in _CONJUNCTIONS.finditer(rest):
+            left, right = rest[: match.start()], rest[match.end() :]
+            if _QSTART.match(left) and _QSTART.match(right):
+                pieces.append(left)
+                rest = right
+                break
+        else:
+            pieces.append(rest)
+            return pieces
+
+
+def _is_question(segment: str) -> bool:
+    segment = _LEADING_JOINER.sub("", segment)
+    return segment.endswith("?") or bool(_QSTART.match(segment))
+
+
+# --- finishing --------------------------------------------------------------------------------
+
+
+def _finish(part: str) -> str:
+    part = _TRAILING_JOINER.sub("", _LEADING_JOINER.sub("", part.strip())).strip()
+    part = re.sub(r"\?\s*,$", "?", part)
+    if not part:
+        return ""
+    part = part[0].upper() + part[1:]
+    if _QSTART.match(part) and not _has_options(part):
+        part = part.rstrip(".!,;: ") + "?" if not part.endswith("?") else part
+    return part
+
+
+def _has_options(part: str) -> bool:
+    return bool(re.search(r"\?\s+\(?A[.)]\s", part))
+
+
+def _decapitalize(item: str) -> str:
+    if item[:1].isupper() and not item[1:2].isupper():
+        return item[0].lower() + item[1:]
+    return item
+
+
+class StructuralSubQueryGenerator(RunnableSerializable[str, Plan]):
+    """Decomposes a compound query into independent sub-queries at its explicit structure.
+
+    Splits enumerations ("(1) ... (2) ...", "1. ... 2. ...", "a) ... b) ...", "First, ...
+    Second, ... Finally, ..."), several questions in a row, and questions joined by ", and",
+    "; and", " and also " or " Also, " when both sides are questions. A preamble about the
+    request ("I have two questions.") is dropped; multiple-choice options stay with their
+    question. Anything else (a single question, or parts that refer back to each other with a
+    pronoun) is returned as :meth:`Plan.single`, without a ``fallback_reason``: answering a
+    single question whole is a valid result, not a failure.
+
+    Same interface as :class:`~langchain_complm.generator.SubQueryGenerator`, with no model.
+
+    Example:
+        .. code-block:: python
+
+            plan = StructuralSubQueryGenerator().invoke("What is 2+2, and who wrote Hamlet?")
+            [sq.question for sq in plan.sub_queries]
+            # ['What is 2+2?', 'Who wrote Hamlet?']
+    """
+
+    max_sub_queries: int = Field(default=DEFAULT_MAX_SUB_QUERIES, ge=1)
+    """Queries with more parts are answered whole."""
+    name: str | None = "StructuralSubQueryGenerator"
+
+    def invoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> Plan:
+        return self._call_with_config(self._decompose, input, config, run_type="chain", **kwargs)
+
+    async def ainvoke(
+        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Plan:
+        return self.invoke(input, config, **kwargs)
+
+    def _decompose(
+        self, query: str, run_manager: CallbackManagerForChainRun, config: RunnableConfig
+    ) -> Plan:
+        parts = split_query(query, self.max_sub_queries)
+        if not parts:
+            return Plan.single(query)
+        plan = Plan(
+            query=query,
+            sub_queries=tuple(
+                SubQuery(id=f"q{i}", question=part) for i, part in enumerate(parts, start=1)
+            ),
+        )
+        return plan.validate_dag(self.max_sub_queries)
+
+
+__all__ = ["StructuralSubQueryGenerator", "split_query"]

@@ -1,0 +1,152 @@
+"""Tests for the deterministic StructuralSubQueryGenerator."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableConfig
+
+from langchain_complm.plan import Plan
+from langchain_complm.splitter import StructuralSubQueryGenerator, split_query
+
+SPLITS = [
+    ("What is 2+2, and who wrote Hamlet?", ["What is 2+2?", "Who wrote Hamlet?"]),
+    ("What is 2+2?, and who wrote Hamlet?", ["What is 2+2?", "Who wrote Hamlet?"]),
+    (
+        "I have two questions. What is the capital of France? Who painted the Mona Lisa?",
+        ["What is the capital of France?", "Who painted the Mona Lisa?"],
+    ),
+    (
+        "Please answer both: (1) what is photosynthesis (2) how do vaccines work",
+        ["What is photosynthesis?", "How do vaccines work?"],
+    ),
+    (
+        "1. What is DNA? 2. What is RNA? 3. Who discovered penicillin?",
+        ["What is DNA?", "What is RNA?", "Who discovered penicillin?"],
+    ),
+    ("a) what is gravity b) what is magnetism", ["What is gravity?", "What is magnetism?"]),
+    (
+        "First, what is the boiling point of water? Second, who wrote Faust? Finally, what is 7*8?",
+        ["What is the boiling point of water?", "Who wrote Faust?", "What is 7*8?"],
+    ),
+    (
+        "What is the speed of light; and how far is the Moon?",
+        ["What is the speed of light?", "How far is the Moon?"],
+    ),
+    (
+        "What is inflation and also who founded Microsoft?",
+        ["What is inflation?", "Who founded Microsoft?"],
+    ),
+    ("What is 2+2. Also, who wrote Hamlet?", ["What is 2+2?", "Who wrote Hamlet?"]),
+    (
+        "What is 2+2? A. 3 B. 4 What is 3+3? A. 5 B. 6",
+        ["What is 2+2? A. 3 B. 4", "What is 3+3? A. 5 B. 6"],
+    ),
+    (
+        "What is 2+2?\nA. 3\nB. 4\nWhat is 3+3?\nA. 5\nB. 6",
+        ["What is 2+2? A. 3 B. 4", "What is 3+3? A. 5 B. 6"],
+    ),
+    (
+        "What did Dr. Smith say about the U.S. Army? Who is J. K. Rowling?",
+        ["What did Dr. Smith say about the U.S. Army?", "Who is J. K. Rowling?"],
+    ),
+    (
+        "How much is 3.5 times 2? What is the capital of Peru? Thanks!",
+        ["How much is 3.5 times 2?", "What is the capital of Peru?"],
+    ),
+    (
+        "Tell me (1) the capital of France and (2) the capital of Spain.",
+        ["Tell me the capital of France", "Tell me the capital of Spain"],
+    ),
+    (
+        "What is the capital of France, and what is the population of Spain?",
+        ["What is the capital of France?", "What is the population of Spain?"],
+    ),
+]
+
+NO_SPLITS = [
+    "What are the causes and symptoms of anemia?",
+    "Which is larger, 3 or 5?",
+    "Who wrote Hamlet? When was it written?",  # the second part refers back ("it")
+    "Explain photosynthesis. What is 2+2?",  # the leading sentence is content, not preamble
+    "Compare Python and Java, and explain which is faster.",
+    "What is 3.5 plus 1.5?",
+    "Which of these is a mammal? A. Shark B. Dolphin C. Trout",
+    "",
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), SPLITS)
+def test_splits(query: str, expected: list[str]) -> None:
+    plan = StructuralSubQueryGenerator().invoke(query)
+    assert [sq.question for sq in plan.sub_queries] == expected
+    assert [sq.id for sq in plan.sub_queries] == [f"q{i}" for i in range(1, len(expected) + 1)]
+    assert all(sq.depends_on == () for sq in plan.sub_queries)
+    assert plan.query == query
+    assert plan.fallback_reason is None
+
+
+@pytest.mark.parametrize("query", [q for q in NO_SPLITS if q])
+def test_no_structure_is_a_single_plan_without_fallback(query: str) -> None:
+    plan = StructuralSubQueryGenerator().invoke(query)
+    assert plan == Plan.single(query)
+    assert not plan.is_fallback
+
+
+def test_split_query_returns_empty_without_structure() -> None:
+    for query in NO_SPLITS:
+        assert split_query(query) == []
+
+
+def test_max_sub_queries_cap() -> None:
+    query = "(1) what is A (2) what is B (3) what is C"
+    assert len(StructuralSubQueryGenerator(max_sub_queries=3).invoke(query).sub_queries) == 3
+    plan = StructuralSubQueryGenerator(max_sub_queries=2).invoke(query)
+    assert plan == Plan.single(query)
+    assert plan.fallback_reason is None
+
+
+def test_max_sub_queries_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        StructuralSubQueryGenerator(max_sub_queries=0)
+
+
+class RunRecorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.chains: list[dict[str, Any]] = []
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.chains.append({"name": kwargs.get("name"), "parent": parent_run_id})
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_named_run_and_ainvoke(use_async: bool) -> None:
+    recorder = RunRecorder()
+    config: RunnableConfig = {"callbacks": [recorder]}
+    generator = StructuralSubQueryGenerator()
+    query = "What is 2+2, and who wrote Hamlet?"
+    if use_async:
+        plan = await generator.ainvoke(query, config)
+    else:
+        plan = generator.invoke(query, config)
+    assert len(plan.sub_queries) == 2
+    assert [c["name"] for c in recorder.chains] == ["StructuralSubQueryGenerator"]
+    assert recorder.chains[0]["parent"] is None
+
+
+def test_batch_and_name() -> None:
+    generator = StructuralSubQueryGenerator()
+    assert generator.get_name() == "StructuralSubQueryGenerator"
+    plans = generator.batch(["What is 2+2, and who wrote Hamlet?", "Which is larger, 3 or 5?"])
+    assert [len(p.sub_queries) for p in plans] == [2, 1]
