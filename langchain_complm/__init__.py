@@ -37,6 +37,7 @@ from langchain_complm.experts import Expert, ExpertProfile
 from langchain_complm.generator import SubQueryGenerator, parse_plan
 from langchain_complm.plan import Plan, PlanValidationError, RoutingDecision, SubQuery
 from langchain_complm.router import EmbeddingRouter
+from langchain_complm.splitter import StructuralSubQueryGenerator
 
 __all__ = [
     "PROGRESS_EVENT",
@@ -63,6 +64,7 @@ __all__ = [
     "ResponseAggregator",
     "RoutingConfig",
     "RoutingDecision",
+    "StructuralSubQueryGenerator",
     "SubQuery",
     "SubQueryExecutionError",
     "SubQueryGenerator",

@@ -10,7 +10,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.func import entrypoint
 from langgraph.pregel import Pregel
 from langgraph.types import Checkpointer
@@ -121,7 +121,7 @@ def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) ->
 def create_comp_llm(
     experts: Iterable[Expert],
     *,
-    generator: SubQueryGenerator | BaseChatModel | None = None,
+    generator: Runnable[str, Plan] | BaseChatModel | None = None,
     router: EmbeddingRouter | Embeddings | None = None,
     aggregator: ResponseAggregator | BaseChatModel | None = None,
     mode: ScheduleMode = "superstep",
@@ -138,12 +138,14 @@ def create_comp_llm(
 
     Args:
         experts: The expert models with their profiles; names must be unique.
-        generator: A :class:`SubQueryGenerator`, or a chat model to build one with the default
-            prompt. ``None`` uses the embedded default model.
+        generator: A chat model, decomposing with :class:`SubQueryGenerator`'s default prompt,
+            or any ``Runnable[str, Plan]`` (a configured :class:`SubQueryGenerator`, the
+            :class:`~langchain_complm.splitter.StructuralSubQueryGenerator`, ...). ``None`` uses
+            the embedded default model.
         router: An :class:`EmbeddingRouter`, or an embeddings model to build one over the
             experts. ``None`` uses the embedded default embeddings.
         aggregator: A :class:`ResponseAggregator`, or a chat model to build one. ``None``
-            uses the generator's chat model.
+            uses the generator's chat model, else the embedded default model.
         mode: How sub-queries are scheduled (see :data:`ScheduleMode`).
         max_concurrency: At most this many experts run at once (default: unlimited).
         failure_policy: Retries, fallback expert, timeout and raise-or-continue for experts.
@@ -171,7 +173,7 @@ def create_comp_llm(
         raise ValueError(
             f"fallback expert {fallback_expert!r} is not one of the experts ({', '.join(by_name)})"
         )
-    if not isinstance(generator, SubQueryGenerator):
+    if generator is None or isinstance(generator, BaseChatModel):
         generator = SubQueryGenerator(
             llm=generator or _default_chat_model(), max_sub_queries=max_sub_queries
         )
@@ -186,7 +188,8 @@ def create_comp_llm(
     if unknown:
         raise ValueError(f"the router routes to experts that do not exist: {', '.join(unknown)}")
     if not isinstance(aggregator, ResponseAggregator):
-        aggregator = ResponseAggregator(llm=aggregator or generator.llm)
+        llm = aggregator or getattr(generator, "llm", None) or _default_chat_model()
+        aggregator = ResponseAggregator(llm=llm)
     executor = QueryExecutor(
         experts=by_name,
         mode=mode,
@@ -197,7 +200,7 @@ def create_comp_llm(
 
 
 def _compile(
-    generator: SubQueryGenerator,
+    generator: Runnable[str, Plan],
     router: EmbeddingRouter,
     executor: QueryExecutor,
     aggregator: ResponseAggregator,

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -214,7 +214,12 @@ class CompLLMConfig(_Strict):
     """Named chat models. ``default`` (the embedded SmolLM2) is added when not defined."""
     embeddings: EmbeddingsSpec = Field(default_factory=EmbeddingsSpec)
     generator: str = DEFAULT_MODEL
-    """Model that decomposes queries."""
+    """Model that decomposes queries (with ``decomposer: llm``)."""
+    decomposer: Literal["auto", "llm", "structural"] = "auto"
+    """How queries are decomposed: ``llm`` prompts the generator model; ``structural`` splits
+    on the query's explicit structure (enumerations, several questions) without a model;
+    ``auto`` is ``structural`` when the generator is the embedded SmolLM2-135M, which cannot
+    decompose from a prompt (it writes no JSON), and ``llm`` otherwise."""
     aggregator: str | None = None
     """Model that writes the final answer; default: the generator's."""
     experts: list[ExpertSpec] = Field(default_factory=_default_experts)
@@ -261,13 +266,22 @@ class CompLLMConfig(_Strict):
         return self
 
     @property
+    def uses_llm_decomposer(self) -> bool:
+        """Whether decomposition prompts the generator model (see ``decomposer``)."""
+        if self.decomposer == "auto":
+            return not self.models[self.generator].is_embedded
+        return self.decomposer == "llm"
+
+    @property
     def aggregator_model(self) -> str:
         """The model name that aggregates (the generator's unless set)."""
         return self.aggregator or self.generator
 
     def model_names_used(self, *, experts: bool = True) -> list[str]:
-        """Model names in load order: generator, aggregator, then the experts' models."""
-        names = [self.generator, self.aggregator_model]
+        """Model names in load order: generator (when it decomposes), aggregator, then the
+        experts' models."""
+        names = [self.generator] if self.uses_llm_decomposer else []
+        names.append(self.aggregator_model)
         if experts:
             names += [e.model for e in self.experts]
         return list(dict.fromkeys(names))
@@ -566,7 +580,7 @@ def build_comp_llm(
     config = _as_config(config)
     _check_paths(config, model_factory, embeddings)
     pool = ModelPool(config, model_factory, progress)
-    generator = pool.get(config.generator)
+    generator = _decomposer(config, pool)
     aggregator = pool.get(config.aggregator_model)
     experts = build_experts(config, pool)
     if embeddings is None:
@@ -602,15 +616,12 @@ def build_planner(
     Only the generator's model and the embeddings are loaded; experts are routed to by their
     profiles, their models are not needed.
     """
-    from langchain_complm.generator import SubQueryGenerator
     from langchain_complm.router import EmbeddingRouter
 
     config = _as_config(config)
     _check_paths(config, model_factory, embeddings)
     pool = ModelPool(config, model_factory, progress)
-    generator = SubQueryGenerator(
-        llm=pool.get(config.generator), max_sub_queries=config.execution.max_sub_queries
-    )
+    generator = _decomposer(config, pool)
     if embeddings is None:
         embeddings = load_embeddings(config.embeddings, progress)
     routing = config.routing
@@ -621,6 +632,16 @@ def build_planner(
         fallback_expert=routing.fallback_expert if routing.threshold is not None else None,
     )
     return (generator | router).with_config(run_name="CompLLMPlanner")
+
+
+def _decomposer(config: CompLLMConfig, pool: ModelPool) -> Runnable[str, Plan]:
+    from langchain_complm.generator import SubQueryGenerator
+    from langchain_complm.splitter import StructuralSubQueryGenerator
+
+    cap = config.execution.max_sub_queries
+    if config.uses_llm_decomposer:
+        return SubQueryGenerator(llm=pool.get(config.generator), max_sub_queries=cap)
+    return StructuralSubQueryGenerator(max_sub_queries=cap)
 
 
 def _as_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:

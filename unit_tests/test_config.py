@@ -319,7 +319,7 @@ def test_experts_sharing_a_model_share_one_instance(tmp_path: Path) -> None:
     experts = captured["experts"]
     assert experts["math"].llm is experts["medicine"].llm is built["shared"][0]
     assert experts["history"].llm is captured["aggregator"] is built["default"][0]
-    assert captured["generator"] is built["planner"][0]
+    assert captured["generator"].llm is built["planner"][0]
     assert experts["math"].system_prompt == "Show your work."
     assert experts["math"].examples == ("What is the sum of 2 and 3?", "Multiply 4 by 5")
     assert captured["mode"] == "sequential" and captured["max_concurrency"] == 2
@@ -335,3 +335,32 @@ def test_build_planner_loads_only_the_generator(tmp_path: Path) -> None:
     assert factory.calls == ["planner"]
     assert [sq.expert for sq in plan.sub_queries] == ["math", "medicine"]
     assert all(sq.route is not None and sq.route.scores for sq in plan.sub_queries)
+
+
+def test_decomposer_auto_uses_the_splitter_for_the_embedded_model(tmp_path: Path) -> None:
+    from langchain_complm.generator import SubQueryGenerator
+    from langchain_complm.splitter import StructuralSubQueryGenerator
+
+    embedded = default_config()
+    assert embedded.decomposer == "auto" and not embedded.uses_llm_decomposer
+    # The embedded generator model is then not needed: only the aggregator's is loaded.
+    assert embedded.model_names_used(experts=False) == ["default"]
+    assert embedded.model_copy(update={"decomposer": "llm"}).uses_llm_decomposer
+    config = load_config(write(tmp_path, "complm.yaml", YAML_CONFIG))
+    assert config.uses_llm_decomposer  # a generator model of the user's own
+    assert not config.model_copy(update={"decomposer": "structural"}).uses_llm_decomposer
+
+    planner = build_planner(
+        embedded, model_factory=lambda name, spec: fake_llm(PLAN), embeddings=KeywordEmbeddings()
+    )
+    plan = planner.invoke("What is 15% of 80? Which drug treats anemia?")
+    assert [sq.question for sq in plan.sub_queries] == [
+        "What is 15% of 80?",
+        "Which drug treats anemia?",
+    ]
+    assert all(sq.expert for sq in plan.sub_queries)
+    assert isinstance(planner.first, StructuralSubQueryGenerator)
+    llm_planner = build_planner(
+        config, model_factory=lambda name, spec: fake_llm(PLAN), embeddings=KeywordEmbeddings()
+    )
+    assert isinstance(llm_planner.first, SubQueryGenerator)
