@@ -350,6 +350,10 @@ add_command(
     )
 )
 
+from langchain_complm.benchmarks import cli as _bench  # noqa: E402
+
+add_command(Command("bench", _bench.HELP, _bench.configure_bench, _bench.run_bench))
+
 
 # --- entry point ------------------------------------------------------------------------------
 

@@ -1,0 +1,577 @@
+"""The systems the accuracy benchmark compares, after the Comp-LLM paper's baselines.
+
+Every system answers one :class:`~langchain_complm.benchmarks.multiexpertqa.Item` and
+returns a :class:`Prediction`: the final answer, the per-part answers when its plan can be
+matched to the gold parts, the (routed) plan, latency, and how many parameters the system
+has in all and how many it used for this item.
+
+* ``complm``: Comp-LLM as configured: decompose, route, run the experts in parallel
+  (the config's mode, ``superstep`` by default), aggregate.
+* ``complm-sequential``: the same, with the sub-queries run one after another.
+* ``monolithic``: one model answers the whole compound question; one system per available
+  chat model (named ``monolithic:<model>``).
+* ``route-only``: the whole question is routed to ONE expert by the embedding router, whose
+  answer is the final answer (Composition of Experts / Expert Router style).
+* ``no-context``: decomposition and routing as in ``complm``, but no sub-query sees its
+  parents' answers (MoE-like). The routed plan is rewritten by :func:`drop_dependencies`:
+  every dependency is removed and every ``{qN}`` placeholder is replaced by the parent's
+  question (``the answer to "..."``), so all sub-queries run independently, in parallel.
+* ``oracle``: Comp-LLM with the item's gold plan instead of the generator's (route, execute,
+  aggregate); items without a gold plan (multi-hop) are answered whole, as one sub-query.
+
+Parameters. A model is identified by its weights (chat models over one loaded model, such as
+every role of the embedded default, are one model), so a model shared by several roles
+counts once. ``total_parameters`` sums the distinct models of a system: generator, experts,
+aggregator and the router's embeddings. ``active_parameters`` sums the distinct models used
+for one item: the generator when it is a model, the router, every expert called, and the
+aggregator unless a single answer passed through. A rule-based generator has no parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel, Field
+
+from langchain_complm.aggregator import AggregationInput, ResponseAggregator
+from langchain_complm.benchmarks.metrics import match_sub_queries
+from langchain_complm.benchmarks.multiexpertqa import Item
+from langchain_complm.executor import (
+    ExecutionResult,
+    FailurePolicy,
+    QueryExecutor,
+    ScheduleMode,
+    SubQueryResult,
+)
+from langchain_complm.experts import Expert
+from langchain_complm.plan import Plan, SubQuery
+from langchain_complm.router import EmbeddingRouter
+
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.runnables import Runnable
+
+    from langchain_complm.config import CompLLMConfig, ModelFactory, Progress
+
+SystemName = Literal[
+    "complm", "complm-sequential", "monolithic", "route-only", "no-context", "oracle"
+]
+SYSTEM_NAMES: tuple[str, ...] = (
+    "complm",
+    "complm-sequential",
+    "monolithic",
+    "route-only",
+    "no-context",
+    "oracle",
+)
+"""Every system, in report order."""
+
+Decomposer = Literal["auto", "llm", "structural"]
+"""How the Comp-LLM systems decompose (the config's ``decomposer`` setting): ``llm`` prompts
+the generator model, ``structural`` is the rule-based
+:class:`~langchain_complm.splitter.StructuralSubQueryGenerator`, ``auto`` picks."""
+
+DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
+    "math": ("math", "mathematics"),
+    "medicine": ("medicine", "medical", "health"),
+    "law": ("law", "legal"),
+    "computer_science": ("computer_science", "cs", "programming", "computing"),
+    "physics": ("physics", "science"),
+    "history": ("history",),
+    "general": ("general",),
+}
+"""Expert names that serve each benchmark domain, in order of preference (the default expert
+set has ``science`` for physics)."""
+
+MONOLITHIC_SYSTEM = (
+    "Answer the user's question. If it has several parts, answer every part, in order."
+)
+"""System message of the monolithic baseline."""
+
+
+def domain_expert_map(expert_names: Iterable[str]) -> dict[str, str]:
+    """Benchmark domain -> the expert that should answer it: an expert named like the domain
+    or one of its :data:`DOMAIN_ALIASES`, else ``general`` when there is one. Domains without
+    a suitable expert are left out (routing accuracy then ignores them)."""
+    names = list(expert_names)
+    mapping = {}
+    for domain, aliases in DOMAIN_ALIASES.items():
+        match = next((a for a in aliases if a in names), None)
+        if match is None and "general" in names:
+            match = "general"
+        if match is not None:
+            mapping[domain] = match
+    return mapping
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model as parameter accounting sees it: ``key`` identifies its weights."""
+
+    key: int
+    label: str
+    parameters: int | None
+
+
+def model_info(model: Any, label: str, parameters: int | None = None) -> ModelInfo:
+    """Identify ``model`` by its weights and count its parameters.
+
+    A chat model over a :class:`~langchain_complm.huggingface.GenerationEngine` is its
+    engine's model; sentence-transformers embeddings are their client; anything else is
+    itself. The count is ``model.num_parameters`` when it is an int, else the sum over the
+    weights' ``parameters()``, else ``parameters`` (e.g. an expert's declared size).
+    """
+    engine = getattr(model, "engine", None)
+    weights = getattr(engine, "model", None)
+    for attr in ("_client", "client"):  # sentence-transformers embeddings
+        if weights is None:
+            weights = getattr(model, attr, None)
+    if weights is None:
+        weights = model
+    return ModelInfo(key=id(weights), label=label, parameters=_count(model, weights, parameters))
+
+
+def _count(model: Any, weights: Any, fallback: int | None) -> int | None:
+    try:
+        value = getattr(model, "num_parameters", None)
+    except Exception:  # a lazy property that cannot be computed
+        value = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    params = getattr(weights, "parameters", None)
+    if callable(params):
+        try:
+            return int(sum(p.numel() for p in params()))
+        except Exception:
+            pass
+    return fallback
+
+
+def sum_parameters(models: Iterable[ModelInfo]) -> int | None:
+    """Parameters of the distinct models (by weights); None when a count is unknown."""
+    distinct = {m.key: m for m in models}
+    if any(m.parameters is None for m in distinct.values()):
+        return None
+    return sum(m.parameters or 0 for m in distinct.values())
+
+
+# --- components -------------------------------------------------------------------------------
+
+
+@dataclass
+class Components:
+    """The parts the Comp-LLM systems are built from, shared by all of them.
+
+    ``generator`` is any runnable from a query to a :class:`Plan` (a
+    :class:`~langchain_complm.generator.SubQueryGenerator`, whose ``llm`` is then counted,
+    or a rule-based one). ``chat_models`` are the candidates for the monolithic baseline.
+    """
+
+    experts: list[Expert]
+    generator: Runnable[str, Plan]
+    router: EmbeddingRouter
+    aggregator: ResponseAggregator
+    mode: ScheduleMode = "superstep"
+    max_concurrency: int | None = None
+    failure_policy: FailurePolicy = field(default_factory=FailurePolicy)
+    chat_models: list[tuple[str, BaseChatModel]] = field(default_factory=list)
+
+    @property
+    def domain_experts(self) -> dict[str, str]:
+        """Benchmark domain -> expert name (see :func:`domain_expert_map`)."""
+        return domain_expert_map(e.name for e in self.experts)
+
+    def generator_info(self) -> ModelInfo | None:
+        """The generator's model, or None for a rule-based generator."""
+        llm = getattr(self.generator, "llm", None)
+        return None if llm is None else model_info(llm, "generator")
+
+    def router_info(self) -> ModelInfo:
+        """The router's embeddings model."""
+        return model_info(self.router.embeddings, "router")
+
+    def aggregator_info(self) -> ModelInfo:
+        """The aggregator's model."""
+        return model_info(self.aggregator.llm, "aggregator")
+
+    def expert_infos(self) -> dict[str, ModelInfo]:
+        """Each expert's model, by expert name."""
+        return {e.name: model_info(e.llm, f"expert:{e.name}", e.parameters) for e in self.experts}
+
+    def executor(self, mode: ScheduleMode | None = None) -> QueryExecutor:
+        """A query executor over the experts."""
+        return QueryExecutor(
+            experts={e.name: e for e in self.experts},
+            mode=mode or self.mode,
+            max_concurrency=self.max_concurrency,
+            failure_policy=self.failure_policy,
+        )
+
+
+def load_components(
+    config: CompLLMConfig | str | Path | None = None,
+    *,
+    decomposer: Decomposer | None = None,
+    model_factory: ModelFactory | None = None,
+    embeddings: Embeddings | None = None,
+    progress: Progress | None = None,
+) -> Components:
+    """Build the components of ``config`` (a config, a file, or None for the embedded
+    default) exactly as :func:`~langchain_complm.config.build_comp_llm` does, loading every
+    named model once; ``decomposer`` overrides the config's. The other arguments mean the
+    same as there."""
+    from langchain_complm.config import (
+        ModelPool,
+        _as_config,
+        _check_paths,
+        _decomposer,
+        build_experts,
+        load_embeddings,
+    )
+
+    config = _as_config(config)
+    if decomposer is not None:
+        config = config.model_copy(update={"decomposer": decomposer})
+    _check_paths(config, model_factory, embeddings)
+    pool = ModelPool(config, model_factory, progress)
+    generator = _decomposer(config, pool)
+    aggregator = ResponseAggregator(llm=pool.get(config.aggregator_model))
+    experts = build_experts(config, pool)
+    if embeddings is None:
+        embeddings = load_embeddings(config.embeddings, progress)
+    routing = config.routing
+    router = EmbeddingRouter(
+        experts=experts,
+        embeddings=embeddings,
+        threshold=routing.threshold,
+        fallback_expert=routing.fallback_expert if routing.threshold is not None else None,
+    )
+    execution = config.execution
+    return Components(
+        experts=experts,
+        generator=generator,
+        router=router,
+        aggregator=aggregator,
+        mode=execution.mode,
+        max_concurrency=execution.max_concurrency,
+        failure_policy=execution.failure,
+        chat_models=distinct_chat_models(pool.loaded),
+    )
+
+
+def distinct_chat_models(models: Mapping[str, BaseChatModel]) -> list[tuple[str, BaseChatModel]]:
+    """One ``(label, model)`` per distinct set of weights among named chat models; the label
+    is the model's ``model_id`` basename when it has one, else its name."""
+    seen: set[int] = set()
+    out = []
+    for name, llm in models.items():
+        key = model_info(llm, name).key
+        if key in seen:
+            continue
+        seen.add(key)
+        model_id = getattr(llm, "model_id", None)
+        out.append((Path(model_id).name if model_id else name, llm))
+    return out
+
+
+# --- predictions ------------------------------------------------------------------------------
+
+
+class Prediction(BaseModel):
+    """What a system answered for one item, one JSON line of a predictions file."""
+
+    item_id: str
+    system: str
+    answer: str = Field(description="The final answer text.")
+    part_answers: dict[str, str] | None = Field(
+        default=None,
+        description="Gold part id -> the answer of the predicted sub-query matched to it; "
+        "None when the system has no plan or the item no gold plan.",
+    )
+    sub_answers: dict[str, str] | None = Field(
+        default=None, description="Predicted sub-query id -> its expert's answer."
+    )
+    plan: Plan | None = Field(default=None, description="The routed plan, when there is one.")
+    latency: float = Field(description="Seconds to answer the item.")
+    timings: dict[str, float] = Field(default_factory=dict)
+    total_parameters: int | None = None
+    active_parameters: int | None = None
+    active_models: list[str] = Field(default_factory=list, description="Roles of the models used.")
+    error: str | None = Field(default=None, description="Why the system failed on the item.")
+
+
+def match_part_answers(item: Item, plan: Plan, sub_answers: Mapping[str, str]) -> dict | None:
+    """Gold part id -> answer of the predicted sub-query matched to that part (greedy question
+    matching, :func:`~langchain_complm.benchmarks.metrics.match_sub_queries`); None without a
+    gold plan."""
+    if item.gold_plan is None:
+        return None
+    return {
+        m.gold_id: sub_answers[m.predicted_id]
+        for m in match_sub_queries(plan, item.gold_plan)
+        if m.predicted_id in sub_answers
+    }
+
+
+class System(ABC):
+    """A benchmarked system: :meth:`predict` answers an item."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def models(self) -> list[ModelInfo]:
+        """Every model of the system (duplicates allowed: they are counted once)."""
+
+    @property
+    def total_parameters(self) -> int | None:
+        """Parameters of the system's distinct models."""
+        return sum_parameters(self.models)
+
+    def predict(self, item: Item) -> Prediction:
+        """Answer ``item``, timing it."""
+        started = time.perf_counter()
+        prediction = self._predict(item)
+        prediction.latency = time.perf_counter() - started
+        prediction.timings.setdefault("total", prediction.latency)
+        return prediction
+
+    @abstractmethod
+    def _predict(self, item: Item) -> Prediction: ...
+
+    def _prediction(self, item: Item, used: Sequence[ModelInfo], **fields: Any) -> Prediction:
+        return Prediction(
+            item_id=item.id,
+            system=self.name,
+            latency=0.0,
+            total_parameters=self.total_parameters,
+            active_parameters=sum_parameters(used),
+            active_models=sorted({m.label for m in used}),
+            **fields,
+        )
+
+
+class MonolithicSystem(System):
+    """One chat model answers the whole question."""
+
+    def __init__(self, llm: BaseChatModel, label: str, system_prompt: str | None = None) -> None:
+        self.llm = llm
+        self.name = f"monolithic:{label}"
+        self.system_prompt = MONOLITHIC_SYSTEM if system_prompt is None else system_prompt
+        self._info = model_info(llm, self.name)
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return [self._info]
+
+    def _predict(self, item: Item) -> Prediction:
+        messages: list[BaseMessage] = [HumanMessage(content=item.question)]
+        if self.system_prompt:
+            messages.insert(0, SystemMessage(content=self.system_prompt))
+        answer = self.llm.invoke(messages).text.strip()
+        return self._prediction(item, [self._info], answer=answer)
+
+
+class _ComponentSystem(System):
+    def __init__(self, components: Components, name: str) -> None:
+        self.components = components
+        self.name = name
+        self._experts = components.expert_infos()
+        self._router = components.router_info()
+
+    def _executed(self, execution: ExecutionResult) -> list[ModelInfo]:
+        called = {a.expert for r in execution.results.values() for a in r.attempts}
+        return [self._experts[name] for name in called]
+
+
+class RouteOnlySystem(_ComponentSystem):
+    """The whole question goes to the one expert the embedding router picks."""
+
+    def __init__(self, components: Components, name: str = "route-only") -> None:
+        super().__init__(components, name)
+        self.executor = components.executor()
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return [self._router, *self._experts.values()]
+
+    def _predict(self, item: Item) -> Prediction:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        plan = self.components.router.invoke(Plan.single(item.question))
+        t1 = time.perf_counter()
+        execution = self.executor.invoke(plan)
+        timings.update(route=t1 - t0, execute=time.perf_counter() - t1)
+        result = execution.results[plan.sub_queries[0].id]
+        sub_answers = {k: r.answer for k, r in execution.results.items() if r.answer is not None}
+        return self._prediction(
+            item,
+            [self._router, *self._executed(execution)],
+            answer=result.answer or "",
+            plan=plan,
+            sub_answers=sub_answers,
+            part_answers=match_part_answers(item, plan, sub_answers),
+            timings=timings,
+            error=None if result.status == "ok" else result.error,
+        )
+
+
+class CompLLMSystem(_ComponentSystem):
+    """Comp-LLM: decompose (or take the gold plan), route, execute, aggregate.
+
+    The stages are the pipeline's own objects, run in the order and with the timings of
+    :func:`~langchain_complm.comp_llm.create_comp_llm`; ``plan_source="gold"`` skips the
+    generator and ``drop_context`` runs the plan through :func:`drop_dependencies`.
+    """
+
+    def __init__(
+        self,
+        components: Components,
+        name: str = "complm",
+        *,
+        mode: ScheduleMode | None = None,
+        plan_source: Literal["generator", "gold"] = "generator",
+        drop_context: bool = False,
+    ) -> None:
+        super().__init__(components, name)
+        self.executor = components.executor(mode)
+        self.plan_source = plan_source
+        self.drop_context = drop_context
+        self._generator = components.generator_info() if plan_source == "generator" else None
+        self._aggregator = components.aggregator_info()
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        own = [self._router, *self._experts.values(), self._aggregator]
+        return [self._generator, *own] if self._generator else own
+
+    def _predict(self, item: Item) -> Prediction:
+        components, query = self.components, item.question.strip()
+        timings: dict[str, float] = {}
+        last = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            timings[stage] = now - last
+            last = now
+
+        if self.plan_source == "gold":
+            plan = item.gold_plan or Plan.single(query)
+        else:
+            plan = components.generator.invoke(query)
+        lap("decompose")
+        plan = components.router.invoke(plan)
+        lap("route")
+        execution = self.executor.invoke(drop_dependencies(plan) if self.drop_context else plan)
+        lap("execute")
+        results = list(execution.results.values())
+        answer = components.aggregator.invoke(AggregationInput(query=query, results=results))
+        lap("aggregate")
+        used = [self._router, *self._executed(execution)]
+        if self._generator is not None:
+            used.append(self._generator)
+        if not _passes_through(results):
+            used.append(self._aggregator)
+        sub_answers = {k: r.answer for k, r in execution.results.items() if r.answer is not None}
+        errors = [f"{k}: {r.error or r.status}" for k, r in execution.results.items() if r.error]
+        return self._prediction(
+            item,
+            used,
+            answer=answer,
+            plan=plan,
+            sub_answers=sub_answers,
+            part_answers=match_part_answers(item, plan, sub_answers),
+            timings=timings,
+            error="; ".join(errors) or None,
+        )
+
+
+def _passes_through(results: Sequence[SubQueryResult]) -> bool:
+    """Whether the aggregator returns the single answer without calling its model."""
+    return len(results) == 1 and results[0].answer is not None
+
+
+def drop_dependencies(plan: Plan) -> Plan:
+    """The plan without dependencies: each ``{qN}`` placeholder becomes ``the answer to
+    "<qN's question>"`` (itself rewritten the same way), and no sub-query waits for another,
+    so none sees another's answer. Routing decisions are kept."""
+    texts: dict[str, str] = {}
+    for sq_id in plan.topological_order():
+        sq = plan.by_id[sq_id]
+        texts[sq_id] = sq.render({d: f'the answer to "{texts[d]}"' for d in sq.depends_on})
+    return plan.model_copy(
+        update={
+            "sub_queries": tuple(
+                SubQuery(id=sq.id, question=texts[sq.id], route=sq.route) for sq in plan.sub_queries
+            )
+        }
+    )
+
+
+def build_systems(
+    names: Iterable[str],
+    components: Components,
+    *,
+    monolithic_models: Sequence[tuple[str, BaseChatModel]] | None = None,
+) -> list[System]:
+    """The named systems over shared components. ``monolithic`` gives one system per model
+    of ``monolithic_models`` (default: the components' distinct chat models).
+
+    Raises:
+        ValueError: an unknown system name, or no model for ``monolithic``.
+    """
+    systems: list[System] = []
+    for name in names:
+        if name == "complm":
+            systems.append(CompLLMSystem(components, name))
+        elif name == "complm-sequential":
+            systems.append(CompLLMSystem(components, name, mode="sequential"))
+        elif name == "no-context":
+            systems.append(CompLLMSystem(components, name, drop_context=True))
+        elif name == "oracle":
+            systems.append(CompLLMSystem(components, name, plan_source="gold"))
+        elif name == "route-only":
+            systems.append(RouteOnlySystem(components, name))
+        elif name == "monolithic":
+            models = components.chat_models if monolithic_models is None else monolithic_models
+            if not models:
+                raise ValueError("the monolithic baseline needs at least one chat model")
+            systems.extend(MonolithicSystem(llm, label) for label, llm in models)
+        else:
+            raise ValueError(f"unknown system {name!r} (systems: {', '.join(SYSTEM_NAMES)})")
+    return systems
+
+
+__all__ = [
+    "DOMAIN_ALIASES",
+    "MONOLITHIC_SYSTEM",
+    "SYSTEM_NAMES",
+    "CompLLMSystem",
+    "Components",
+    "Decomposer",
+    "ModelInfo",
+    "MonolithicSystem",
+    "Prediction",
+    "RouteOnlySystem",
+    "System",
+    "SystemName",
+    "build_systems",
+    "distinct_chat_models",
+    "domain_expert_map",
+    "drop_dependencies",
+    "load_components",
+    "match_part_answers",
+    "model_info",
+    "sum_parameters",
+]
