@@ -40,8 +40,9 @@ class ChatCompLLM(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    comp_llm: Runnable[Any, CompLLMOutput]
-    """A runnable from :func:`~langchain_complm.create_comp_llm`."""
+    comp_llm: Runnable[Any, Any]
+    """A runnable from :func:`~langchain_complm.create_comp_llm` (its ``invoke`` returns a
+    :class:`~langchain_complm.CompLLMOutput`, its custom stream yields progress events)."""
     model_name: str = Field(default="comp-llm", alias="model")
     """Name reported to tracing."""
     stop: list[str] | None = None

@@ -11,9 +11,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.func import entrypoint
 from langgraph.pregel import Pregel
-from langgraph.types import Checkpointer
 from pydantic import BaseModel, Field, computed_field
 
 from langchain_complm.aggregator import AggregationInput, ResponseAggregator
@@ -131,7 +131,7 @@ def create_comp_llm(
     fallback_expert: str | None = None,
     max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES,
     max_query_chars: int | None = DEFAULT_MAX_QUERY_CHARS,
-    checkpointer: Checkpointer = None,
+    checkpointer: BaseCheckpointSaver | None = None,
     name: str = "CompLLM",
 ) -> Pregel:
     """Build the Comp-LLM runnable: a compiled LangGraph graph.
@@ -205,7 +205,7 @@ def _compile(
     executor: QueryExecutor,
     aggregator: ResponseAggregator,
     max_query_chars: int | None,
-    checkpointer: Checkpointer,
+    checkpointer: BaseCheckpointSaver | None,
     name: str,
 ) -> Pregel:
     # The functional API rather than a StateGraph here because its input may be any value

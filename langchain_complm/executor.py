@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForChainRun
@@ -328,13 +329,13 @@ class _Run:
                     update = await anode({"results": parents}, get_config())
                     return update["results"][sq.id]
 
-                return task(name=sq.id)(arun)
+                return task(name=sq.id)(arun)  # type: ignore[arg-type]  # overloads too narrow
             node = self.node(sq)
 
             def run(parents: dict[str, SubQueryResult]) -> SubQueryResult:
                 return node({"results": parents}, get_config())["results"][sq.id]
 
-            return task(name=sq.id)(run)
+            return task(name=sq.id)(run)  # type: ignore[arg-type]  # overloads too narrow
 
         tasks = {sq.id: make_task(sq) for sq in plan.sub_queries}
 
@@ -389,7 +390,7 @@ class _Run:
             started = time.time()
             for expert in self._candidates(sq):
                 answer = self._attempt(
-                    attempts, expert, lambda e=expert: self._call(e, messages, sq, config)
+                    attempts, expert, partial(self._call, expert, messages, sq, config)
                 )
                 if answer is not None:
                     break

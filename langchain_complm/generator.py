@@ -198,7 +198,7 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
         self, query: str, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> Plan:
         model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
-        child = {**config, "callbacks": run_manager.get_child()}
+        child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
         messages = self._messages(query)
         error: Exception | None = None
         for attempt in range(2):
@@ -215,7 +215,7 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
 
     async def _adecompose(self, query: str, run_manager: Any, config: RunnableConfig) -> Plan:
         model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
-        child = {**config, "callbacks": run_manager.get_child()}
+        child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
         messages = self._messages(query)
         error: Exception | None = None
         for attempt in range(2):
