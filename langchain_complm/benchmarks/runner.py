@@ -130,6 +130,8 @@ def run_system(
         dynamic_ncols=True,
     )
     try:
+        if todo:
+            system.warm_up()
         with _open_for_append(path) as f:
             for item in todo:
                 try:

@@ -338,6 +338,9 @@ class System(ABC):
         """Parameters of the system's distinct models."""
         return sum_parameters(self.models)
 
+    def warm_up(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Do the one-time work (such as embedding the expert profiles) before timing."""
+
     def predict(self, item: Item) -> Prediction:
         """Answer ``item``, timing it."""
         started = time.perf_counter()
@@ -388,6 +391,10 @@ class _ComponentSystem(System):
         self.name = name
         self._experts = components.expert_infos()
         self._router = components.router_info()
+
+    def warm_up(self) -> None:
+        # The router embeds the expert profiles on first use.
+        self.components.router.route(["warm-up"])
 
     def _executed(self, execution: ExecutionResult) -> list[ModelInfo]:
         called = {a.expert for r in execution.results.values() for a in r.attempts}
