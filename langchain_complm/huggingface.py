@@ -31,6 +31,8 @@ from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field
 
+from langchain_complm.resources import ModelPool, device_lock
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
@@ -99,7 +101,10 @@ class GenerationOutput:
     finish_reason: str
     batch_size: int
     queue_wait_s: float
+    """Seconds from submission to the start of ``generate`` (device wait included)."""
     generation_s: float
+    device_wait_s: float = 0.0
+    """Seconds the batch waited for its device (another model's ``generate`` on it)."""
 
 
 @dataclass
@@ -109,6 +114,8 @@ class EngineStats:
     requests: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     generation_s: float = 0.0
+    device_wait_s: float = 0.0
+    """Seconds batches waited for the device lock (see :mod:`langchain_complm.resources`)."""
 
     @property
     def generate_calls(self) -> int:
@@ -141,6 +148,12 @@ class GenerationEngine:
 
     Get engines with :meth:`for_model`, which returns the one engine of a model object.
     A tokenizer without a chat template gets :data:`PLAIN_CHAT_TEMPLATE` (with a warning).
+
+    Each ``generate`` call holds its device's lock
+    (:func:`langchain_complm.resources.device_lock`), so engines of different models on one
+    device take turns unless :func:`~langchain_complm.resources.set_device_concurrency`
+    allows more. :meth:`close` stops the engine and drops its model (a model pool unloading
+    it).
     """
 
     _registry: ClassVar[weakref.WeakValueDictionary[int, GenerationEngine]] = (
@@ -167,8 +180,10 @@ class GenerationEngine:
             tokenizer.pad_token = tokenizer.eos_token
         self._end_ids = _end_token_ids(model, tokenizer)
         self._stop_cache: OrderedDict[tuple[str, ...], StoppingCriteriaList] = OrderedDict()
-        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._closed = False
+        self._stopping = False  # the worker saw close()'s wake-up and exits after its batch
         self._worker: threading.Thread | None = None
         self._stats = EngineStats()
         self._name = f"complm-engine-{next(self._ids)}"
@@ -223,6 +238,9 @@ class GenerationEngine:
         ``max_batch_size`` caps the batch this request joins (1: never batched) and
         ``batch_window_ms`` is how long the worker waits for companions when it is first.
         Cancelling the future before its batch starts drops the request.
+
+        Raises:
+            RuntimeError: the engine is closed.
         """
         request = _Request(
             conversation=conversation,
@@ -231,20 +249,69 @@ class GenerationEngine:
             batch_window_s=max(0.0, batch_window_ms) / 1000,
         )
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name} is closed (its model was unloaded)")
             self._queue.put(request)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._worker.start()
         return request.future
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the engine: fail queued requests, let the running batch finish (waiting up to
+        ``timeout`` seconds), and drop the model and tokenizer so their memory can be freed.
+
+        Later :meth:`submit` calls raise ``RuntimeError``; closing twice does nothing.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            worker = self._worker
+            if worker is not None:
+                self._queue.put(None)  # wakes the worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+        self._fail_queued(deque())
+        with self._registry_lock:
+            if self._registry.get(id(self.model)) is self:
+                del self._registry[id(self.model)]
+        self._stop_cache.clear()
+        # Stale chat models may still hold the engine; the weights must not stay with it.
+        self.model = None  # type: ignore[assignment]
+        self.tokenizer = None  # type: ignore[assignment]
+
+    def _fail_queued(self, pending: deque[_Request]) -> None:
+        while True:
+            try:
+                request = self._queue.get(False)
+            except queue.Empty:
+                break
+            if request is not None:
+                pending.append(request)
+        for request in pending:
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(RuntimeError(f"{self._name} was closed"))
+        pending.clear()
+
     def _run(self) -> None:
         pending: deque[_Request] = deque()
         while True:
+            if self._stopping:
+                with self._lock:
+                    self._worker = None
+                self._fail_queued(pending)
+                return
             if pending:
                 first = pending.popleft()
             else:
                 try:
-                    first = self._queue.get(timeout=_IDLE_EXIT_S)
+                    request = self._queue.get(timeout=_IDLE_EXIT_S)
                 except queue.Empty:
                     with self._lock:
                         # Checked under the lock so a concurrent submit() either lands
@@ -253,6 +320,10 @@ class GenerationEngine:
                             self._worker = None
                             return
                     continue
+                if request is None:
+                    self._stopping = True
+                    continue
+                first = request
             self._serve(self._collect(first, pending))
 
     def _collect(self, first: _Request, pending: deque[_Request]) -> list[_Request]:
@@ -270,30 +341,38 @@ class GenerationEngine:
         while len(batch) < limit:
             timeout = deadline - time.perf_counter()
             try:
-                request = (
+                arrived = (
                     self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get(False)
                 )
             except queue.Empty:
                 break
-            (batch if request.key == first.key else pending).append(request)
+            if arrived is None:  # close(): serve this batch, then stop
+                self._stopping = True
+                break
+            (batch if arrived.key == first.key else pending).append(arrived)
         return batch
 
     def _serve(self, batch: list[_Request]) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
         if not live:
             return
-        started = time.perf_counter()
+        waiting = time.perf_counter()
         try:
-            answers = self._generate([r.conversation for r in live], live[0].settings)
+            # Engines of other models on this device take turns (resources.device_lock).
+            with device_lock(self.device):
+                started = time.perf_counter()
+                answers = self._generate([r.conversation for r in live], live[0].settings)
+                elapsed = time.perf_counter() - started
         except Exception as exc:  # every caller of the batch gets the error
             for request in live:
                 request.future.set_exception(exc)
             return
-        elapsed = time.perf_counter() - started
+        device_wait = started - waiting
         with self._lock:
             self._stats.requests += len(live)
             self._stats.batch_sizes.append(len(live))
             self._stats.generation_s += elapsed
+            self._stats.device_wait_s += device_wait
         for request, (text, prompt_tokens, completion_tokens, finish_reason) in zip(
             live, answers, strict=True
         ):
@@ -306,6 +385,7 @@ class GenerationEngine:
                     batch_size=len(live),
                     queue_wait_s=started - request.enqueued_at,
                     generation_s=elapsed,
+                    device_wait_s=device_wait,
                 )
             )
 
@@ -405,8 +485,9 @@ class ChatLocalHuggingFace(BaseChatModel):
     a warning, rather than an error, and ``"\\nUser:"`` as an extra stop string.
 
     Each answer's ``response_metadata`` holds ``batch_size`` (prompts in its ``generate``
-    call), ``queue_wait_s``, ``generation_s``, ``prompt_tokens``, ``completion_tokens`` and
-    ``finish_reason``; ``usage_metadata`` holds the token counts.
+    call), ``queue_wait_s``, ``device_wait_s`` (part of the queue wait spent waiting for
+    another model's ``generate`` on the same device), ``generation_s``, ``prompt_tokens``,
+    ``completion_tokens`` and ``finish_reason``; ``usage_metadata`` holds the token counts.
 
     Example:
         .. code-block:: python
@@ -526,24 +607,32 @@ class ChatLocalHuggingFace(BaseChatModel):
         return GenerationSettings(stop=stops, **values)
 
     def _submit(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        engine: GenerationEngine | None = None,
     ) -> Future[GenerationOutput]:
-        return self.engine.submit(
+        return (engine or self.engine).submit(
             _to_conversation(messages),
             self._settings(kwargs, stop),
             max_batch_size=self.max_batch_size,
             batch_window_ms=self.batch_window_ms,
         )
 
-    def _to_result(self, output: GenerationOutput) -> ChatResult:
+    def _to_result(
+        self, output: GenerationOutput, extra: Mapping[str, Any] | None = None
+    ) -> ChatResult:
         metadata = {
             "model_name": self.model_id,
             "batch_size": output.batch_size,
             "queue_wait_s": output.queue_wait_s,
+            "device_wait_s": output.device_wait_s,
             "generation_s": output.generation_s,
             "prompt_tokens": output.prompt_tokens,
             "completion_tokens": output.completion_tokens,
             "finish_reason": output.finish_reason,
+            **(extra or {}),
         }
         message = AIMessage(
             content=output.text,
@@ -574,6 +663,64 @@ class ChatLocalHuggingFace(BaseChatModel):
     ) -> ChatResult:
         future = self._submit(messages, stop, kwargs)
         return self._to_result(await asyncio.wrap_future(future))
+
+
+class ChatPooledHuggingFace(ChatLocalHuggingFace):
+    """A :class:`ChatLocalHuggingFace` whose model lives in a
+    :class:`~langchain_complm.resources.ModelPool`: it is loaded when a call needs it and may
+    be unloaded between calls to keep the pool within its memory budget.
+
+    Make one with :meth:`ModelPool.chat_model <langchain_complm.resources.ModelPool.chat_model>`.
+    Each call holds the model resident while it runs. Besides the usual metadata, every
+    reply's ``response_metadata`` has ``load_time_s`` (0 when the model was resident) and,
+    when making room unloaded other models, ``evicted`` (their names).
+    """
+
+    engine: GenerationEngine | None = Field(  # type: ignore[assignment]
+        default=None, exclude=True, repr=False
+    )
+    """Unused: the engine comes from the pool for each call."""
+    pool: ModelPool = Field(exclude=True, repr=False)
+    pool_key: str
+    """The model's name in the pool."""
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters of the model (estimated, or loaded to count them)."""
+        return self.pool.num_parameters(self.pool_key)
+
+    @property
+    def _llm_type(self) -> str:
+        return "local-huggingface-pooled"
+
+    def _lease_metadata(self, load_time_s: float, evicted: tuple[str, ...]) -> dict[str, Any]:
+        return {"load_time_s": load_time_s, **({"evicted": list(evicted)} if evicted else {})}
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        with self.pool.acquire(self.pool_key) as lease:
+            output = self._submit(messages, stop, kwargs, lease.engine).result()
+        return self._to_result(output, self._lease_metadata(lease.load_time_s, lease.evicted))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        lease = await self.pool.aacquire(self.pool_key)
+        try:
+            future = self._submit(messages, stop, kwargs, lease.engine)
+            output = await asyncio.wrap_future(future)
+        finally:
+            lease.release()
+        return self._to_result(output, self._lease_metadata(lease.load_time_s, lease.evicted))
 
 
 _OVERRIDABLE = frozenset(
@@ -655,6 +802,7 @@ def load_causal_lm(
 __all__ = [
     "PLAIN_CHAT_TEMPLATE",
     "ChatLocalHuggingFace",
+    "ChatPooledHuggingFace",
     "EngineStats",
     "GenerationEngine",
     "GenerationOutput",
