@@ -354,6 +354,8 @@ from langchain_complm.benchmarks import cli as _bench  # noqa: E402
 
 add_command(Command("bench", _bench.HELP, _bench.configure_bench, _bench.run_bench))
 
+# Registers train-generator and eval-generator (on import, so either import order works).
+from langchain_complm.training import cli as _training_cli  # noqa: E402, F401
 
 # --- entry point ------------------------------------------------------------------------------
 

@@ -166,3 +166,20 @@ def test_chat_format() -> None:
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown pair kinds"):
         next(iter_training_pairs(0, mix={"nope": 1.0}))
+
+
+@needs_data
+def test_cli_dump_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from langchain_complm.cli import main
+
+    path = tmp_path / "pairs.jsonl"
+    assert main(["train-generator", "--dump-data", str(path), "--n-train", "20", "-q"]) == 0
+    assert load_pairs(path) == build_training_pairs(20, seed=0)
+    assert json.loads(capsys.readouterr().out)["pairs"] == 20
+
+
+def test_cli_eval_needs_a_model_or_a_curve(capsys: pytest.CaptureFixture[str]) -> None:
+    from langchain_complm.cli import main
+
+    assert main(["eval-generator"]) == 2
+    assert "--curve" in capsys.readouterr().err

@@ -74,7 +74,7 @@ class TrainConfig:
     data_dir: str | None = None
     """Benchmark data location for building pairs (see ``build_dataset``)."""
     seed: int = 0
-    epochs: float = 2.0
+    epochs: float = 1.0
     batch_size: int = 8
     """Sequences per optimizer step (accumulated over micro-batches)."""
     micro_batch_size: int = 1
@@ -426,6 +426,12 @@ def _local_folder(path_or_hub_id: str) -> Path:
     return Path(snapshot_download(repo_id=path_or_hub_id))
 
 
+def read_metadata(path_or_hub_id: str | Path) -> dict[str, Any]:
+    """The ``complm_generator.json`` of a trained generator ({} when it has none)."""
+    meta_path = _local_folder(str(path_or_hub_id)) / METADATA_FILE
+    return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+
+
 def load_trained_model(
     path_or_hub_id: str | Path, *, base: str | None = None, device: str | None = None
 ) -> tuple[Any, Any]:
@@ -444,8 +450,7 @@ def load_trained_model(
 
     folder = _local_folder(str(path_or_hub_id))
     device = device or default_device()
-    meta_path = folder / METADATA_FILE
-    metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    metadata = read_metadata(folder)
     adapter_config = folder / "adapter_config.json"
     if adapter_config.is_file():
         from peft import PeftModel
@@ -520,6 +525,7 @@ __all__ = [
     "encode_pair",
     "load_trained_generator",
     "load_trained_model",
+    "read_metadata",
     "resolve_base",
     "train_generator",
     "trained_prompt",

@@ -1,0 +1,239 @@
+"""``complm train-generator`` and ``complm eval-generator``.
+
+::
+
+    complm train-generator --n-train 3000 --epochs 1 --out runs/subquery-generator
+    complm train-generator --out runs/subquery-generator --resume     # after an interruption
+    complm train-generator --dump-data pairs.jsonl --n-train 3000      # only write the pairs
+    complm eval-generator runs/subquery-generator --split dev --n 200
+    complm eval-generator --curve 0,250,1000,3000 --curve-dir runs/curve --docs docs/curve
+
+Importing this module registers both commands with :mod:`langchain_complm.cli` (which
+imports it); :func:`add_train_parser` adds them to any other argparse ``subparsers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from langchain_complm.cli import (
+    EXIT_OK,
+    Command,
+    Console,
+    UsageError,
+    add_command,
+    common_arguments,
+)
+from langchain_complm.training.data import build_training_pairs, pair_statistics, save_pairs
+
+DEFAULT_OUT = "runs/subquery-generator"
+
+
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base",
+        metavar="PATH_OR_ID",
+        default="embedded:smollm2",
+        help="base causal LM: hub id, local folder, or embedded:smollm2 (default)",
+    )
+    parser.add_argument("--n-train", type=int, default=3000, metavar="N", help="training pairs")
+    parser.add_argument("--epochs", type=float, default=1.0, metavar="E")
+    parser.add_argument(
+        "--lora-r", type=int, default=16, metavar="R", help="LoRA rank; 0: full fine-tune"
+    )
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    parser.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward")
+    parser.add_argument("--max-seq-len", type=int, default=1024, metavar="TOKENS")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N")
+    parser.add_argument("--save-every", type=int, default=50, metavar="STEPS")
+    parser.add_argument("--seed", type=int, default=0, help="data, split and order seed")
+    parser.add_argument("--data", metavar="JSONL", help="train on these pairs instead")
+    parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
+    parser.add_argument("--device", help="cpu, cuda:0, ... (default: CUDA when available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from <out>/checkpoint if present"
+    )
+    parser.add_argument(
+        "--dump-data",
+        metavar="JSONL",
+        help="only build the training pairs, write them and their statistics, and exit",
+    )
+
+
+def run_train(args: argparse.Namespace, console: Console) -> int:
+    """``complm train-generator``: build the pairs and fine-tune the base model."""
+    if args.n_train < 1 or args.epochs <= 0 or args.lora_r < 0:
+        raise UsageError("--n-train and --epochs must be positive and --lora-r at least 0")
+    if args.dump_data:
+        pairs = build_training_pairs(args.n_train, args.seed, data_dir=args.data_dir)
+        save_pairs(pairs, args.dump_data)
+        console.progress(f"wrote {len(pairs)} pairs to {args.dump_data}")
+        console.print(json.dumps(pair_statistics(pairs), indent=2))
+        return EXIT_OK
+
+    from langchain_complm.training.train import TrainConfig, train_generator
+
+    config = TrainConfig(
+        base=args.base,
+        out=args.out,
+        n_train=args.n_train,
+        data_path=args.data,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
+        lr=args.lr,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        max_seq_len=args.max_seq_len,
+        max_steps=args.max_steps,
+        save_every=args.save_every,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    console.progress(f"Training a Sub-query Generator on {config.base} -> {config.out}")
+    result = train_generator(config, resume=args.resume)
+    summary = {k: result.metadata[k] for k in ("steps", "final_loss", "train_seconds")}
+    if args.json:
+        console.print(json.dumps(result.metadata, indent=2))
+    else:
+        console.print(f"saved {result.out} ({json.dumps(summary)})")
+    return EXIT_OK
+
+
+def _configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model",
+        nargs="?",
+        metavar="PATH_OR_ID",
+        help="trained generator folder or hub id (not needed with --curve)",
+    )
+    parser.add_argument("--split", choices=("dev", "test"), default="dev")
+    parser.add_argument("--n", type=int, default=200, help="evaluation examples")
+    parser.add_argument("--seed", type=int, default=None, help="default: the training seed")
+    parser.add_argument("--max-chars", type=int, default=None, help="skip longer queries")
+    parser.add_argument("--device", help="cpu, cuda:0, ...")
+    parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
+    parser.add_argument("--report", metavar="JSON", help="write the full report here")
+    parser.add_argument(
+        "--curve",
+        metavar="SIZES",
+        help="comma-separated training-set sizes: train and evaluate one model per size",
+    )
+    parser.add_argument("--curve-dir", default="runs/curve", metavar="DIR")
+    parser.add_argument("--base", default="embedded:smollm2", help="base model for --curve")
+    parser.add_argument("--epochs", type=float, default=1.0, help="epochs for --curve")
+    parser.add_argument(
+        "--docs",
+        metavar="PREFIX",
+        help="with --curve: write PREFIX.md and PREFIX.png (e.g. docs/trained-generator-curve)",
+    )
+    parser.add_argument("--title", default=None, help="title of the curve")
+
+
+def run_eval(args: argparse.Namespace, console: Console) -> int:
+    """``complm eval-generator``: plan metrics of a trained generator, or a learning curve."""
+    from langchain_complm.training.evaluate import (
+        eval_examples,
+        evaluate_generator,
+        learning_curve,
+        write_curve,
+    )
+
+    max_new = args.max_new_tokens or 768
+    if args.curve:
+        try:
+            sizes = [int(s) for s in args.curve.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--curve takes comma-separated integers: {args.curve!r}") from None
+        seed = args.seed or 0
+        examples = eval_examples(
+            args.split, args.n, seed, max_chars=args.max_chars, data_dir=args.data_dir
+        )
+        points = learning_curve(
+            sizes,
+            args.curve_dir,
+            examples=examples,
+            train_options={
+                "base": args.base,
+                "seed": seed,
+                "epochs": args.epochs,
+                "data_dir": args.data_dir,
+                "progress": not args.quiet,
+            },
+            generator_options={"device": args.device, "max_new_tokens": max_new},
+            progress=console.progress,
+        )
+        if args.docs:
+            title = args.title or f"Sub-query Generator learning curve ({args.split}, n={args.n})"
+            write_curve(points, f"{args.docs}.md", f"{args.docs}.png", title=title)
+        console.print(json.dumps(points, indent=2))
+        return EXIT_OK
+
+    if not args.model:
+        raise UsageError("give a trained generator (PATH_OR_ID) or --curve SIZES")
+    from langchain_complm.training.train import load_trained_generator, read_metadata
+
+    seed = args.seed if args.seed is not None else read_metadata(args.model).get("seed", 0)
+    console.progress(f"Loading {args.model}...")
+    generator = load_trained_generator(args.model, device=args.device, max_new_tokens=max_new)
+    examples = eval_examples(
+        args.split, args.n, seed, max_chars=args.max_chars, data_dir=args.data_dir
+    )
+    report = evaluate_generator(generator, examples, progress=console.progress)
+    data: dict[str, Any] = report.to_dict() | {"model": args.model, "split": args.split}
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+    if args.json:
+        console.print(json.dumps(data, indent=2))
+    else:
+        console.print(json.dumps({"n": report.n, **report.metrics, "by_kind": report.by_kind}))
+    return EXIT_OK
+
+
+TRAIN_COMMANDS = (
+    Command(
+        name="train-generator",
+        help="fine-tune a small LM into a Sub-query Generator (LoRA by default)",
+        configure=_configure_train,
+        run=run_train,
+    ),
+    Command(
+        name="eval-generator",
+        help="plan metrics of a trained Sub-query Generator on dev/test, or a learning curve",
+        configure=_configure_eval,
+        run=run_eval,
+    ),
+)
+
+
+def add_train_parser(subparsers: Any) -> None:
+    """Add ``train-generator`` and ``eval-generator`` to an argparse ``subparsers`` object
+    (each with the common ``complm`` options and ``handler`` set to its run function)."""
+    common = common_arguments()
+    for command in TRAIN_COMMANDS:
+        sub = subparsers.add_parser(
+            command.name, help=command.help, description=command.help, parents=[common]
+        )
+        command.configure(sub)
+        sub.set_defaults(handler=command.run)
+
+
+def register() -> None:
+    """Register both commands with ``complm`` (idempotent)."""
+    for command in TRAIN_COMMANDS:
+        add_command(command)
+
+
+register()
+
+__all__ = ["TRAIN_COMMANDS", "add_train_parser", "register", "run_eval", "run_train"]

@@ -1,0 +1,318 @@
+"""Evaluate a Sub-query Generator on the benchmark's dev or test split, and learning curves.
+
+Metrics per example, averaged (overall and per kind):
+
+* ``json_valid``: the model's first reply parses into a valid plan (no retry, no fallback);
+* ``exact_match``: same sub-questions (whitespace-normalized) in the same order, same edges;
+* ``sub_query_f1`` and ``edge_f1``: :func:`~langchain_complm.benchmarks.metrics.score_plan`
+  of the plan the pipeline would use (the single-sub-query fallback when the reply is invalid).
+
+Examples: the split's parallel and chain items (gold plans from the builder) and single source
+questions of the split, whose gold plan is the question itself (the generator must not split
+them). Evaluate with the seed the training data was built with, so splits stay disjoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from langchain_complm.plan import Plan
+
+Progress = Callable[[str], None]
+METRICS = ("json_valid", "exact_match", "sub_query_f1", "edge_f1")
+
+
+class EvalExample(BaseModel):
+    """A query and its gold plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    query: str
+    gold: Plan
+    kind: str
+    """``parallel``, ``chain`` or ``single``."""
+
+
+def eval_examples(
+    split: str = "dev",
+    n: int = 60,
+    seed: int = 0,
+    *,
+    singles: float = 0.25,
+    max_chars: int | None = None,
+    data_dir: Any = None,
+) -> list[EvalExample]:
+    """``n`` examples of a split: compound items with gold plans and a share of singles.
+
+    Args:
+        split: ``"dev"`` or ``"test"`` (never ``"train"``).
+        n: number of examples.
+        seed: the builder's seed (use the training data's).
+        singles: share of single source questions.
+        max_chars: leave out queries longer than this (smoke runs keep generation short).
+        data_dir: benchmark data location.
+    """
+    from langchain_complm.benchmarks.multiexpertqa import build_dataset
+
+    if split == "train":
+        raise ValueError("evaluate on 'dev' or 'test'; the generator is trained on 'train'")
+    items = None
+    size = 1000
+    while items is None:
+        try:
+            items = build_dataset("multiexpertqa-all", split, size, seed=seed, data_dir=data_dir)  # type: ignore[arg-type]
+        except ValueError:
+            if size < 20:
+                raise
+            size = int(size * 0.8)
+    compound = [i for i in items if i.gold_plan is not None]
+    parts = [p for i in compound for p in i.parts if p.source != "synthetic"]
+
+    def fits(text: str) -> bool:
+        return max_chars is None or len(text) <= max_chars
+
+    n_single = round(n * singles)
+    chosen = [
+        EvalExample(query=i.question, gold=i.gold_plan, kind=i.kind)  # type: ignore[arg-type]
+        for i in compound
+        if fits(i.question)
+    ][: n - n_single]
+    chosen += [
+        EvalExample(query=p.prompt, gold=Plan.single(p.prompt), kind="single")
+        for p in parts[::-1]  # from the end: other questions than the compounds' first ones
+        if fits(p.prompt)
+    ][:n_single]
+    return chosen
+
+
+@dataclass
+class EvalReport:
+    """Averages over the examples, overall and per kind, with per-example rows."""
+
+    n: int
+    metrics: dict[str, float]
+    by_kind: dict[str, dict[str, float]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "metrics": self.metrics,
+            "by_kind": self.by_kind,
+            "seconds": self.seconds,
+            "rows": self.rows,
+        }
+
+
+def _normalized(plan: Plan) -> list[tuple[str, tuple[str, ...]]]:
+    return [(" ".join(sq.question.split()), tuple(sq.depends_on)) for sq in plan.sub_queries]
+
+
+def score_reply(text: str, example: EvalExample, max_sub_queries: int = 8) -> dict[str, Any]:
+    """Metrics of one raw model reply against the example's gold plan."""
+    from langchain_complm.benchmarks.metrics import score_plan
+    from langchain_complm.generator import parse_plan
+
+    try:
+        plan = parse_plan(text, example.query).validate_dag(max_sub_queries)
+        valid = True
+    except ValueError:
+        plan, valid = Plan.single(example.query, fallback_reason="invalid"), False
+    score = score_plan(plan, example.gold)
+    return {
+        "kind": example.kind,
+        "json_valid": float(valid),
+        "exact_match": float(valid and _normalized(plan) == _normalized(example.gold)),
+        "sub_query_f1": score.sub_query_f1 or 0.0,
+        "edge_f1": score.edge_f1 or 0.0,
+        "n_predicted": len(plan.sub_queries),
+        "n_gold": len(example.gold.sub_queries),
+    }
+
+
+def evaluate_generator(
+    generator: Any,
+    examples: Sequence[EvalExample],
+    *,
+    batch_size: int = 8,
+    keep_replies: bool = False,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Run a :class:`~langchain_complm.generator.SubQueryGenerator`'s model once per example
+    (batched) and score the raw replies.
+
+    The generator's own prompt is used; its retry and fallback are not, so ``json_valid``
+    measures the model. ``sub_query_f1`` and ``edge_f1`` score the plan the pipeline would
+    run (the fallback when the reply is invalid).
+    """
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        prompts = [
+            generator.prompt.format_messages(
+                query=e.query, max_sub_queries=generator.max_sub_queries
+            )
+            for e in chunk
+        ]
+        replies = generator.llm.batch(prompts)
+        for example, reply in zip(chunk, replies, strict=True):
+            text = reply.text if hasattr(reply, "text") else str(reply)
+            row = score_reply(text, example, generator.max_sub_queries)
+            if keep_replies:
+                row |= {"query": example.query, "reply": text}
+            rows.append(row)
+        if progress is not None:
+            progress(f"evaluated {len(rows)}/{len(examples)}")
+    return _report(rows, time.perf_counter() - started)
+
+
+def _report(rows: list[dict[str, Any]], seconds: float) -> EvalReport:
+    def mean(subset: list[dict[str, Any]]) -> dict[str, float]:
+        return {m: round(sum(r[m] for r in subset) / len(subset), 4) for m in METRICS}
+
+    kinds = sorted({r["kind"] for r in rows})
+    return EvalReport(
+        n=len(rows),
+        metrics=mean(rows) if rows else {},
+        by_kind={k: mean([r for r in rows if r["kind"] == k]) for k in kinds},
+        rows=rows,
+        seconds=round(seconds, 1),
+    )
+
+
+# --- learning curve ---------------------------------------------------------------------------
+
+
+def learning_curve(
+    sizes: Sequence[int],
+    out: str | Path,
+    *,
+    examples: Sequence[EvalExample],
+    train_options: dict[str, Any] | None = None,
+    generator_options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Train one generator per training-set size (nested sets) and evaluate each.
+
+    Size 0 evaluates the untrained base with the trained generator's prompt. Each point is
+    saved in ``<out>/curve.json`` as it finishes; points already there are reused, so an
+    interrupted curve resumes.
+
+    Args:
+        sizes: training-set sizes.
+        out: folder for the models (``<out>/n<size>``) and ``curve.json``.
+        examples: evaluation examples (see :func:`eval_examples`).
+        train_options: :class:`~langchain_complm.training.train.TrainConfig` fields.
+        generator_options: :func:`~langchain_complm.training.train.load_trained_generator`
+            arguments (``max_new_tokens``, ``device``, ...).
+    """
+    from langchain_complm.generator import SubQueryGenerator
+    from langchain_complm.huggingface import ChatLocalHuggingFace
+    from langchain_complm.training.train import (
+        TrainConfig,
+        load_trained_generator,
+        resolve_base,
+        train_generator,
+        trained_prompt,
+    )
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    curve_path = out / "curve.json"
+    points: list[dict[str, Any]] = (
+        json.loads(curve_path.read_text()) if curve_path.is_file() else []
+    )
+    done = {p["n_train"] for p in points}
+    train_options = dict(train_options or {})
+    generator_options = dict(generator_options or {})
+    for size in sizes:
+        if size in done:
+            continue
+        started = time.perf_counter()
+        info: dict[str, Any] = {"n_train": size}
+        if size == 0:
+            config = TrainConfig(**train_options)
+            llm = ChatLocalHuggingFace.from_model_id(
+                resolve_base(config.base),
+                device=generator_options.get("device"),
+                max_new_tokens=generator_options.get("max_new_tokens", 256),
+            )
+            generator = SubQueryGenerator(llm=llm, prompt=trained_prompt(), structured_output=False)
+            info["steps"] = 0
+        else:
+            config = TrainConfig(
+                **(train_options | {"n_train": size, "out": str(out / f"n{size}")})
+            )
+            result = train_generator(config)
+            generator = load_trained_generator(result.out, **generator_options)
+            info |= {"steps": result.steps, "final_loss": result.losses[-1]}
+        if progress is not None:
+            progress(f"n_train={size}: evaluating on {len(examples)} examples")
+        report = evaluate_generator(generator, examples, progress=progress)
+        info |= {"metrics": report.metrics, "by_kind": report.by_kind, "n_eval": report.n}
+        info["seconds"] = round(time.perf_counter() - started, 1)
+        points.append(info)
+        points.sort(key=lambda p: p["n_train"])
+        curve_path.write_text(json.dumps(points, indent=2) + "\n", encoding="utf-8")
+    return [p for p in points if p["n_train"] in set(sizes)]
+
+
+def write_curve(
+    points: Sequence[dict[str, Any]], markdown: str | Path, png: str | Path, *, title: str
+) -> None:
+    """The curve as a Markdown table (``markdown``) and a line plot (``png``, matplotlib)."""
+    lines = [
+        f"### {title}",
+        "",
+        "| training pairs | steps | JSON valid | exact match | sub-query F1 | edge F1 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for p in points:
+        m = p["metrics"]
+        lines.append(
+            f"| {p['n_train']} | {p.get('steps', '')} | "
+            + " | ".join(f"{m[k]:.2f}" for k in METRICS)
+            + " |"
+        )
+    Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+    Path(markdown).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["n_train"] for p in points]
+    for metric in METRICS:
+        ax.plot(xs, [p["metrics"][metric] for p in points], marker="o", label=metric)
+    ax.set_xlabel("training pairs")
+    ax.set_ylabel("score")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+__all__ = [
+    "METRICS",
+    "EvalExample",
+    "EvalReport",
+    "eval_examples",
+    "evaluate_generator",
+    "learning_curve",
+    "score_reply",
+    "write_curve",
+]
