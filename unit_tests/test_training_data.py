@@ -183,3 +183,28 @@ def test_cli_eval_needs_a_model_or_a_curve(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["eval-generator"]) == 2
     assert "--curve" in capsys.readouterr().err
+
+
+def test_score_reply_and_curve_files(tmp_path: Path) -> None:
+    from langchain_complm.plan import Plan
+    from langchain_complm.training.evaluate import EvalExample, score_reply, write_curve
+
+    pair = build_training_pairs(1, seed=0, mix={"template_chain": 1.0})[0]
+    example = EvalExample(query=pair.query, gold=pair.plan, kind="chain")
+    perfect = score_reply(pair.target, example)
+    assert perfect["json_valid"] == perfect["exact_match"] == 1.0
+    assert perfect["sub_query_f1"] == perfect["edge_f1"] == 1.0
+    garbage = score_reply("I cannot do that.", example)
+    assert garbage["json_valid"] == garbage["exact_match"] == 0.0
+    assert garbage["n_predicted"] == 1  # scored as the fallback plan
+    single = EvalExample(query="What is 2+2?", gold=Plan.single("What is 2+2?"), kind="single")
+    assert score_reply("no json", single)["sub_query_f1"] == 1.0
+    spaced = pair.target.replace('","', '", "')
+    assert score_reply(f"```json\n{spaced}\n```", example)["exact_match"] == 1.0
+
+    pytest.importorskip("matplotlib")
+    metrics = dict.fromkeys(("json_valid", "exact_match", "sub_query_f1", "edge_f1"), 0.5)
+    points = [{"n_train": n, "steps": n // 8, "metrics": metrics} for n in (0, 8, 16)]
+    write_curve(points, tmp_path / "c.md", tmp_path / "c.png", title="smoke")
+    assert "| 16 | 2 | 0.50 |" in (tmp_path / "c.md").read_text()
+    assert (tmp_path / "c.png").stat().st_size > 1000

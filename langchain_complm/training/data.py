@@ -135,7 +135,9 @@ def chat_messages(query: str, target: str | None = None) -> list[dict[str, str]]
     return messages
 
 
-def _pair(query: str, questions: Sequence[tuple[str, Sequence[str]]], kind: str, **kw: Any):
+def _pair(
+    query: str, questions: Sequence[tuple[str, Sequence[str]]], kind: str, **kw: Any
+) -> TrainingPair:
     """A pair from (question, depends_on) tuples with ids q1, q2, ... (validated)."""
     plan = Plan(
         query=query,

@@ -211,7 +211,7 @@ def train_generator(
         raise ValueError(f"every training pair is longer than max_seq_len={config.max_seq_len}")
 
     torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
     if config.lora_r > 0:
         try:
             from peft import LoraConfig, get_peft_model
@@ -240,7 +240,7 @@ def train_generator(
         optimizer, lambda s: _lr_factor(s, warmup, total_steps)
     )
 
-    step, losses = 0, []
+    step, losses = 0, list[float]()
     checkpoint = out / CHECKPOINT_DIR
     if resume and (checkpoint / "state.json").is_file():
         step, losses = _load_checkpoint(checkpoint, model, optimizer, scheduler, device)
@@ -452,6 +452,7 @@ def load_trained_model(
     device = device or default_device()
     metadata = read_metadata(folder)
     adapter_config = folder / "adapter_config.json"
+    model: Any
     if adapter_config.is_file():
         from peft import PeftModel
 
