@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WINDOW_MS = 5.0
+DEFAULT_BATCH_WINDOW_RATIO = 0.03
+MAX_ADAPTIVE_WINDOW_MS = 150.0
+"""Cap of the batch window that grows with a model's generate time (``batch_window_ratio``)."""
 
 _IDLE_EXIT_S = 30.0
 """An idle worker thread exits after this long; the next request starts a new one."""
@@ -129,6 +132,7 @@ class _Request:
     settings: GenerationSettings
     max_batch_size: int
     batch_window_s: float
+    window_ratio: float = 0.0
     future: Future[GenerationOutput] = field(default_factory=Future)
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -186,6 +190,7 @@ class GenerationEngine:
         self._stopping = False  # the worker saw close()'s wake-up and exits after its batch
         self._worker: threading.Thread | None = None
         self._stats = EngineStats()
+        self._recent_generate_s = 0.0  # moving average of a generate call's duration
         self._name = f"complm-engine-{next(self._ids)}"
 
     @classmethod
@@ -232,11 +237,14 @@ class GenerationEngine:
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+        batch_window_ratio: float = 0.0,
     ) -> Future[GenerationOutput]:
         """Queue one chat ``conversation`` (role/content dicts); the future gets the answer.
 
         ``max_batch_size`` caps the batch this request joins (1: never batched) and
-        ``batch_window_ms`` is how long the worker waits for companions when it is first.
+        ``batch_window_ms`` is how long the worker waits for companions when it is first;
+        ``batch_window_ratio`` lengthens that wait to this fraction of the engine's recent
+        ``generate`` time (at most :data:`MAX_ADAPTIVE_WINDOW_MS`).
         Cancelling the future before its batch starts drops the request.
 
         Raises:
@@ -247,6 +255,7 @@ class GenerationEngine:
             settings=settings,
             max_batch_size=max(1, max_batch_size),
             batch_window_s=max(0.0, batch_window_ms) / 1000,
+            window_ratio=max(0.0, batch_window_ratio),
         )
         with self._lock:
             if self._closed:
@@ -337,7 +346,8 @@ class GenerationEngine:
                 batch.append(request)
         # Measured from arrival: requests that queued during the previous generate call
         # are served at once instead of waiting another window.
-        deadline = first.enqueued_at + first.batch_window_s
+        adaptive = min(MAX_ADAPTIVE_WINDOW_MS / 1000, first.window_ratio * self._recent_generate_s)
+        deadline = first.enqueued_at + max(first.batch_window_s, adaptive)
         while len(batch) < limit:
             timeout = deadline - time.perf_counter()
             try:
@@ -373,6 +383,8 @@ class GenerationEngine:
             self._stats.batch_sizes.append(len(live))
             self._stats.generation_s += elapsed
             self._stats.device_wait_s += device_wait
+            previous = self._recent_generate_s
+            self._recent_generate_s = elapsed if not previous else 0.7 * previous + 0.3 * elapsed
         for request, (text, prompt_tokens, completion_tokens, finish_reason) in zip(
             live, answers, strict=True
         ):
@@ -517,6 +529,11 @@ class ChatLocalHuggingFace(BaseChatModel):
     """Most prompts merged into one ``generate`` call; 1 serializes calls without batching."""
     batch_window_ms: float = Field(default=DEFAULT_BATCH_WINDOW_MS, ge=0)
     """How long the engine waits for more requests before starting a batch."""
+    batch_window_ratio: float = Field(default=DEFAULT_BATCH_WINDOW_RATIO, ge=0, le=1)
+    """Lengthens the batch window to this fraction of the model's recent ``generate`` time
+    (at most 150 ms; 0: off). Concurrent sub-queries reach the engine some milliseconds
+    apart (tens under load), and a request that misses a batch waits a whole ``generate``;
+    a slow model can afford to wait longer for companions than a fast one."""
 
     @classmethod
     def from_model(
@@ -596,6 +613,7 @@ class ChatLocalHuggingFace(BaseChatModel):
             "stop": self.stop,
             "max_batch_size": self.max_batch_size,
             "batch_window_ms": self.batch_window_ms,
+            "batch_window_ratio": self.batch_window_ratio,
         }
 
     def _settings(self, overrides: dict[str, Any], stop: list[str] | None) -> GenerationSettings:
@@ -618,6 +636,7 @@ class ChatLocalHuggingFace(BaseChatModel):
             self._settings(kwargs, stop),
             max_batch_size=self.max_batch_size,
             batch_window_ms=self.batch_window_ms,
+            batch_window_ratio=self.batch_window_ratio,
         )
 
     def _to_result(

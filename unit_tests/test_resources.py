@@ -309,6 +309,24 @@ def test_closed_engine_refuses_requests_and_drops_its_model(tokenizer: Any) -> N
     engine.close()  # twice is fine
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.05])
+def test_batch_window_grows_with_generate_time(model: Any, tokenizer: Any, ratio: float) -> None:  # noqa: F811
+    from langchain_complm.huggingface import GenerationSettings
+
+    record_generate(model, Timeline(), delay=0.6)
+    engine = GenerationEngine.for_model(model, tokenizer)
+    settings = GenerationSettings(max_new_tokens=2)
+    conversation = [{"role": "user", "content": "hi"}]
+    options = {"batch_window_ms": 0.0, "batch_window_ratio": ratio}
+    engine.submit(conversation, settings, **options).result()  # learns the generate time
+    first = engine.submit(conversation, settings, **options)
+    time.sleep(0.01)
+    second = engine.submit(conversation, settings, **options)
+    sizes = [first.result().batch_size, second.result().batch_size]
+    # 5 % of 0.6 s is a 30 ms window: the second request, 10 ms later, joins the first.
+    assert sizes == ([2, 2] if ratio else [1, 1])
+
+
 # --- ModelPool ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,544 @@
+"""Latency of the executor's scheduling modes on typical plan shapes, against their bounds.
+
+For every plan shape (chain, fan-out 2/4/8, diamond, skewed, mixed experts) and mode
+(``superstep``, ``eager``, ``sequential``) it runs a hand-built routed plan through
+:class:`~langchain_complm.executor.QueryExecutor` and reports the median wall time, the
+speed-up over ``sequential``, and the ratio to three bounds computed from each sub-query's
+cost:
+
+- critical path: ``Plan.critical_path(cost)``, the best any schedule can do with unlimited
+  parallelism;
+- level bound: the sum over ``Plan.levels()`` of the slowest sub-query of each level, what
+  LangGraph supersteps can do at best;
+- batched bound (local models only): the sum over levels of one batched ``generate`` per
+  model for the level's prompts, measured; what supersteps with perfect micro-batching cost
+  on a device that runs one ``generate`` at a time.
+
+Backends: ``mock`` experts sleep a fixed latency per expert (the cost is that latency);
+``tiny`` is a random-weight 2-layer Llama and ``smollm2`` the embedded SmolLM2-135M, both on
+the CPU, greedy, ``--max-new-tokens`` (the cost of a sub-query is its median duration when run
+alone, in ``sequential`` mode). It also measures the orchestration overhead per sub-query:
+mock experts with no latency, (wall time - model time) / sub-queries.
+
+Writes a Markdown report and a PNG plot::
+
+    python benchmarks/bench_latency.py --repeats 3 \\
+        --out docs/benchmarks-latency.md --plot docs/latency.png
+    python benchmarks/bench_latency.py --quick   # smoke run, prints the report only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable, RunnableLambda
+
+from langchain_complm import Expert, Plan, QueryExecutor, RoutingDecision, SubQuery
+from langchain_complm.executor import ExecutionResult
+
+MODES = ("superstep", "eager", "sequential")
+
+# (id, expert, depends_on); experts: "a", "b", "c" (mixed) and "slow" (skewed).
+Shape = list[tuple[str, str, tuple[str, ...]]]
+
+
+def fan_out(n: int) -> Shape:
+    return [(f"q{i + 1}", "a", ()) for i in range(n)]
+
+
+SHAPES: dict[str, Shape] = {
+    "chain(4)": [("q1", "a", ()), ("q2", "a", ("q1",)), ("q3", "a", ("q2",)), ("q4", "a", ("q3",))],
+    "fan-out 2": fan_out(2),
+    "fan-out 4": fan_out(4),
+    "fan-out 8": fan_out(8),
+    "diamond": [
+        ("q1", "a", ()),
+        ("q2", "a", ("q1",)),
+        ("q3", "a", ("q1",)),
+        ("q4", "a", ("q2", "q3")),
+    ],
+    # One slow branch next to a chain of fast ones: supersteps make f2 and f3 wait for s1.
+    "skewed": [("s1", "slow", ()), ("f1", "a", ()), ("f2", "a", ("f1",)), ("f3", "a", ("f2",))],
+    "mixed experts": [
+        ("q1", "a", ()),
+        ("q2", "b", ()),
+        ("q3", "c", ()),
+        ("q4", "a", ()),
+        ("q5", "b", ("q1", "q2", "q3", "q4")),
+    ],
+}
+
+MOCK_LATENCY = {"a": 0.10, "b": 0.15, "c": 0.20, "slow": 0.35}
+"""Seconds per call of each mock expert."""
+
+TOPICS = [
+    "volcanoes",
+    "the moon",
+    "honey bees",
+    "rainbows",
+    "the Roman empire",
+    "photosynthesis",
+    "glaciers",
+    "chess",
+    "coffee",
+    "the ocean",
+]
+SYSTEM_PROMPTS = {
+    "a": "You are a helpful science teacher.",
+    "b": "You are a helpful historian.",
+    "c": "You are a helpful travel guide.",
+    "slow": "You are a helpful storyteller.",
+}
+
+
+def build_plan(shape: Shape) -> Plan:
+    """A routed plan: each sub-query asks about a topic; dependents use their parents."""
+    sub_queries = []
+    for k, (sq_id, expert, deps) in enumerate(shape):
+        if deps:
+            question = "Explain how " + " and ".join(f"{{{d}}}" for d in deps) + " are related."
+        else:
+            question = f"Write a short paragraph about {TOPICS[k % len(TOPICS)]}."
+        sub_queries.append(
+            SubQuery(
+                id=sq_id,
+                question=question,
+                depends_on=deps,
+                route=RoutingDecision(
+                    sub_query_id=sq_id,
+                    question=question,
+                    expert=expert,
+                    score=1.0,
+                    scores={expert: 1.0},
+                ),
+            )
+        )
+    return Plan(query="benchmark", sub_queries=tuple(sub_queries))
+
+
+# --- backends ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """Experts by name, and how to measure the batched bound (local models only)."""
+
+    name: str
+    label: str
+    experts: dict[str, Expert]
+    local: bool
+    engines: list[Any] = field(default_factory=list)
+
+
+def sleeping(latency: float) -> Runnable:
+    def run(messages: Any) -> str:
+        if latency:
+            time.sleep(latency)
+        return "answer"
+
+    return RunnableLambda(run, name="mock")
+
+
+def mock_backend(latency: dict[str, float] | None = None) -> Backend:
+    latency = MOCK_LATENCY if latency is None else latency
+    experts = {e: Expert(name=e, llm=sleeping(s)) for e, s in latency.items()}
+    label = "mock experts (sleep " + ", ".join(f"{e} {s:g} s" for e, s in latency.items()) + ")"
+    return Backend("mock", label, experts, local=False)
+
+
+def local_backend(name: str, max_new_tokens: int, batch_window_ms: float | None) -> Backend:
+    """Experts over local models: a, b, c and slow (3x the tokens) over one model; for the
+    tiny backend b and c run other random models, to exercise the device lock."""
+    from langchain_complm.huggingface import ChatLocalHuggingFace
+
+    extra = {} if batch_window_ms is None else {"batch_window_ms": batch_window_ms}
+    if name == "smollm2":
+        from langchain_complm.embedded import default_chat_model
+
+        base = default_chat_model(device="cpu", max_new_tokens=max_new_tokens, **extra)
+        models = {e: base for e in ("a", "b", "c")}
+        label = f"SmolLM2-135M-Instruct, CPU, greedy, {max_new_tokens} new tokens max"
+    else:
+        from langchain_complm.testing import smollm2_tokenizer, tiny_llama
+
+        tokenizer = smollm2_tokenizer()
+        models = {
+            e: ChatLocalHuggingFace.from_model(
+                tiny_llama(tokenizer, seed=seed),
+                tokenizer,
+                model_id=f"tiny-{seed}",
+                max_new_tokens=max_new_tokens,
+                **extra,
+            )
+            for seed, e in enumerate(("a", "b", "c"))
+        }
+        base = models["a"]
+        label = (
+            f"random tiny Llama (2 layers, hidden 64; experts b and c are other random models), "
+            f"CPU, greedy, {max_new_tokens} new tokens"
+        )
+    slow = base.model_copy(update={"max_new_tokens": 3 * max_new_tokens})
+    llms = {**models, "slow": slow}
+    experts = {
+        e: Expert(name=e, llm=llm, system_prompt=SYSTEM_PROMPTS[e]) for e, llm in llms.items()
+    }
+    engines = list({id(llm.engine): llm.engine for llm in llms.values()}.values())
+    # Warm-up: the first generate pays one-off allocations.
+    for llm in models.values():
+        llm.invoke("Hello")
+    return Backend(name, label, experts, local=True, engines=engines)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """Measurements of one shape in one mode."""
+
+    walls: list[float] = field(default_factory=list)
+    durations: dict[str, list[float]] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=list)
+    """Batch sizes formed in the last run."""
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+
+def run_once(executor: QueryExecutor, plan: Plan, backend: Backend, cell: Cell) -> None:
+    for engine in backend.engines:
+        engine.reset_stats()
+    started = time.perf_counter()
+    result: ExecutionResult = executor.invoke(plan)
+    cell.walls.append(time.perf_counter() - started)
+    failed = result.failed
+    if failed:
+        raise SystemExit(f"sub-queries failed: { {k: r.error for k, r in failed.items()} }")
+    for sq_id, r in result.results.items():
+        cell.durations.setdefault(sq_id, []).append(r.duration or 0.0)
+        cell.prompts[sq_id] = r.prompt or ""
+    cell.batch_sizes = [b for engine in backend.engines for b in engine.stats.batch_sizes]
+
+
+def measure(
+    backend: Backend, shapes: dict[str, Shape], repeats: int, progress: Callable[[str], None]
+) -> dict[str, dict[str, Cell]]:
+    cells: dict[str, dict[str, Cell]] = {}
+    executors = {m: QueryExecutor(experts=backend.experts, mode=m) for m in MODES}
+    for shape_name, shape in shapes.items():
+        plan = build_plan(shape)
+        cells[shape_name] = {m: Cell() for m in MODES}
+        if backend.name != "smollm2":  # warm-up (LangGraph's first run of a graph)
+            for mode in MODES:
+                run_once(executors[mode], plan, backend, Cell())
+        # Interleave the modes so that load from other processes hits them alike.
+        for _ in range(repeats):
+            for mode in MODES:
+                run_once(executors[mode], plan, backend, cells[shape_name][mode])
+        progress(
+            f"  {backend.name} {shape_name}: "
+            + ", ".join(f"{m} {cells[shape_name][m].wall:.3f} s" for m in MODES)
+        )
+    return cells
+
+
+def costs(backend: Backend, shape: Shape, cell: Cell) -> dict[str, float]:
+    """Cost of each sub-query: the mock latency, or its median duration run alone."""
+    if not backend.local:
+        return {sq_id: MOCK_LATENCY[expert] for sq_id, expert, _ in shape}
+    return {sq_id: statistics.median(d) for sq_id, d in cell.durations.items()}
+
+
+def level_bound(plan: Plan, cost: dict[str, float]) -> float:
+    return sum(max(cost[sq_id] for sq_id in level) for level in plan.levels())
+
+
+def messages_for(backend: Backend, expert: str, prompt: str) -> list[BaseMessage]:
+    system = backend.experts[expert].system_prompt
+    return [SystemMessage(system), HumanMessage(prompt)] if system else [HumanMessage(prompt)]
+
+
+def batched_bound(backend: Backend, shape: Shape, prompts: dict[str, str], repeats: int) -> float:
+    """Sum over levels of one batched call per (model, settings) for the level's prompts."""
+    plan = build_plan(shape)
+    expert_of = {sq_id: expert for sq_id, expert, _ in shape}
+    total = 0.0
+    for level in plan.levels():
+        groups: dict[int, tuple[Any, list[list[BaseMessage]]]] = {}
+        for sq_id in level:
+            llm = backend.experts[expert_of[sq_id]].llm
+            key = hash((id(llm.engine), llm.max_new_tokens))
+            groups.setdefault(key, (llm, []))[1].append(
+                messages_for(backend, expert_of[sq_id], prompts[sq_id])
+            )
+        for llm, batch in groups.values():
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                llm.batch(batch, {"max_concurrency": len(batch)})
+                times.append(time.perf_counter() - started)
+            total += statistics.median(times)
+    return total
+
+
+def overhead(shapes: dict[str, Shape], repeats: int) -> dict[str, dict[str, float]]:
+    """Milliseconds per sub-query of executor overhead, with experts that cost nothing."""
+    backend = mock_backend(dict.fromkeys(MOCK_LATENCY, 0.0))
+    out: dict[str, dict[str, float]] = {}
+    for mode in MODES:
+        executor = QueryExecutor(experts=backend.experts, mode=mode)
+        for shape_name, shape in shapes.items():
+            plan = build_plan(shape)
+            executor.invoke(plan)  # warm-up
+            walls = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                executor.invoke(plan)
+                walls.append(time.perf_counter() - started)
+            out.setdefault(shape_name, {})[mode] = 1000 * statistics.median(walls) / len(shape)
+        # Where the time goes: compiling the plan's graph is paid on every invoke.
+        plan = build_plan(shapes.get("fan-out 4") or next(iter(shapes.values())))
+        compiles = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            executor.compile_plan(plan)
+            compiles.append(time.perf_counter() - started)
+        out.setdefault("compile_plan only (fan-out 4, ms per plan)", {})[mode] = (
+            1000 * statistics.median(compiles)
+        )
+    return out
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    backend: str
+    shape: str
+    mode: str
+    wall: float
+    speedup: float
+    critical_path: float
+    level: float
+    batched: float | None
+    batch_sizes: list[int]
+
+
+def rows_for(
+    backend: Backend,
+    cells: dict[str, dict[str, Cell]],
+    shapes: dict[str, Shape],
+    batched_repeats: int,
+) -> list[Row]:
+    rows = []
+    for shape_name, by_mode in cells.items():
+        shape = shapes[shape_name]
+        plan = build_plan(shape)
+        cost = costs(backend, shape, by_mode["sequential"])
+        cp = plan.critical_path(cost)[1]
+        lb = level_bound(plan, cost)
+        batched = (
+            batched_bound(backend, shape, by_mode["sequential"].prompts, batched_repeats)
+            if backend.local
+            else None
+        )
+        seq = by_mode["sequential"].wall
+        for mode in MODES:
+            cell = by_mode[mode]
+            rows.append(
+                Row(
+                    backend.name,
+                    shape_name,
+                    mode,
+                    cell.wall,
+                    seq / cell.wall,
+                    cp,
+                    lb,
+                    batched,
+                    cell.batch_sizes,
+                )
+            )
+    return rows
+
+
+def batch_column(row: Row) -> str:
+    # The batch sizes of the last run (they repeat run to run).
+    return str(row.batch_sizes) if row.batch_sizes else ""
+
+
+def table(rows: Sequence[Row], local: bool) -> str:
+    head = (
+        "| shape | mode | wall (s) | speed-up vs sequential | critical path (s) | wall / "
+        "critical path | level bound (s) | wall / level bound |"
+    )
+    sep = "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    if local:
+        head += " batched bound (s) | wall / batched bound | batch sizes (last run) |"
+        sep += " --- | --- | --- |"
+    lines = [head, sep]
+    for r in rows:
+        line = (
+            f"| {r.shape} | {r.mode} | {r.wall:.3f} | {r.speedup:.2f}x | {r.critical_path:.3f} "
+            f"| {r.wall / r.critical_path:.2f} | {r.level:.3f} | {r.wall / r.level:.2f} |"
+        )
+        if local:
+            assert r.batched is not None
+            line += f" {r.batched:.3f} | {r.wall / r.batched:.2f} | {batch_column(r)} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Row], labels: dict[str, str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = list(dict.fromkeys(r.backend for r in rows))
+    fig, axes = plt.subplots(len(backends), 1, figsize=(11, 3.6 * len(backends)), squeeze=False)
+    for ax, backend in zip(axes[:, 0], backends, strict=True):
+        mine = [r for r in rows if r.backend == backend]
+        shapes = list(dict.fromkeys(r.shape for r in mine))
+        width = 0.27
+        for k, mode in enumerate(MODES):
+            values = [
+                next(r.speedup for r in mine if r.shape == s and r.mode == mode) for s in shapes
+            ]
+            xs = [i + (k - 1) * width for i in range(len(shapes))]
+            ax.bar(xs, values, width, label=mode)
+        # Best possible speed-up: sequential wall over the critical path.
+        bound = [
+            next(r.wall / r.critical_path for r in mine if r.shape == s and r.mode == "sequential")
+            for s in shapes
+        ]
+        ax.scatter(
+            range(len(shapes)),
+            bound,
+            marker="_",
+            s=600,
+            color="black",
+            zorder=3,
+            label="sequential / critical path",
+        )
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(shapes)), shapes)
+        ax.set_ylabel("speed-up vs sequential")
+        ax.set_title(labels[backend], fontsize=10)
+        ax.legend(fontsize=8, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, few shapes")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per cell (median shown)")
+    parser.add_argument("--backends", default="mock,tiny,smollm2")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--batch-window-ms", type=float, default=None, help="engine batch window (default: 5)"
+    )
+    parser.add_argument("--overhead-repeats", type=int, default=30)
+    parser.add_argument("--shapes", help=f"comma-separated subset of: {', '.join(SHAPES)}")
+    parser.add_argument("--out", type=Path, help="write the Markdown report here")
+    parser.add_argument("--plot", type=Path, help="write the PNG plot here")
+    args = parser.parse_args()
+    shapes = SHAPES
+    if args.quick:
+        args.repeats, args.overhead_repeats = 1, 5
+        args.max_new_tokens = min(args.max_new_tokens, 8)
+        shapes = {k: SHAPES[k] for k in ("chain(4)", "fan-out 4", "skewed", "mixed experts")}
+    if args.shapes:
+        shapes = {k: SHAPES[k] for k in args.shapes.split(",")}
+
+    import torch
+    import transformers
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    rows: list[Row] = []
+    labels: dict[str, str] = {}
+    for name in args.backends.split(","):
+        progress(f"backend {name}...")
+        backend = (
+            mock_backend()
+            if name == "mock"
+            else local_backend(name, args.max_new_tokens, args.batch_window_ms)
+        )
+        labels[name] = backend.label
+        cells = measure(backend, shapes, args.repeats, progress)
+        rows += rows_for(backend, cells, shapes, args.repeats)
+    progress("orchestration overhead...")
+    over = overhead(shapes, args.overhead_repeats)
+    load_after = os.getloadavg()
+
+    command = "python benchmarks/bench_latency.py " + " ".join(sys.argv[1:])
+    out = [
+        "# Benchmarks: executor latency by plan shape and scheduling mode",
+        "",
+        "Generated by `benchmarks/bench_latency.py`; measured with:",
+        "",
+        "```bash",
+        ". .venv/bin/activate",
+        command.strip(),
+        "```",
+        "",
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}; "
+        f"median of {args.repeats} runs per cell, modes interleaved; "
+        f"load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_before)} before and "
+        f"{'/'.join(f'{x:.1f}' for x in load_after)} after; "
+        f"{time.perf_counter() - started:.0f} s in all.",
+        "",
+        "Columns: speed-up = sequential wall / wall. Critical path = `Plan.critical_path(cost)`; "
+        "level bound = sum over `Plan.levels()` of each level's slowest sub-query; cost = the "
+        "mock latency, or for local models the sub-query's median duration in `sequential` "
+        "mode (run alone). Batched bound = sum over levels of one measured batched call per "
+        "model for the level's prompts.",
+    ]
+    for name in labels:
+        mine = [r for r in rows if r.backend == name]
+        out += ["", f"## {labels[name]}", "", table(mine, local=mine[0].batched is not None)]
+    out += [
+        "",
+        "## Orchestration overhead",
+        "",
+        f"Mock experts that answer at once (model time 0), median of {args.overhead_repeats} "
+        "runs: wall time per sub-query in ms (compile, LangGraph scheduling, prompts, trace).",
+        "",
+        "| shape | " + " | ".join(MODES) + " |",
+        "| --- |" + " --- |" * len(MODES),
+    ]
+    for shape_name, by_mode in over.items():
+        out.append(f"| {shape_name} | " + " | ".join(f"{by_mode[m]:.2f}" for m in MODES) + " |")
+    report = "\n".join(out) + "\n"
+    if args.plot:
+        plot(rows, labels, args.plot)
+        relative = os.path.relpath(args.plot, (args.out or Path("x")).parent)
+        report += f"\n![speed-up by shape and mode]({relative})\n"
+    if args.out:
+        args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
