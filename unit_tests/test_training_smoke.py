@@ -119,6 +119,9 @@ def test_resume_continues_where_it_stopped(
     config = _config(tiny_base, tmp_path / "b", batch_size=2, save_every=1)
     with pytest.raises(Stop):
         train_generator(config, pairs=pairs, on_step=stop_after_one)
+    other = _config(tiny_base, tmp_path / "b", batch_size=4, save_every=1)
+    with pytest.raises(ValueError, match="another run"):
+        train_generator(other, pairs=pairs, resume=True)
     resumed = train_generator(config, pairs=pairs, resume=True)
     assert resumed.steps == 3
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)

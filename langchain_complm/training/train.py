@@ -242,8 +242,9 @@ def train_generator(
 
     step, losses = 0, list[float]()
     checkpoint = out / CHECKPOINT_DIR
+    run_key = _run_key(config, len(examples), total_steps)
     if resume and (checkpoint / "state.json").is_file():
-        step, losses = _load_checkpoint(checkpoint, model, optimizer, scheduler, device)
+        step, losses = _load_checkpoint(checkpoint, model, optimizer, scheduler, device, run_key)
         logger.info("resumed from step %d", step)
 
     use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
@@ -278,13 +279,13 @@ def train_generator(
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
         if step % config.save_every == 0 and step < total_steps:
-            _save_checkpoint(checkpoint, model, optimizer, scheduler, step, losses)
+            _save_checkpoint(checkpoint, model, optimizer, scheduler, step, losses, run_key)
         if on_step is not None:
             on_step(step, step_loss)
     if bar is not None:
         bar.close()
 
-    _save_checkpoint(checkpoint, model, optimizer, scheduler, step, losses)
+    _save_checkpoint(checkpoint, model, optimizer, scheduler, step, losses, run_key)
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -358,8 +359,26 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, desc="train-generator", unit="step")
 
 
+def _run_key(config: TrainConfig, n_examples: int, total_steps: int) -> dict[str, Any]:
+    """What must not change between a run and its resumption (it fixes the data order)."""
+    return {
+        "base": config.base,
+        "seed": config.seed,
+        "examples": n_examples,
+        "batch_size": config.batch_size,
+        "total_steps": total_steps,
+        "lora_r": config.lora_r,
+    }
+
+
 def _save_checkpoint(
-    folder: Path, model: Any, optimizer: Any, scheduler: Any, step: int, losses: list[float]
+    folder: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    losses: list[float],
+    run_key: dict[str, Any],
 ) -> None:
     """Trainable weights, optimizer, scheduler and step, written atomically (tmp + rename)."""
     import torch
@@ -378,7 +397,8 @@ def _save_checkpoint(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
         tmp / "optimizer.pt",
     )
-    (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses}), encoding="utf-8")
+    state = {"step": step, "losses": losses, "run": run_key}
+    (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -388,10 +408,17 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    folder: Path, model: Any, optimizer: Any, scheduler: Any, device: str
+    folder: Path, model: Any, optimizer: Any, scheduler: Any, device: str, run_key: dict[str, Any]
 ) -> tuple[int, list[float]]:
     import torch
     from safetensors.torch import load_file
+
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    if state.get("run") != run_key:
+        raise ValueError(
+            f"cannot resume: the checkpoint in {folder} is of another run "
+            f"({state.get('run')} != {run_key}); use another --out or drop --resume"
+        )
 
     weights = load_file(str(folder / "trainable.safetensors"), device=device)
     missing = set(weights) - {n for n, _ in model.named_parameters()}
@@ -401,7 +428,6 @@ def _load_checkpoint(
     states = torch.load(folder / "optimizer.pt", map_location=device, weights_only=False)
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return int(state["step"]), [float(x) for x in state["losses"]]
 
 
