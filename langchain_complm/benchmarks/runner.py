@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import statistics
@@ -427,17 +426,16 @@ def plot_accuracy_vs_parameters(
     points = [s for s in summaries if s.total_parameters and s.accuracy is not None]
     datasets = list(dict.fromkeys(s.dataset for s in points))
     markers = "osD^v"
-    placed: dict[tuple[float, float], int] = defaultdict(int)
+    placed: dict[float, int] = defaultdict(int)
     for index, dataset in enumerate(datasets):
         rows = [s for s in points if s.dataset == dataset]
         xs = [float(s.total_parameters or 0) for s in rows]
         ys = [100 * (s.accuracy or 0.0) for s in rows]
         ax.scatter(xs, ys, s=50, marker=markers[index % len(markers)], label=dataset, zorder=3)
         for s, x, y in zip(rows, xs, ys, strict=True):
-            # Systems of one size often share a point: stack their labels.
-            spot = (round(math.log10(x), 2), round(y, 1))
-            offset = placed[spot]
-            placed[spot] += 1
+            # Systems often share a point or a height: stack the labels of one height.
+            offset = placed[round(y, 1)]
+            placed[round(y, 1)] += 1
             ax.annotate(
                 s.system,
                 (x, y),
