@@ -577,10 +577,10 @@ def build_comp_llm(
     """
     from langchain_complm.comp_llm import create_comp_llm
 
-    config = _as_config(config)
-    _check_paths(config, model_factory, embeddings)
+    config = resolve_config(config)
+    check_model_paths(config, model_factory, embeddings)
     pool = ModelPool(config, model_factory, progress)
-    generator = _decomposer(config, pool)
+    generator = build_decomposer(config, pool)
     aggregator = pool.get(config.aggregator_model)
     experts = build_experts(config, pool)
     if embeddings is None:
@@ -618,10 +618,10 @@ def build_planner(
     """
     from langchain_complm.router import EmbeddingRouter
 
-    config = _as_config(config)
-    _check_paths(config, model_factory, embeddings)
+    config = resolve_config(config)
+    check_model_paths(config, model_factory, embeddings)
     pool = ModelPool(config, model_factory, progress)
-    generator = _decomposer(config, pool)
+    generator = build_decomposer(config, pool)
     if embeddings is None:
         embeddings = load_embeddings(config.embeddings, progress)
     routing = config.routing
@@ -634,7 +634,8 @@ def build_planner(
     return (generator | router).with_config(run_name="CompLLMPlanner")
 
 
-def _decomposer(config: CompLLMConfig, pool: ModelPool) -> Runnable[str, Plan]:
+def build_decomposer(config: CompLLMConfig, pool: ModelPool) -> Runnable[str, Plan]:
+    """The decomposer ``config`` asks for (see ``CompLLMConfig.decomposer``)."""
     from langchain_complm.generator import SubQueryGenerator
     from langchain_complm.splitter import StructuralSubQueryGenerator
 
@@ -644,7 +645,8 @@ def _decomposer(config: CompLLMConfig, pool: ModelPool) -> Runnable[str, Plan]:
     return StructuralSubQueryGenerator(max_sub_queries=cap)
 
 
-def _as_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:
+def resolve_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:
+    """``config`` itself, the file it names loaded, or :func:`default_config` for ``None``."""
     if config is None:
         return default_config()
     if isinstance(config, (str, Path)):
@@ -654,10 +656,15 @@ def _as_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:
     return config
 
 
-def _check_paths(
+def check_model_paths(
     config: CompLLMConfig, model_factory: ModelFactory | None, embeddings: Embeddings | None
 ) -> None:
-    # Injected models need no files; otherwise fail before loading anything.
+    """Fail before loading anything if a local model the config names is missing (injected
+    models, through ``model_factory`` or ``embeddings``, need no files).
+
+    Raises:
+        ModelNotFoundError: naming each missing model and path.
+    """
     missing = [
         (name, path)
         for name, path in config.missing_model_paths()
@@ -704,12 +711,15 @@ __all__ = [
     "ModelSpec",
     "RoutingConfig",
     "build_comp_llm",
+    "build_decomposer",
     "build_experts",
     "build_planner",
+    "check_model_paths",
     "default_config",
     "default_experts_path",
     "load_chat_model",
     "load_config",
     "load_default_experts",
     "load_embeddings",
+    "resolve_config",
 ]

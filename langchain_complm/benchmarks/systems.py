@@ -232,19 +232,19 @@ def load_components(
     same as there."""
     from langchain_complm.config import (
         ModelPool,
-        _as_config,
-        _check_paths,
-        _decomposer,
+        build_decomposer,
         build_experts,
+        check_model_paths,
         load_embeddings,
+        resolve_config,
     )
 
-    config = _as_config(config)
+    config = resolve_config(config)
     if decomposer is not None:
         config = config.model_copy(update={"decomposer": decomposer})
-    _check_paths(config, model_factory, embeddings)
+    check_model_paths(config, model_factory, embeddings)
     pool = ModelPool(config, model_factory, progress)
-    generator = _decomposer(config, pool)
+    generator = build_decomposer(config, pool)
     aggregator = ResponseAggregator(llm=pool.get(config.aggregator_model))
     experts = build_experts(config, pool)
     if embeddings is None:
