@@ -26,7 +26,10 @@ _QSTART = re.compile(rf"^\W*(?:{_QWORDS})\b", re.IGNORECASE)
 _QWORD_CAP = re.compile(r"\b(?:" + "|".join(w.capitalize() for w in _QWORDS.split("|")) + r")\b")
 
 # Words that make a later part depend on an earlier one ("Who wrote Hamlet? When was it
-# written?"); such queries are not split, since the parts would not be self-contained.
+# written?"); such queries are not split, since the parts would not be self-contained. Only
+# short parts count: a long part (a word problem, a case vignette) introduces its own
+# referents ("Jaime places eggs... If he has 64 eggs...").
+_SHORT_PART_WORDS = 15
 _ANAPHORA = re.compile(
     r"\b(?:it|its|itself|he|him|his|she|her|they|them|their|theirs|themselves)\b",
     re.IGNORECASE,
@@ -42,6 +45,7 @@ _ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "st", "vs", "etc", "jr", "sr", "prof"
 
 # Enumeration markers. Each pattern captures the label; labels must run 1, 2, 3... / a, b, c...
 _ENUMERATIONS = (
+    re.compile(r"(?:^|(?<=\s))(?:question|part|q)\s*(\d{1,2})\s*[:.)]\s*", re.IGNORECASE),
     re.compile(r"(?:^|(?<=[\s:;,.?!]))\((\d{1,2})\)\s*"),  # (1) ... (2) ...
     re.compile(r"(?:^|(?<=[\s:;,?!]))(\d{1,2})[.)]\s+"),  # 1. ... 2. ...  /  1) ... 2) ...
     re.compile(r"(?:^|(?<=[\s:;,.?!]))\(([a-h])\)\s*"),  # (a) ... (b) ...
@@ -50,7 +54,7 @@ _ENUMERATIONS = (
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 _ORDINAL = re.compile(
     r"(?:^|(?<=[\s:;,.?!]))(first|second|third|fourth|fifth|sixth|seventh|eighth|finally|"
-    r"lastly|last)(?:ly)?\s*,\s*",
+    r"lastly|last)(?:ly)?\s*[,:]\s*",
     re.IGNORECASE,
 )
 _OPTION_LABEL = re.compile(r"(?:^|(?<=\s))\(?([A-H])[.)]\s")
@@ -72,7 +76,7 @@ def split_query(query: str, max_sub_queries: int | None = None) -> list[str]:
         return []
     if max_sub_queries is not None and len(parts) > max_sub_queries:
         return []
-    if any(_ANAPHORA.search(p) for p in parts[1:]):
+    if any(_ANAPHORA.search(p) and len(p.split()) <= _SHORT_PART_WORDS for p in parts[1:]):
         return []
     return parts
 

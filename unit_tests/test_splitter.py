@@ -13,6 +13,25 @@ from langchain_complm.plan import Plan
 from langchain_complm.splitter import StructuralSubQueryGenerator, split_query
 
 SPLITS = [
+    (
+        "Answer the following. Question 1: What is DNA? Question 2: Who wrote Faust?",
+        ["What is DNA?", "Who wrote Faust?"],
+    ),
+    (
+        "Could you help me with two things?\nFirst: What is a CPU?\nSecond: What causes rain?",
+        ["What is a CPU?", "What causes rain?"],
+    ),
+    (
+        # A long part brings its own referents: its pronouns do not point back.
+        "Please answer both:\n(1) Jaime places eggs on the tray. Each tray can hold 24 eggs. "
+        "If he has 64 eggs and 2 trays, how many eggs won't he be able to place?\n"
+        "(2) What is the capital of France?",
+        [
+            "Jaime places eggs on the tray. Each tray can hold 24 eggs. If he has 64 eggs and "
+            "2 trays, how many eggs won't he be able to place?",
+            "What is the capital of France?",
+        ],
+    ),
     ("What is 2+2, and who wrote Hamlet?", ["What is 2+2?", "Who wrote Hamlet?"]),
     ("What is 2+2?, and who wrote Hamlet?", ["What is 2+2?", "Who wrote Hamlet?"]),
     (
