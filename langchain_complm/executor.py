@@ -242,14 +242,19 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
             )
         return policy
 
-    def _graph_config(self, config: RunnableConfig, run_manager: Any) -> RunnableConfig:
+    def _graph_config(self, plan: Plan, config: RunnableConfig, run_manager: Any) -> RunnableConfig:
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
+        # Without a limit LangGraph sizes its thread pool by the CPU count (6 threads on 2
+        # cores), which would split a wider fan-out into two rounds (and its batch in two).
+        width = len(plan.sub_queries)
         if self.mode == "eager":
-            # The eager loop enforces the limit itself: LangGraph's would count the waiting
-            # entrypoint as one of the running tasks and deadlock at 1.
-            child.pop("max_concurrency", None)
-        elif self.max_concurrency is not None:
-            child["max_concurrency"] = self.max_concurrency
+            # The eager loop enforces max_concurrency itself; LangGraph's pool must also fit
+            # the waiting entrypoint, or a limit of 1 would deadlock.
+            child["max_concurrency"] = width + 4
+        else:
+            child["max_concurrency"] = (
+                self.max_concurrency or config.get("max_concurrency") or width
+            )
         return child
 
     # --- running ----------------------------------------------------------------------------
@@ -272,7 +277,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         policy = self._policy(config)
         graph = self.compile_plan(self._check_plan(plan), policy)
         started = time.time()
-        state = graph.invoke({"results": {}}, self._graph_config(config, run_manager))
+        state = graph.invoke({"results": {}}, self._graph_config(plan, config, run_manager))
         return self._collect(plan, state, started, policy)
 
     async def _aexecute(
@@ -281,7 +286,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         policy = self._policy(config)
         graph = self.compile_plan(self._check_plan(plan), policy, asynchronous=True)
         started = time.time()
-        state = await graph.ainvoke({"results": {}}, self._graph_config(config, run_manager))
+        state = await graph.ainvoke({"results": {}}, self._graph_config(plan, config, run_manager))
         return self._collect(plan, state, started, policy)
 
     def _collect(

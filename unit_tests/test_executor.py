@@ -285,3 +285,13 @@ def test_reply_metadata_is_kept_in_the_trace() -> None:
     r = QueryExecutor(experts=[local]).invoke(routed(("q1", "one", "local", ()))).results["q1"]
     assert r.answer == "42"
     assert r.response_metadata == {"batch_size": 3, "load_time_s": 0.5}
+
+
+@pytest.mark.parametrize("mode", ["superstep", "eager"])
+def test_wide_fan_out_runs_in_one_round(mode: str) -> None:
+    # LangGraph's default thread pool (CPU count + 4 threads) must not cap the fan-out.
+    math, fake = make_expert("math", delay=0.2)
+    plan = routed(*((f"q{i}", f"question {i}", "math", ()) for i in range(12)))
+    QueryExecutor(experts=[math], mode=mode).invoke(plan)
+    starts = sorted(call["start"] for call in fake.calls)
+    assert len(starts) == 12 and starts[-1] - starts[0] < 0.15
