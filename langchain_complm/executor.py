@@ -248,9 +248,11 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         # cores), which would split a wider fan-out into two rounds (and its batch in two).
         width = len(plan.sub_queries)
         if self.mode == "eager":
-            # The eager loop enforces max_concurrency itself; LangGraph's pool must also fit
-            # the waiting entrypoint, or a limit of 1 would deadlock.
-            child["max_concurrency"] = width + 4
+            # The eager loop enforces max_concurrency itself. LangGraph's pool must fit every
+            # task plus the waiting entrypoint and LangGraph's own helpers (measured: up to
+            # width + 2 still left a sub-query waiting for a thread); threads are created
+            # lazily, so headroom costs nothing. A limit of 1 here would deadlock.
+            child["max_concurrency"] = 2 * width + 1
         else:
             child["max_concurrency"] = (
                 self.max_concurrency or config.get("max_concurrency") or width
