@@ -36,6 +36,13 @@ from langchain_complm.executor import (
 from langchain_complm.experts import Expert, ExpertProfile
 from langchain_complm.generator import SubQueryGenerator, parse_plan
 from langchain_complm.plan import Plan, PlanValidationError, RoutingDecision, SubQuery
+from langchain_complm.resources import (
+    ConcurrencyLimiter,
+    MemoryBudgetError,
+    ModelPool,
+    limit_concurrency,
+    set_device_concurrency,
+)
 from langchain_complm.router import EmbeddingRouter
 from langchain_complm.splitter import StructuralSubQueryGenerator
 
@@ -46,6 +53,7 @@ __all__ = [
     "ChatCompLLM",
     "CompLLMConfig",
     "CompLLMOutput",
+    "ConcurrencyLimiter",
     "ConfigError",
     "EmbeddingRouter",
     "EmbeddingsSpec",
@@ -55,7 +63,9 @@ __all__ = [
     "ExpertProfile",
     "ExpertSpec",
     "FailurePolicy",
+    "MemoryBudgetError",
     "ModelNotFoundError",
+    "ModelPool",
     "ModelSpec",
     "Plan",
     "PlanValidationError",
@@ -74,7 +84,9 @@ __all__ = [
     "coerce_query",
     "create_comp_llm",
     "default_config",
+    "limit_concurrency",
     "load_config",
     "load_default_experts",
     "parse_plan",
+    "set_device_concurrency",
 ]

@@ -500,7 +500,7 @@ def load_embeddings(spec: EmbeddingsSpec, progress: Progress | None = None) -> E
     return embeddings
 
 
-class ModelPool:
+class NamedModels:
     """Loads each named model of a config once, on first use, and hands out that instance."""
 
     def __init__(
@@ -534,7 +534,7 @@ class ModelPool:
         return dict(self._loaded)
 
 
-def build_experts(config: CompLLMConfig, pool: ModelPool) -> list[Expert]:
+def build_experts(config: CompLLMConfig, pool: NamedModels) -> list[Expert]:
     """The config's experts, each over its (shared) model from ``pool``."""
     experts = []
     for spec in config.experts:
@@ -579,7 +579,7 @@ def build_comp_llm(
 
     config = resolve_config(config)
     check_model_paths(config, model_factory, embeddings)
-    pool = ModelPool(config, model_factory, progress)
+    pool = NamedModels(config, model_factory, progress)
     generator = build_decomposer(config, pool)
     aggregator = pool.get(config.aggregator_model)
     experts = build_experts(config, pool)
@@ -620,7 +620,7 @@ def build_planner(
 
     config = resolve_config(config)
     check_model_paths(config, model_factory, embeddings)
-    pool = ModelPool(config, model_factory, progress)
+    pool = NamedModels(config, model_factory, progress)
     generator = build_decomposer(config, pool)
     if embeddings is None:
         embeddings = load_embeddings(config.embeddings, progress)
@@ -634,7 +634,7 @@ def build_planner(
     return (generator | router).with_config(run_name="CompLLMPlanner")
 
 
-def build_decomposer(config: CompLLMConfig, pool: ModelPool) -> Runnable[str, Plan]:
+def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, Plan]:
     """The decomposer ``config`` asks for (see ``CompLLMConfig.decomposer``)."""
     from langchain_complm.generator import SubQueryGenerator
     from langchain_complm.splitter import StructuralSubQueryGenerator
@@ -707,8 +707,8 @@ __all__ = [
     "ExpertSpec",
     "ModelFactory",
     "ModelNotFoundError",
-    "ModelPool",
     "ModelSpec",
+    "NamedModels",
     "RoutingConfig",
     "build_comp_llm",
     "build_decomposer",

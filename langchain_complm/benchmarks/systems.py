@@ -231,7 +231,7 @@ def load_components(
     named model once; ``decomposer`` overrides the config's. The other arguments mean the
     same as there."""
     from langchain_complm.config import (
-        ModelPool,
+        NamedModels,
         build_decomposer,
         build_experts,
         check_model_paths,
@@ -243,7 +243,7 @@ def load_components(
     if decomposer is not None:
         config = config.model_copy(update={"decomposer": decomposer})
     check_model_paths(config, model_factory, embeddings)
-    pool = ModelPool(config, model_factory, progress)
+    pool = NamedModels(config, model_factory, progress)
     generator = build_decomposer(config, pool)
     aggregator = ResponseAggregator(llm=pool.get(config.aggregator_model))
     experts = build_experts(config, pool)
