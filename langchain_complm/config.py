@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from langgraph.pregel import Pregel
 
     from langchain_complm.plan import Plan
+    from langchain_complm.router import EmbeddingRouter
 
 try:  # Python 3.11+
     import tomllib
@@ -616,22 +617,32 @@ def build_planner(
     Only the generator's model and the embeddings are loaded; experts are routed to by their
     profiles, their models are not needed.
     """
-    from langchain_complm.router import EmbeddingRouter
-
     config = resolve_config(config)
     check_model_paths(config, model_factory, embeddings)
-    pool = NamedModels(config, model_factory, progress)
-    generator = build_decomposer(config, pool)
+    generator = build_decomposer(config, NamedModels(config, model_factory, progress))
+    router = build_router(config, config.experts, embeddings, progress)
+    return (generator | router).with_config(run_name="CompLLMPlanner")
+
+
+def build_router(
+    config: CompLLMConfig,
+    experts: Sequence[ExpertProfile],
+    embeddings: Embeddings | None = None,
+    progress: Progress | None = None,
+) -> EmbeddingRouter:
+    """The router of ``config`` over ``experts``; loads ``config.embeddings`` unless
+    ``embeddings`` are given."""
+    from langchain_complm.router import EmbeddingRouter
+
     if embeddings is None:
         embeddings = load_embeddings(config.embeddings, progress)
     routing = config.routing
-    router = EmbeddingRouter(
-        experts=list(config.experts),
+    return EmbeddingRouter(
+        experts=list(experts),
         embeddings=embeddings,
         threshold=routing.threshold,
         fallback_expert=routing.fallback_expert if routing.threshold is not None else None,
     )
-    return (generator | router).with_config(run_name="CompLLMPlanner")
 
 
 def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, Plan]:
@@ -714,6 +725,7 @@ __all__ = [
     "build_decomposer",
     "build_experts",
     "build_planner",
+    "build_router",
     "check_model_paths",
     "default_config",
     "default_experts_path",

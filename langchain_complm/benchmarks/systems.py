@@ -234,8 +234,8 @@ def load_components(
         NamedModels,
         build_decomposer,
         build_experts,
+        build_router,
         check_model_paths,
-        load_embeddings,
         resolve_config,
     )
 
@@ -247,15 +247,7 @@ def load_components(
     generator = build_decomposer(config, pool)
     aggregator = ResponseAggregator(llm=pool.get(config.aggregator_model))
     experts = build_experts(config, pool)
-    if embeddings is None:
-        embeddings = load_embeddings(config.embeddings, progress)
-    routing = config.routing
-    router = EmbeddingRouter(
-        experts=experts,
-        embeddings=embeddings,
-        threshold=routing.threshold,
-        fallback_expert=routing.fallback_expert if routing.threshold is not None else None,
-    )
+    router = build_router(config, experts, embeddings, progress)
     execution = config.execution
     return Components(
         experts=experts,
