@@ -22,7 +22,10 @@ from langchain_complm.training.data import TrainingPair, build_training_pairs
 from langchain_complm.training.train import (
     METADATA_FILE,
     TrainConfig,
+    _collate,
+    _completion_loss_sum,
     encode_pair,
+    finished_run,
     load_trained_generator,
     train_generator,
 )
@@ -102,6 +105,47 @@ def test_lora_loss_decreases_and_adapter_is_saved(
     assert metadata["seed"] == 0
     assert metadata["data"]["pairs"] == len(pairs)
     assert metadata["adapter"] is True
+
+
+def test_loss_on_kept_logits_equals_the_full_logits_loss(
+    tiny_base: Path, pairs: list[TrainingPair]
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    ids, attention, labels = _collate(
+        [encode_pair(tokenizer, p) for p in pairs], tokenizer.pad_token_id, "cpu"
+    )
+    logits = model(input_ids=ids, attention_mask=attention).logits
+    full = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    kept = _completion_loss_sum(model, ids, attention, labels)
+    assert kept.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_micro_batch_size_does_not_change_the_steps(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    one = train_generator(_config(tiny_base, tmp_path / "a", micro_batch_size=1), pairs=pairs)
+    four = train_generator(_config(tiny_base, tmp_path / "b", micro_batch_size=4), pairs=pairs)
+    assert one.losses == pytest.approx(four.losses, rel=1e-4)
+
+
+def test_finished_run_is_recognized_only_with_the_same_settings(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    config = _config(tiny_base, tmp_path / "run", max_steps=1)
+    assert finished_run(config) is None
+    train_generator(config, pairs=pairs)
+    metadata = finished_run(config)
+    assert metadata is not None and metadata["steps"] == 1
+    assert finished_run(_config(tiny_base, tmp_path / "run", max_steps=1, lr=1e-3)) is None
 
 
 def test_resume_continues_where_it_stopped(

@@ -205,7 +205,9 @@ def learning_curve(
 
     Size 0 evaluates the untrained base with the trained generator's prompt. Each point is
     saved in ``<out>/curve.json`` as it finishes; points already there are reused, so an
-    interrupted curve resumes.
+    interrupted curve resumes. A finished training run already in ``<out>/n<size>`` with
+    the same settings (e.g. the main run trained there with ``complm train-generator``) is
+    evaluated without retraining; an interrupted one continues from its checkpoint.
 
     Args:
         sizes: training-set sizes.
@@ -219,6 +221,7 @@ def learning_curve(
     from langchain_complm.huggingface import ChatLocalHuggingFace
     from langchain_complm.training.train import (
         TrainConfig,
+        finished_run,
         load_trained_generator,
         resolve_base,
         train_generator,
@@ -252,9 +255,11 @@ def learning_curve(
             config = TrainConfig(
                 **(train_options | {"n_train": size, "out": str(out / f"n{size}")})
             )
-            result = train_generator(config)
-            generator = load_trained_generator(result.out, **generator_options)
-            info |= {"steps": result.steps, "final_loss": result.losses[-1]}
+            metadata = finished_run(config)
+            if metadata is None:
+                metadata = train_generator(config, resume=True).metadata
+            generator = load_trained_generator(config.out, **generator_options)
+            info |= {"steps": metadata["steps"], "final_loss": metadata["final_loss"]}
         if progress is not None:
             progress(f"n_train={size}: evaluating on {len(examples)} examples")
         report = evaluate_generator(generator, examples, progress=progress)

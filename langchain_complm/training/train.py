@@ -257,17 +257,14 @@ def train_generator(
         n_tokens = sum(sum(label != -100 for label in labels) for _, labels in batch)
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
+        # Similar lengths share a micro-batch (less padding); the step's gradient is the
+        # same sum whatever the grouping.
+        batch.sort(key=lambda example: len(example[0]))
         for start in range(0, len(batch), config.micro_batch_size):
             micro = batch[start : start + config.micro_batch_size]
             input_ids, attention, labels = _collate(micro, pad_id, device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(input_ids=input_ids, attention_mask=attention).logits
-            loss_sum = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                labels[:, 1:].reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
+                loss_sum = _completion_loss_sum(model, input_ids, attention, labels)
             (loss_sum / n_tokens).backward()
             step_loss += loss_sum.item() / n_tokens
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -318,6 +315,19 @@ def train_generator(
     return TrainResult(out=out, steps=step, losses=losses, metadata=metadata)
 
 
+def finished_run(config: TrainConfig) -> dict[str, Any] | None:
+    """The metadata of a finished run in ``config.out`` trained with the same settings as
+    ``config``, else ``None``."""
+    path = Path(config.out) / METADATA_FILE
+    if not path.is_file():
+        return None
+    metadata: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    saved = metadata.get("config", {})
+    wanted = {k: v for k, v in asdict(config).items() if k != "progress"}
+    # JSON turned tuples into lists.
+    return metadata if json.loads(json.dumps(wanted)) == saved else None
+
+
 def _example_order(n_examples: int, length: int, seed: int) -> list[int]:
     """Example indices for the whole run: one seeded shuffle per epoch, concatenated."""
     order: list[int] = []
@@ -335,6 +345,26 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
+
+
+def _completion_loss_sum(model: Any, input_ids: Any, attention: Any, labels: Any) -> Any:
+    """Summed cross-entropy of the labelled (assistant) tokens.
+
+    Logits are computed only at the positions that predict a label: the vocabulary
+    projection of every prompt and padding position was most of a step's memory and a large
+    share of its time on the CPU.
+    """
+    import torch
+
+    targets = labels[:, 1:]
+    positions = (targets != -100).any(dim=0).nonzero().squeeze(-1)
+    logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=positions).logits
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),
+        targets[:, positions].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
 
 
 def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int, device: str) -> Any:
@@ -550,6 +580,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "encode_pair",
+    "finished_run",
     "load_trained_generator",
     "load_trained_model",
     "read_metadata",
