@@ -207,6 +207,15 @@ def _default_experts() -> list[ExpertSpec]:
     return list(load_default_experts())
 
 
+Decomposer = Literal["auto", "llm", "trained", "structural"]
+"""How queries are decomposed (see ``CompLLMConfig.decomposer``)."""
+
+_NO_TRAINED_GENERATOR = (
+    "decomposer 'trained' needs trained_generator: the folder or Hub repo of a trained "
+    "Sub-query Generator (complm train-generator --out DIR)"
+)
+
+
 class CompLLMConfig(_Strict):
     """A complete Comp-LLM setup. Every field has a default: ``CompLLMConfig()`` is the
     embedded offline setup with the default experts."""
@@ -216,11 +225,16 @@ class CompLLMConfig(_Strict):
     embeddings: EmbeddingsSpec = Field(default_factory=EmbeddingsSpec)
     generator: str = DEFAULT_MODEL
     """Model that decomposes queries (with ``decomposer: llm``)."""
-    decomposer: Literal["auto", "llm", "structural"] = "auto"
-    """How queries are decomposed: ``llm`` prompts the generator model; ``structural`` splits
-    on the query's explicit structure (enumerations, several questions) without a model;
-    ``auto`` is ``structural`` when the generator is the embedded SmolLM2-135M, which cannot
-    decompose from a prompt (it writes no JSON), and ``llm`` otherwise."""
+    decomposer: Decomposer = "auto"
+    """How queries are decomposed: ``llm`` prompts the generator model; ``trained`` runs the
+    fine-tuned Sub-query Generator in ``trained_generator``; ``structural`` splits on the
+    query's explicit structure (enumerations, several questions) without a model. ``auto``:
+    ``llm`` when the generator is a model of the user's own; for the embedded SmolLM2-135M,
+    which cannot decompose from a prompt (it writes no JSON), ``trained`` when
+    ``trained_generator`` is set, else ``structural``."""
+    trained_generator: str | None = None
+    """Folder or Hub repo of a trained Sub-query Generator (``complm train-generator``
+    output), for ``decomposer: trained``."""
     aggregator: str | None = None
     """Model that writes the final answer; default: the generator's."""
     experts: list[ExpertSpec] = Field(default_factory=_default_experts)
@@ -264,14 +278,18 @@ class CompLLMConfig(_Strict):
                 )
         if self.routing.threshold is not None and self.routing.fallback_expert is None:
             raise ValueError("routing.threshold needs routing.fallback_expert to route to")
+        if self.decomposer == "trained" and not self.trained_generator:
+            raise ValueError(_NO_TRAINED_GENERATOR)
         return self
 
     @property
-    def uses_llm_decomposer(self) -> bool:
-        """Whether decomposition prompts the generator model (see ``decomposer``)."""
-        if self.decomposer == "auto":
-            return not self.models[self.generator].is_embedded
-        return self.decomposer == "llm"
+    def resolved_decomposer(self) -> Literal["llm", "trained", "structural"]:
+        """The decomposer ``decomposer`` stands for (``auto`` resolved)."""
+        if self.decomposer != "auto":
+            return self.decomposer
+        if not self.models[self.generator].is_embedded:
+            return "llm"
+        return "trained" if self.trained_generator else "structural"
 
     @property
     def aggregator_model(self) -> str:
@@ -281,7 +299,7 @@ class CompLLMConfig(_Strict):
     def model_names_used(self, *, experts: bool = True) -> list[str]:
         """Model names in load order: generator (when it decomposes), aggregator, then the
         experts' models."""
-        names = [self.generator] if self.uses_llm_decomposer else []
+        names = [self.generator] if self.resolved_decomposer == "llm" else []
         names.append(self.aggregator_model)
         if experts:
             names += [e.model for e in self.experts]
@@ -292,6 +310,8 @@ class CompLLMConfig(_Strict):
         (``"embeddings"`` stands for the embeddings model)."""
         specs: list[tuple[str, str]] = [(n, s.model_id) for n, s in self.models.items()]
         specs.append(("embeddings", self.embeddings.model_id))
+        if self.resolved_decomposer == "trained" and self.trained_generator:
+            specs.append(("trained_generator", self.trained_generator))
         return [
             (name, Path(model_id).expanduser())
             for name, model_id in specs
@@ -362,6 +382,9 @@ def load_config(path: str | Path, *, check_paths: bool = True) -> CompLLMConfig:
         model_id = section.get("model_id")
         if isinstance(model_id, str) and model_id.startswith("."):
             section["model_id"] = str((base / model_id).resolve())
+    trained = data.get("trained_generator")
+    if isinstance(trained, str) and trained.startswith("."):
+        data["trained_generator"] = str((base / trained).resolve())
     config = _validate(data, str(path))
     if check_paths and (missing := config.missing_model_paths()):
         raise ModelNotFoundError(
@@ -651,9 +674,22 @@ def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, 
     from langchain_complm.splitter import StructuralSubQueryGenerator
 
     cap = config.execution.max_sub_queries
-    if config.uses_llm_decomposer:
+    kind = config.resolved_decomposer
+    if kind == "llm":
         return SubQueryGenerator(llm=pool.get(config.generator), max_sub_queries=cap)
-    return StructuralSubQueryGenerator(max_sub_queries=cap)
+    if kind == "structural":
+        return StructuralSubQueryGenerator(max_sub_queries=cap)
+    # model_copy(update=...) skips validation, so the trained case is checked here too.
+    if not config.trained_generator:
+        raise ConfigError(_NO_TRAINED_GENERATOR)
+    from langchain_complm.training.train import load_trained_generator
+
+    _say(pool.progress, f"Loading the trained Sub-query Generator {config.trained_generator}...")
+    return load_trained_generator(
+        config.trained_generator,
+        device=config.models[config.generator].device,
+        max_sub_queries=cap,
+    )
 
 
 def resolve_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:
@@ -713,6 +749,7 @@ __all__ = [
     "EMBEDDED_EMBEDDINGS",
     "CompLLMConfig",
     "ConfigError",
+    "Decomposer",
     "EmbeddingsSpec",
     "ExecutionConfig",
     "ExpertSpec",

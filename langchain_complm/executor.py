@@ -30,6 +30,7 @@ from langgraph.pregel import Pregel
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict
 
+from langchain_complm.batching import BatchCohort, batch_cohort
 from langchain_complm.events import current_writer, emit
 from langchain_complm.experts import Expert, check_experts
 from langchain_complm.plan import Plan, SubQuery
@@ -321,6 +322,21 @@ class _Run:
         # Under on_failure="raise" the first failure stops sub-queries not yet started.
         self.aborted = threading.Event()
         self.writer = current_writer()
+        # First attempts of sub-queries started together for one model (see batching.py).
+        self.cohorts: dict[str, BatchCohort] = {}
+        if executor.mode == "superstep":
+            for level in plan.levels():
+                self.declare_cohorts(level)
+
+    def declare_cohorts(self, started_together: Sequence[str]) -> None:
+        groups: dict[int, list[str]] = {}
+        for sq_id in started_together:
+            expert = self.executor.experts[self.plan.by_id[sq_id].expert]  # type: ignore[index]
+            groups.setdefault(id(expert.llm), []).append(sq_id)
+        for ids in groups.values():
+            if len(ids) > 1:
+                cohort = BatchCohort(size=len(ids), label=",".join(ids))
+                self.cohorts.update(dict.fromkeys(ids, cohort))
 
     # Each node reads its parents' results from the graph state and writes its own.
 
@@ -347,13 +363,18 @@ class _Run:
         tasks = {sq.id: make_task(sq) for sq in plan.sub_queries}
 
         def start_ready(results: dict, running: dict, waiting: list[str]) -> None:
-            for sq_id in list(waiting):
-                if limit is not None and len(running) >= limit:
-                    return
+            ready = [
+                sq_id
+                for sq_id in waiting
+                if all(d in results for d in plan.by_id[sq_id].depends_on)
+            ]
+            if limit is not None:
+                ready = ready[: max(0, limit - len(running))]
+            self.declare_cohorts(ready)
+            for sq_id in ready:
+                waiting.remove(sq_id)
                 deps = plan.by_id[sq_id].depends_on
-                if all(d in results for d in deps):
-                    waiting.remove(sq_id)
-                    running[tasks[sq_id]({d: results[d] for d in deps})] = sq_id
+                running[tasks[sq_id]({d: results[d] for d in deps})] = sq_id
 
         if asynchronous:
 
@@ -395,9 +416,10 @@ class _Run:
             prompt, messages = prepared
             attempts: list[Attempt] = []
             started = time.time()
-            for expert in self._candidates(sq):
+            for i, expert in enumerate(self._candidates(sq)):
+                cohort = self.cohorts.get(sq.id) if i == 0 else None
                 answer = self._attempt(
-                    attempts, expert, partial(self._call, expert, messages, sq, config)
+                    attempts, expert, partial(self._call, expert, messages, sq, config, cohort)
                 )
                 if answer is not None:
                     break
@@ -413,9 +435,10 @@ class _Run:
             prompt, messages = prepared
             attempts: list[Attempt] = []
             started = time.time()
-            for expert in self._candidates(sq):
+            for i, expert in enumerate(self._candidates(sq)):
+                cohort = self.cohorts.get(sq.id) if i == 0 else None
                 answer = await self._aattempt(
-                    attempts, expert, self._acall(expert, messages, sq, config)
+                    attempts, expert, self._acall(expert, messages, sq, config, cohort)
                 )
                 if answer is not None:
                     break
@@ -462,25 +485,37 @@ class _Run:
         return answer
 
     async def _acall(
-        self, expert: str, messages: list[BaseMessage], sq: SubQuery, config: RunnableConfig
+        self,
+        expert: str,
+        messages: list[BaseMessage],
+        sq: SubQuery,
+        config: RunnableConfig,
+        cohort: BatchCohort | None,
     ) -> Any:
         llm = self.executor.experts[expert].llm
-        call = llm.ainvoke(messages, _expert_config(config, sq, expert))
+        with batch_cohort(cohort):
+            # The task created here copies the context, cohort included.
+            call = asyncio.ensure_future(llm.ainvoke(messages, _expert_config(config, sq, expert)))
         return await asyncio.wait_for(call, self.policy.timeout)
 
     def _call(
-        self, expert: str, messages: list[BaseMessage], sq: SubQuery, config: RunnableConfig
+        self,
+        expert: str,
+        messages: list[BaseMessage],
+        sq: SubQuery,
+        config: RunnableConfig,
+        cohort: BatchCohort | None,
     ) -> Any:
         llm = self.executor.experts[expert].llm
         expert_config = _expert_config(config, sq, expert)
-        if self.policy.timeout is None:
-            return llm.invoke(messages, expert_config)
+        with batch_cohort(cohort):
+            if self.policy.timeout is None:
+                return llm.invoke(messages, expert_config)
+            context = contextvars.copy_context()
         # A sync call cannot be cancelled: on timeout the thread finishes in the background
         # and its answer is dropped.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"complm-{sq.id}")
-        future = pool.submit(
-            contextvars.copy_context().run, lambda: llm.invoke(messages, expert_config)
-        )
+        future = pool.submit(context.run, lambda: llm.invoke(messages, expert_config))
         pool.shutdown(wait=False)
         try:
             return future.result(timeout=self.policy.timeout)

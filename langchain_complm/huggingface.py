@@ -31,6 +31,7 @@ from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field
 
+from langchain_complm.batching import BatchCohort, current_cohort
 from langchain_complm.resources import ModelPool, device_lock
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ DEFAULT_BATCH_WINDOW_MS = 5.0
 DEFAULT_BATCH_WINDOW_RATIO = 0.03
 MAX_ADAPTIVE_WINDOW_MS = 150.0
 """Cap of the batch window that grows with a model's generate time (``batch_window_ratio``)."""
+MAX_COHORT_WAIT_MS = 500.0
+"""Cap of the wait for the missing members of a batch cohort."""
 
 _IDLE_EXIT_S = 30.0
 """An idle worker thread exits after this long; the next request starts a new one."""
@@ -133,6 +136,7 @@ class _Request:
     max_batch_size: int
     batch_window_s: float
     window_ratio: float = 0.0
+    cohort: BatchCohort | None = None
     future: Future[GenerationOutput] = field(default_factory=Future)
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -238,13 +242,17 @@ class GenerationEngine:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
         batch_window_ratio: float = 0.0,
+        cohort: BatchCohort | None = None,
     ) -> Future[GenerationOutput]:
         """Queue one chat ``conversation`` (role/content dicts); the future gets the answer.
 
         ``max_batch_size`` caps the batch this request joins (1: never batched) and
         ``batch_window_ms`` is how long the worker waits for companions when it is first;
         ``batch_window_ratio`` lengthens that wait to this fraction of the engine's recent
-        ``generate`` time (at most :data:`MAX_ADAPTIVE_WINDOW_MS`).
+        ``generate`` time (at most :data:`MAX_ADAPTIVE_WINDOW_MS`). A request of a
+        ``cohort`` (:mod:`~langchain_complm.batching`) that is first waits for the cohort's
+        other members up to the engine's recent ``generate`` time (at most
+        :data:`MAX_COHORT_WAIT_MS`): waiting longer would cost more than a second call.
         Cancelling the future before its batch starts drops the request.
 
         Raises:
@@ -256,6 +264,7 @@ class GenerationEngine:
             max_batch_size=max(1, max_batch_size),
             batch_window_s=max(0.0, batch_window_ms) / 1000,
             window_ratio=max(0.0, batch_window_ratio),
+            cohort=cohort,
         )
         with self._lock:
             if self._closed:
@@ -348,8 +357,14 @@ class GenerationEngine:
         # are served at once instead of waiting another window.
         adaptive = min(MAX_ADAPTIVE_WINDOW_MS / 1000, first.window_ratio * self._recent_generate_s)
         deadline = first.enqueued_at + max(first.batch_window_s, adaptive)
+        cohort = first.cohort
+        cohort_deadline = deadline
+        if cohort is not None:
+            wait = min(MAX_COHORT_WAIT_MS / 1000, self._recent_generate_s or float("inf"))
+            cohort_deadline = max(deadline, first.enqueued_at + wait)
         while len(batch) < limit:
-            timeout = deadline - time.perf_counter()
+            missing = cohort is not None and sum(r.cohort is cohort for r in batch) < cohort.size
+            timeout = (cohort_deadline if missing else deadline) - time.perf_counter()
             try:
                 arrived = (
                     self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get(False)
@@ -637,6 +652,7 @@ class ChatLocalHuggingFace(BaseChatModel):
             max_batch_size=self.max_batch_size,
             batch_window_ms=self.batch_window_ms,
             batch_window_ratio=self.batch_window_ratio,
+            cohort=current_cohort(),
         )
 
     def _to_result(

@@ -342,13 +342,18 @@ def test_decomposer_auto_uses_the_splitter_for_the_embedded_model(tmp_path: Path
     from langchain_complm.splitter import StructuralSubQueryGenerator
 
     embedded = default_config()
-    assert embedded.decomposer == "auto" and not embedded.uses_llm_decomposer
+    assert embedded.decomposer == "auto" and embedded.resolved_decomposer == "structural"
     # The embedded generator model is then not needed: only the aggregator's is loaded.
     assert embedded.model_names_used(experts=False) == ["default"]
-    assert embedded.model_copy(update={"decomposer": "llm"}).uses_llm_decomposer
+    assert embedded.model_copy(update={"decomposer": "llm"}).resolved_decomposer == "llm"
+    trained = embedded.model_copy(update={"trained_generator": "runs/g"})
+    assert trained.resolved_decomposer == "trained"
+    assert trained.model_names_used(experts=False) == ["default"]
     config = load_config(write(tmp_path, "complm.yaml", YAML_CONFIG))
-    assert config.uses_llm_decomposer  # a generator model of the user's own
-    assert not config.model_copy(update={"decomposer": "structural"}).uses_llm_decomposer
+    assert config.resolved_decomposer == "llm"  # a generator model of the user's own
+    assert config.model_copy(update={"decomposer": "structural"}).resolved_decomposer == (
+        "structural"
+    )
 
     planner = build_planner(
         embedded, model_factory=lambda name, spec: fake_llm(PLAN), embeddings=KeywordEmbeddings()
@@ -364,3 +369,23 @@ def test_decomposer_auto_uses_the_splitter_for_the_embedded_model(tmp_path: Path
         config, model_factory=lambda name, spec: fake_llm(PLAN), embeddings=KeywordEmbeddings()
     )
     assert isinstance(llm_planner.first, SubQueryGenerator)
+
+
+def test_trained_decomposer_needs_a_generator_that_exists(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="trained_generator"):
+        load_config(write(tmp_path, "a.yaml", "decomposer: trained\n"))
+    missing = tmp_path / "no-such-run"
+    config = load_config(
+        write(tmp_path, "b.yaml", f"decomposer: trained\ntrained_generator: {missing}\n"),
+        check_paths=False,
+    )
+    with pytest.raises(ModelNotFoundError, match="trained_generator"):
+        build_planner(config, embeddings=KeywordEmbeddings())
+    relative = load_config(
+        write(tmp_path, "c.yaml", "trained_generator: ./runs/g\n"), check_paths=False
+    )
+    assert relative.trained_generator == str(tmp_path / "runs" / "g")
+    # A copy that skipped validation still gets the clear error, not a crash in the loader.
+    unchecked = default_config().model_copy(update={"decomposer": "trained"})
+    with pytest.raises(ConfigError, match="trained_generator"):
+        build_planner(unchecked, embeddings=KeywordEmbeddings())

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from fakes import make_expert
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 
 from langchain_complm import (
     Expert,
@@ -15,6 +16,7 @@ from langchain_complm import (
     SubQuery,
     SubQueryExecutionError,
 )
+from langchain_complm.batching import current_cohort
 
 
 def routed(*items: tuple[str, str, str, tuple[str, ...]]) -> Plan:
@@ -295,3 +297,70 @@ def test_wide_fan_out_runs_in_one_round(mode: str) -> None:
     QueryExecutor(experts=[math], mode=mode).invoke(plan)
     starts = sorted(call["start"] for call in fake.calls)
     assert len(starts) == 12 and starts[-1] - starts[0] < 0.15
+
+
+def _cohort_recorder(name: str, seen: dict[str, Any], fail_first: bool = False) -> Expert:
+    """An expert that records the batch cohort each call was made in."""
+    failed: set[str] = set()
+
+    def call(messages: list[Any], config: RunnableConfig) -> str:
+        sq_id = config["metadata"]["complm_sub_query_id"]
+        if fail_first and sq_id not in failed:
+            failed.add(sq_id)
+            raise RuntimeError("first attempt fails")
+        seen.setdefault(sq_id, []).append(current_cohort())
+        return f"{name}: {sq_id}"
+
+    async def acall(messages: list[Any], config: RunnableConfig) -> str:
+        return call(messages, config)
+
+    return Expert(name=name, llm=RunnableLambda(call, afunc=acall))
+
+
+DIAMOND_MIXED = routed(
+    ("a", "root", "math", ()),
+    ("b", "left", "math", ("a",)),
+    ("c", "right", "math", ("a",)),
+    ("m", "other expert", "medicine", ("a",)),
+    ("d", "join", "math", ("b", "c", "m")),
+)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+@pytest.mark.parametrize("mode", ["superstep", "eager"])
+async def test_sub_queries_started_together_form_a_batch_cohort(mode: str, use_async: bool) -> None:
+    seen: dict[str, Any] = {}
+    executor = QueryExecutor(
+        experts=[_cohort_recorder("math", seen), _cohort_recorder("medicine", seen)], mode=mode
+    )
+    await executor.ainvoke(DIAMOND_MIXED) if use_async else executor.invoke(DIAMOND_MIXED)
+    cohorts = {q: calls[0] for q, calls in seen.items()}
+    # b and c start together on one model: one cohort of 2; m is alone on its model.
+    assert cohorts["b"] is not None and cohorts["b"] is cohorts["c"]
+    assert cohorts["b"].size == 2
+    assert cohorts["a"] is None and cohorts["m"] is None and cohorts["d"] is None
+
+
+def test_sequential_mode_and_retries_declare_no_cohort() -> None:
+    seen: dict[str, Any] = {}
+    QueryExecutor(experts=[_cohort_recorder("math", seen)], mode="sequential").invoke(
+        routed(("q1", "one", "math", ()), ("q2", "two", "math", ()))
+    )
+    assert seen == {"q1": [None], "q2": [None]}
+    seen.clear()
+    # A retry runs alone, after its cohort has been served: it must not wait for peers.
+    QueryExecutor(
+        experts=[_cohort_recorder("math", seen, fail_first=True)],
+        failure_policy=FailurePolicy(max_retries=1),
+    ).invoke(routed(("q1", "one", "math", ()), ("q2", "two", "math", ())))
+    assert seen == {"q1": [None], "q2": [None]}
+
+
+def test_eager_cohorts_respect_max_concurrency() -> None:
+    seen: dict[str, Any] = {}
+    plan = routed(*((f"q{i}", f"question {i}", "math", ()) for i in range(3)))
+    QueryExecutor(experts=[_cohort_recorder("math", seen)], mode="eager", max_concurrency=2).invoke(
+        plan
+    )
+    sizes = sorted(c.size if c else 1 for calls in seen.values() for c in calls)
+    assert sizes == [1, 2, 2]

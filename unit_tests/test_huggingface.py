@@ -23,6 +23,7 @@ pytest.importorskip("transformers")
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
+from langchain_complm.batching import BatchCohort, batch_cohort
 from langchain_complm.huggingface import (
     PLAIN_CHAT_TEMPLATE,
     ChatLocalHuggingFace,
@@ -296,3 +297,47 @@ def test_identifying_params(llm: ChatLocalHuggingFace) -> None:
     assert params["do_sample"] is False
     assert params["max_new_tokens"] == 12
     assert llm._llm_type == "local-huggingface"
+
+
+def _staggered(
+    llm: ChatLocalHuggingFace, cohort: BatchCohort | None, n: int, gap: float
+) -> list[str]:
+    """Answers of ``n`` calls started ``gap`` seconds apart, each in ``cohort``."""
+    answers: dict[int, str] = {}
+
+    def call(i: int) -> None:
+        with batch_cohort(cohort):
+            answers[i] = llm.invoke(PROMPTS[i]).content
+
+    threads = []
+    for i in range(n):
+        threads.append(threading.Thread(target=call, args=(i,)))
+        threads[-1].start()
+        time.sleep(gap)
+    for thread in threads:
+        thread.join(timeout=60)
+    return [answers[i] for i in range(n)]
+
+
+def test_a_cohort_is_batched_even_when_its_calls_straggle(llm: ChatLocalHuggingFace) -> None:
+    short_window = llm.model_copy(update={"batch_window_ms": 5, "batch_window_ratio": 0.0})
+    expected = sequential_answers(llm, PROMPTS[:3])
+    llm.engine.reset_stats()
+    assert _staggered(short_window, None, 3, gap=0.1) == expected
+    assert llm.engine.stats.batch_sizes[0] == 1  # 100 ms apart: beyond the 5 ms window
+
+    llm.engine.reset_stats()
+    assert _staggered(short_window, BatchCohort(size=3), 3, gap=0.1) == expected
+    assert llm.engine.stats.batch_sizes == [3]
+
+
+def test_a_missing_cohort_member_delays_the_batch_only_briefly(
+    llm: ChatLocalHuggingFace,
+) -> None:
+    llm.invoke(PROMPTS[0])  # the engine now knows how long a generate takes
+    generate_s = llm.engine._recent_generate_s
+    started = time.perf_counter()
+    with batch_cohort(BatchCohort(size=4)):
+        llm.invoke(PROMPTS[1])  # its three peers never come
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2 * generate_s + 0.3

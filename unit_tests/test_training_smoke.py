@@ -207,3 +207,22 @@ def test_loader_merges_a_lora_adapter(
     assert not any("lora" in name for name, _ in model.named_parameters())
     plan = generator.invoke("What is 2 plus 2?")  # random weights: a fallback plan is fine
     assert plan.sub_queries
+
+
+def test_config_decomposer_trained_loads_the_generator(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    from fakes import KeywordEmbeddings
+
+    from langchain_complm.config import CompLLMConfig, build_planner
+
+    result = train_generator(_config(tiny_base, tmp_path / "run", max_steps=1), pairs=pairs)
+    config = CompLLMConfig(trained_generator=str(result.out), execution={"max_sub_queries": 3})
+    assert config.resolved_decomposer == "trained"  # auto, over the embedded default
+    planner = build_planner(config, embeddings=KeywordEmbeddings())
+    generator = planner.first  # type: ignore[attr-defined]
+    assert isinstance(generator, SubQueryGenerator)
+    assert generator.max_sub_queries == 3
+    assert generator.llm.engine.tokenizer.name_or_path == str(result.out)  # type: ignore[attr-defined]
+    plan = planner.invoke("What is 2 plus 2?")
+    assert plan.sub_queries and all(sq.expert for sq in plan.sub_queries)

@@ -37,8 +37,9 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     """Add the ``bench`` arguments (the common ``--config``, ``--json``,
     ``--max-new-tokens``, ``-q`` come from the main CLI)."""
     from langchain_complm.benchmarks.multiexpertqa import DatasetName, Split
-    from langchain_complm.benchmarks.systems import SYSTEM_NAMES, Decomposer
+    from langchain_complm.benchmarks.systems import SYSTEM_NAMES
     from langchain_complm.cli import _positive_int
+    from langchain_complm.config import Decomposer
 
     parser.add_argument("benchmark", choices=BENCHMARKS, help="which benchmark to run")
     parser.add_argument(
@@ -71,7 +72,8 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         "--decomposer",
         choices=get_args(Decomposer),
         help="how Comp-LLM decomposes (overrides the config's decomposer): the generator "
-        "model's prompt (llm), the rule-based splitter (structural), or auto",
+        "model's prompt (llm), the config's trained_generator (trained), the rule-based splitter "
+        "(structural), or auto",
     )
     parser.add_argument(
         "--data-dir", metavar="DIR", help="benchmark source data (default $COMPLM_DATA_DIR)"
@@ -139,7 +141,7 @@ def run_bench(args: argparse.Namespace, console: Console) -> int:
     domain_experts = domain_expert_map(e.name for e in config.experts)
     notes = [
         f"dataset {args.dataset}, split {args.split}, seed {args.seed}, {len(items)} items",
-        f"decomposer: {'llm' if config.uses_llm_decomposer else 'structural'}",
+        f"decomposer: {config.resolved_decomposer}",
     ]
     title = f"{args.dataset} ({args.split}, seed {args.seed}, n={len(items)})"
     if args.report_only:

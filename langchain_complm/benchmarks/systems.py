@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.runnables import Runnable
 
-    from langchain_complm.config import CompLLMConfig, ModelFactory, Progress
+    from langchain_complm.config import CompLLMConfig, Decomposer, ModelFactory, Progress
 
 SystemName = Literal[
     "complm", "complm-sequential", "monolithic", "route-only", "no-context", "oracle"
@@ -72,11 +72,6 @@ SYSTEM_NAMES: tuple[str, ...] = (
     "oracle",
 )
 """Every system, in report order."""
-
-Decomposer = Literal["auto", "llm", "structural"]
-"""How the Comp-LLM systems decompose (the config's ``decomposer`` setting): ``llm`` prompts
-the generator model, ``structural`` is the rule-based
-:class:`~langchain_complm.splitter.StructuralSubQueryGenerator`, ``auto`` picks."""
 
 DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
     "math": ("math", "mathematics"),
@@ -558,7 +553,6 @@ __all__ = [
     "SYSTEM_NAMES",
     "CompLLMSystem",
     "Components",
-    "Decomposer",
     "ModelInfo",
     "MonolithicSystem",
     "Prediction",
