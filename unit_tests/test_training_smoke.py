@@ -249,3 +249,22 @@ def test_a_shipped_generator_becomes_the_embedded_default_decomposer(
     generator = build_planner(config, embeddings=KeywordEmbeddings()).first  # type: ignore[attr-defined]
     assert isinstance(generator, SubQueryGenerator)
     assert generator.llm.engine.tokenizer.name_or_path == str(result.out)  # type: ignore[attr-defined]
+
+
+def test_exported_generator_is_half_size_and_loads_the_same(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    from langchain_complm.training.train import export_generator
+
+    result = train_generator(_config(tiny_base, tmp_path / "run", max_steps=2), pairs=pairs)
+    shipped = export_generator(result.out, tmp_path / "shipped", base_model_id="org/base")
+    assert json.loads((shipped / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        "org/base"
+    )
+    assert "losses" not in json.loads((shipped / METADATA_FILE).read_text())
+    size = (shipped / "adapter_model.safetensors").stat().st_size
+    assert size < 0.6 * (result.out / "adapter_model.safetensors").stat().st_size
+    prompt = [pairs[0].query]
+    original = load_trained_generator(result.out, device="cpu", max_new_tokens=8)
+    exported = load_trained_generator(shipped, device="cpu", max_new_tokens=8)
+    assert exported.llm.batch(prompt)[0].content == original.llm.batch(prompt)[0].content

@@ -465,6 +465,44 @@ def _load_checkpoint(
 # --- loading a trained generator --------------------------------------------------------------
 
 
+def export_generator(
+    run: str | Path, dest: str | Path, *, base_model_id: str | None = None
+) -> Path:
+    """Copy a trained LoRA generator into ``dest`` for shipping: the adapter weights in
+    float16 (half the size; they are merged into the float32 base at load time), its config
+    and the metadata without the per-step losses. The tokenizer is left out: the base's is
+    used.
+
+    Args:
+        run: a :func:`train_generator` output folder with a LoRA adapter.
+        dest: the folder to write (replaced).
+        base_model_id: written as the adapter config's base model instead of the local path
+            it was trained from (e.g. the base's Hub id); the metadata keeps the base name
+            the loader resolves.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run, dest = Path(run), Path(dest)
+    adapter_config = json.loads((run / "adapter_config.json").read_text(encoding="utf-8"))
+    if base_model_id is not None:
+        adapter_config["base_model_name_or_path"] = base_model_id
+    weights = load_file(str(run / "adapter_model.safetensors"))
+    metadata = read_metadata(run)
+    metadata.pop("losses", None)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    save_file(
+        {k: v.to(torch.float16).contiguous() for k, v in weights.items()},
+        str(dest / "adapter_model.safetensors"),
+    )
+    (dest / "adapter_config.json").write_text(
+        json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8"
+    )
+    (dest / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return dest
+
+
 def trained_prompt() -> Any:
     """The generator prompt matching the training format: system prompt, then the query."""
     from langchain_core.prompts import ChatPromptTemplate
@@ -591,6 +629,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "encode_pair",
+    "export_generator",
     "finished_run",
     "load_trained_generator",
     "load_trained_model",
