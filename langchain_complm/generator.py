@@ -47,8 +47,10 @@ _DEPS_KEYS = ("depends_on", "dependencies", "deps", "parents")
 def parse_plan(text: str, query: str) -> Plan:
     """Parse a model's decomposition into a plan, tolerating the usual noise.
 
-    Accepts code fences, prose around the JSON, trailing commas, single quotes, a bare list
-    instead of an object, common key aliases, and numeric ids. The plan is not validated.
+    Accepts code fences, prose around the JSON, trailing commas, single quotes, unescaped
+    double quotes and raw line breaks inside strings, a bare list instead of an object,
+    common key aliases, numeric ids, and a sub-query listed among its own dependencies (or
+    a dependency listed twice). The plan is not validated otherwise.
 
     Raises:
         ValueError: when no JSON plan can be recovered from ``text``.
@@ -71,11 +73,14 @@ def parse_plan(text: str, query: str) -> Plan:
         deps = next((item[k] for k in _DEPS_KEYS if k in item), None) or []
         if not isinstance(deps, list):
             deps = [deps]
+        sq_id = _normalize_id(item.get("id", position))
+        # A sub-query listed among its own parents is a slip, not a cycle to report.
+        parents = dict.fromkeys(_normalize_id(d) for d in deps if _normalize_id(d) != sq_id)
         sub_queries.append(
             SubQuery(
-                id=_normalize_id(item.get("id", position)),
+                id=sq_id,
                 question=_normalize_placeholders(question),
-                depends_on=tuple(_normalize_id(d) for d in deps),
+                depends_on=tuple(parents),
             )
         )
     return Plan(query=query, sub_queries=tuple(sub_queries))
@@ -116,8 +121,13 @@ _STRING_OR_LITERAL = re.compile(r"(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*')|\b(tr
 
 def _parse_snippet(snippet: str) -> Any:
     try:
-        return json.loads(snippet)
+        return json.loads(snippet, strict=False)
     except json.JSONDecodeError as json_error:
+        try:
+            # Small models copy questions verbatim, quotes included ("3 ft 2" tall").
+            return json.loads(_escape_stray_quotes(snippet), strict=False)
+        except json.JSONDecodeError:
+            pass
         # Models often write Python literals (single quotes); JSON's true/false/null are
         # translated outside string values only, so the sub-questions' text is untouched.
         pythonish = _STRING_OR_LITERAL.sub(
@@ -127,6 +137,34 @@ def _parse_snippet(snippet: str) -> Any:
             return ast.literal_eval(pythonish)
         except (ValueError, SyntaxError):
             raise ValueError(f"invalid JSON: {json_error}") from None
+
+
+_STRING_END = re.compile(r'\s*(?:[:}\]]|,\s*["{\[]|$)')
+"""What follows a double quote that really closes a JSON string."""
+
+
+def _escape_stray_quotes(snippet: str) -> str:
+    """Escape the double quotes inside string values that end no string: a quote closes a
+    string only when a colon, a closing bracket, or a comma and the next value follow it."""
+    out: list[str] = []
+    in_string = False
+    i = 0
+    while i < len(snippet):
+        char = snippet[i]
+        if in_string and char == "\\":
+            out.append(snippet[i : i + 2])
+            i += 2
+            continue
+        if char == '"':
+            if not in_string:
+                in_string = True
+            elif _STRING_END.match(snippet, i + 1):
+                in_string = False
+            else:
+                char = '\\"'
+        out.append(char)
+        i += 1
+    return "".join(out)
 
 
 def supports_structured_output(llm: BaseChatModel) -> bool:

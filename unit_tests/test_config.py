@@ -337,6 +337,27 @@ def test_build_planner_loads_only_the_generator(tmp_path: Path) -> None:
     assert all(sq.route is not None and sq.route.scores for sq in plan.sub_queries)
 
 
+@pytest.fixture
+def no_shipped_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build of the package without the trained Sub-query Generator."""
+    from langchain_complm import embedded
+
+    monkeypatch.setattr(embedded, "trained_generator_path", lambda: None)
+
+
+def test_the_embedded_default_decomposes_with_the_shipped_generator() -> None:
+    from langchain_complm.embedded import EMBEDDED_GENERATOR, trained_generator_path
+
+    shipped = trained_generator_path()
+    assert shipped is not None and (shipped / "adapter_model.safetensors").is_file()
+    config = default_config()
+    assert config.resolved_decomposer == "trained"
+    assert config.trained_generator_id == EMBEDDED_GENERATOR
+    # Its own merged copy of SmolLM2 decomposes; the generator role's model is not loaded.
+    assert config.model_names_used(experts=False) == ["default"]
+
+
+@pytest.mark.usefixtures("no_shipped_generator")
 def test_decomposer_auto_uses_the_splitter_for_the_embedded_model(tmp_path: Path) -> None:
     from langchain_complm.generator import SubQueryGenerator
     from langchain_complm.splitter import StructuralSubQueryGenerator
@@ -371,6 +392,7 @@ def test_decomposer_auto_uses_the_splitter_for_the_embedded_model(tmp_path: Path
     assert isinstance(llm_planner.first, SubQueryGenerator)
 
 
+@pytest.mark.usefixtures("no_shipped_generator")
 def test_trained_decomposer_needs_a_generator_that_exists(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="trained_generator"):
         load_config(write(tmp_path, "a.yaml", "decomposer: trained\n"))

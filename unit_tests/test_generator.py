@@ -233,6 +233,30 @@ def test_parse_plan_single_dependency_string_and_null_dependencies() -> None:
     assert shape(parse_plan(text, "q")) == [("q1", "A?", ()), ("q2", "B {q1}?", ("q1",))]
 
 
+def test_parse_plan_repairs_quotes_and_line_breaks_copied_into_questions() -> None:
+    # What a small trained generator writes when a question holds quotes and line breaks.
+    text = (
+        '{"sub_queries":[{"id":"q1","question":"Jackie grew 3" over the summer and is 2" '
+        'shorter than Anne. Jo said "hi", then left.\nHow tall?","depends_on":[]},'
+        '{"id":"q2","question":"Is the term \\"void\\" legal?","depends_on":[]}]}'
+    )
+    plan = parse_plan(text, "q")
+    assert [sq.question for sq in plan.sub_queries] == [
+        'Jackie grew 3" over the summer and is 2" shorter than Anne. Jo said "hi", then left.'
+        "\nHow tall?",
+        'Is the term "void" legal?',
+    ]
+
+
+def test_parse_plan_drops_a_self_dependency_and_repeated_parents() -> None:
+    text = (
+        '{"sub_queries":[{"id":"q1","question":"a","depends_on":[]},'
+        '{"id":"q2","question":"b {q1}","depends_on":["q1","q2","q1"]}]}'
+    )
+    plan = parse_plan(text, "q").validate_dag()
+    assert plan.by_id["q2"].depends_on == ("q1",)
+
+
 def test_parse_plan_does_not_validate() -> None:
     plan = parse_plan(CYCLIC, "q")
     assert [s.id for s in plan.sub_queries] == ["q1", "q2"]

@@ -188,7 +188,10 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
     examples = eval_examples(
         args.split, args.n, seed, max_chars=args.max_chars, data_dir=args.data_dir
     )
-    report = evaluate_generator(generator, examples, progress=console.progress)
+    # The report file keeps each raw reply, to rescore or inspect without generating again.
+    report = evaluate_generator(
+        generator, examples, keep_replies=bool(args.report), progress=console.progress
+    )
     data: dict[str, Any] = report.to_dict() | {"model": args.model, "split": args.split}
     if args.report:
         with open(args.report, "w", encoding="utf-8") as f:

@@ -154,25 +154,28 @@ def evaluate_generator(
     run (the fallback when the reply is invalid).
     """
     started = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
+    rows: dict[int, dict[str, Any]] = {}
+    # Plans copy their query, so reply length follows query length: batching similar
+    # lengths keeps a batch from generating for its longest member alone.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].query))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
         prompts = [
             generator.prompt.format_messages(
-                query=e.query, max_sub_queries=generator.max_sub_queries
+                query=examples[i].query, max_sub_queries=generator.max_sub_queries
             )
-            for e in chunk
+            for i in chunk
         ]
         replies = generator.llm.batch(prompts)
-        for example, reply in zip(chunk, replies, strict=True):
+        for i, reply in zip(chunk, replies, strict=True):
             text = reply.text if hasattr(reply, "text") else str(reply)
-            row = score_reply(text, example, generator.max_sub_queries)
+            row = score_reply(text, examples[i], generator.max_sub_queries)
             if keep_replies:
-                row |= {"query": example.query, "reply": text}
-            rows.append(row)
+                row |= {"query": examples[i].query, "reply": text}
+            rows[i] = row
         if progress is not None:
             progress(f"evaluated {len(rows)}/{len(examples)}")
-    return _report(rows, time.perf_counter() - started)
+    return _report([rows[i] for i in range(len(examples))], time.perf_counter() - started)
 
 
 def _report(rows: list[dict[str, Any]], seconds: float) -> EvalReport:
