@@ -101,7 +101,8 @@ def trained_generator_path() -> Path | None:
     trained by ``complm train-generator``; docs/trained-generator.md), or ``None`` in a build
     without it."""
     folder = Path(str(resources.files("langchain_complm") / "data" / "subquery-generator"))
-    return folder if (folder / "adapter_config.json").is_file() else None
+    shipped = ("adapter_config.json", "adapter_model.safetensors")
+    return folder if all((folder / name).is_file() for name in shipped) else None
 
 
 def default_cache_dir() -> Path:
