@@ -8,8 +8,7 @@
 * :mod:`~langchain_complm.training.evaluate`: plan metrics on dev/test and the learning curve;
 * :mod:`~langchain_complm.training.cli`: ``complm train-generator`` and ``complm eval-generator``.
 
-Importing this package loads neither torch nor transformers; peft is needed only to train
-or load a LoRA adapter (``pip install 'langchain-complm[train]'``).
+Importing this package loads neither torch, transformers nor peft.
 """
 
 from __future__ import annotations

@@ -183,9 +183,6 @@ def train_generator(
         pairs: training pairs to use instead of building them from ``config``.
         resume: continue from ``<out>/checkpoint`` when it exists (same config and data).
         on_step: called with (step, loss) after every optimizer step.
-
-    Raises:
-        ImportError: peft is missing for a LoRA run (``pip install 'langchain-complm[train]'``).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -214,12 +211,8 @@ def train_generator(
     torch.manual_seed(config.seed)
     model: Any = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
     if config.lora_r > 0:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as exc:
-            raise ImportError(
-                "LoRA training needs peft: pip install 'langchain-complm[train]'"
-            ) from exc
+        from peft import LoraConfig, get_peft_model
+
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
