@@ -38,16 +38,14 @@ def test_complm_and_monolithic_on_smollm2(
         assert all(p.answer.strip() for p in predictions.values())
     monolithic = summaries["monolithic:SmolLM2-135M-Instruct"]
     complm = summaries["complm"]
-    # SmolLM2 (about 135M) alone; Comp-LLM adds MiniLM (about 23M) for routing.
-    assert 100e6 < monolithic["total_parameters"] < 200e6
-    assert complm["total_parameters"] - monolithic["total_parameters"] == pytest.approx(
-        22.7e6, rel=0.05
-    )
-    # The structural decomposer (the default for SmolLM2) splits the first item's
-    # "I have three questions. First, ... Second, ... Third, ..." into its three parts.
+    # SmolLM2 (about 135M) alone; Comp-LLM adds the shipped Sub-query Generator (its own
+    # merged copy of SmolLM2) and MiniLM (about 23M) for routing.
+    size = monolithic["total_parameters"]
+    assert 100e6 < size < 200e6
+    assert complm["total_parameters"] - size == pytest.approx(size + 22.7e6, rel=0.05)
     first = load_predictions(predictions_path(tmp_path, "complm"))[items[0].id]
-    assert first.plan is not None and len(first.plan.sub_queries) == 3
-    assert first.part_answers is not None and len(first.part_answers) == 3
+    assert first.plan is not None and first.plan.sub_queries
+    assert first.part_answers is not None  # gold part -> answer of its matched sub-query
     assert complm["plan_f1"] is not None and complm["routing"] is not None
     assert (tmp_path / "results.md").is_file()
     assert (tmp_path / "accuracy_vs_parameters.png").is_file()

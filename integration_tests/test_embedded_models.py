@@ -145,3 +145,23 @@ def test_smollm2_concurrent_threads_match_sequential(smollm2_folder: Path) -> No
 
     assert [answers[i] for i in range(len(QUESTIONS))] == expected
     assert max(llm.engine.stats.batch_sizes) > 1
+
+
+@pytest.mark.slow
+def test_shipped_sub_query_generator_splits_and_chains(smollm2_folder: Path) -> None:
+    from langchain_complm.embedded import EMBEDDED_GENERATOR
+    from langchain_complm.training import load_trained_generator
+
+    generator = load_trained_generator(EMBEDDED_GENERATOR, device="cpu")
+    parallel, chain, single = generator.batch(
+        [
+            "What is 15% of 80, and what are the symptoms of iron-deficiency anemia?",
+            "Who wrote Dracula, and where was that author born?",
+            "What is the difference between mitosis and meiosis?",
+        ]
+    )
+    assert parallel.fallback_reason is None and len(parallel.sub_queries) == 2
+    assert not any(sq.depends_on for sq in parallel.sub_queries)
+    assert chain.fallback_reason is None and len(chain.sub_queries) == 2
+    assert chain.sub_queries[1].depends_on == (chain.sub_queries[0].id,)
+    assert len(single.sub_queries) == 1

@@ -696,11 +696,15 @@ def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, 
     from langchain_complm.training.train import load_trained_generator
 
     _say(pool.progress, f"Loading the trained Sub-query Generator {source}...")
-    return load_trained_generator(
-        source,
-        device=config.models[config.generator].device,
-        max_sub_queries=cap,
-    )
+    started = time.perf_counter()
+    try:
+        generator = load_trained_generator(
+            source, device=config.models[config.generator].device, max_sub_queries=cap
+        )
+    except (ImportError, OSError) as exc:  # OSError: missing folder or files
+        raise ModelNotFoundError(f"trained_generator {source!r}: {exc}") from exc
+    _say(pool.progress, f"Sub-query Generator ready ({time.perf_counter() - started:.1f} s)")
+    return generator
 
 
 def resolve_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:

