@@ -13,6 +13,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.utils.json import parse_partial_json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, PlanValidationError, SubQuery
@@ -38,6 +39,7 @@ class PlanOutput(BaseModel):
 
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_PLACEHOLDER = re.compile(r"\{([^{}\s]+)\}")
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _LIST_KEYS = ("sub_queries", "subqueries", "sub_questions", "subquestions", "queries", "steps")
 _QUESTION_KEYS = ("question", "text", "query", "sub_query", "subquery")
@@ -48,20 +50,40 @@ def parse_plan(text: str, query: str) -> Plan:
     """Parse a model's decomposition into a plan, tolerating the usual noise.
 
     Accepts code fences, prose around the JSON, trailing commas, single quotes, unescaped
-    double quotes and raw line breaks inside strings, a bare list instead of an object,
-    common key aliases, numeric ids, and a sub-query listed among its own dependencies (or
-    a dependency listed twice). The plan is not validated otherwise.
+    double quotes and raw line breaks inside strings, a string closed by the wrong quote
+    before the next key, a bare list instead of an object, common key aliases, numeric ids,
+    and a sub-query listed among its own dependencies (or a dependency listed twice). A
+    sub-query that repeats an earlier one (same question, same parents) is dropped and its
+    dependents point to the earlier one. A reply cut off by the token limit is accepted
+    only when the model had started repeating itself: the plan is what came before the
+    first repeat. The plan is not validated otherwise.
 
     Raises:
         ValueError: when no JSON plan can be recovered from ``text``.
     """
-    data = _load_json_like(text)
+    try:
+        return _plan_from(_load_json_like(text), query)
+    except ValueError:
+        start = text.find("{")
+        try:
+            data = parse_partial_json(text[start:]) if start >= 0 else None
+        except json.JSONDecodeError:
+            data = None
+        if data is None:
+            raise
+        return _plan_from(data, query, cut_off=True)
+
+
+def _plan_from(data: Any, query: str, *, cut_off: bool = False) -> Plan:
     items = data
     if isinstance(data, dict):
         items = next((data[k] for k in _LIST_KEYS if k in data), None)
     if not isinstance(items, list):
         raise ValueError('expected a JSON object with a "sub_queries" list')
-    sub_queries = []
+    sub_queries: list[SubQuery] = []
+    # (question, parents) -> id of its first occurrence; repeats map onto it.
+    first: dict[tuple[str, tuple[str, ...]], str] = {}
+    repeats: dict[str, str] = {}
     for position, item in enumerate(items, start=1):
         if isinstance(item, str):
             item = {"question": item}
@@ -74,15 +96,22 @@ def parse_plan(text: str, query: str) -> Plan:
         if not isinstance(deps, list):
             deps = [deps]
         sq_id = _normalize_id(item.get("id", position))
+        parent_ids = (repeats.get(i, i) for i in map(_normalize_id, deps))
         # A sub-query listed among its own parents is a slip, not a cycle to report.
-        parents = dict.fromkeys(_normalize_id(d) for d in deps if _normalize_id(d) != sq_id)
-        sub_queries.append(
-            SubQuery(
-                id=sq_id,
-                question=_normalize_placeholders(question),
-                depends_on=tuple(parents),
-            )
-        )
+        parents = tuple(dict.fromkeys(p for p in parent_ids if p != sq_id))
+        question = _normalize_placeholders(question, repeats)
+        key = (" ".join(question.split()), parents)
+        if key in first:
+            if cut_off:
+                # Small models that start repeating sub-queries loop until the token limit.
+                break
+            repeats[sq_id] = first[key]
+            continue
+        first[key] = sq_id
+        sub_queries.append(SubQuery(id=sq_id, question=question, depends_on=parents))
+    else:
+        if cut_off:
+            raise ValueError("the reply ends before its JSON plan does (cut off?)")
     return Plan(query=query, sub_queries=tuple(sub_queries))
 
 
@@ -92,8 +121,14 @@ def _normalize_id(value: Any) -> str:
     return f"q{text}" if text.isdigit() else text
 
 
-def _normalize_placeholders(question: str) -> str:
-    return re.sub(r"\{(\d+)\}", r"{q\1}", question)
+def _normalize_placeholders(question: str, renamed: dict[str, str]) -> str:
+    """``{1}`` becomes ``{q1}``, and a placeholder of a dropped repeat names the original."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = _normalize_id(match.group(1))
+        return "{" + renamed.get(name, name) + "}"
+
+    return _PLACEHOLDER.sub(replace, question)
 
 
 def _load_json_like(text: str) -> Any:
@@ -141,11 +176,15 @@ def _parse_snippet(snippet: str) -> Any:
 
 _STRING_END = re.compile(r'\s*(?:[:}\]]|,\s*["{\[]|$)')
 """What follows a double quote that really closes a JSON string."""
+_NEXT_KEY = re.compile(r',\s*"(?:id|question|depends_on)"\s*:')
+"""The next key of a sub-query: a string still open here lost its closing quote."""
 
 
 def _escape_stray_quotes(snippet: str) -> str:
     """Escape the double quotes inside string values that end no string: a quote closes a
-    string only when a colon, a closing bracket, or a comma and the next value follow it."""
+    string only when a colon, a closing bracket, or a comma and the next value follow it.
+    A string still open where the next sub-query key starts is closed there (models copying
+    a question that ends in ' sometimes close it with that quote)."""
     out: list[str] = []
     in_string = False
     i = 0
@@ -155,6 +194,9 @@ def _escape_stray_quotes(snippet: str) -> str:
             out.append(snippet[i : i + 2])
             i += 2
             continue
+        if in_string and char == "," and _NEXT_KEY.match(snippet, i):
+            out.append('"')
+            in_string = False
         if char == '"':
             if not in_string:
                 in_string = True

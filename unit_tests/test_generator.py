@@ -257,6 +257,51 @@ def test_parse_plan_drops_a_self_dependency_and_repeated_parents() -> None:
     assert plan.by_id["q2"].depends_on == ("q1",)
 
 
+def test_parse_plan_closes_a_string_ended_by_the_wrong_quote_before_the_next_key() -> None:
+    # The copied question ends in ' and the model closed the string with it.
+    text = (
+        '{"sub_queries":[{"id":"q1","question":"Which quote fits?\\nA) women.\', '
+        '"depends_on":[]},{"id":"q2","question":"B?","depends_on":[]}]}'
+    )
+    plan = parse_plan(text, "q").validate_dag()
+    assert [(sq.id, sq.question) for sq in plan.sub_queries] == [
+        ("q1", "Which quote fits?\nA) women.'"),
+        ("q2", "B?"),
+    ]
+
+
+def test_parse_plan_drops_a_repeated_sub_query_and_repoints_its_dependents() -> None:
+    text = json.dumps(
+        {
+            "sub_queries": [
+                {"id": "q1", "question": "Who wrote  Hamlet?", "depends_on": []},
+                {"id": "q2", "question": "Who wrote Hamlet?", "depends_on": []},
+                {"id": "q3", "question": "When was {q2} born?", "depends_on": ["q2"]},
+            ]
+        }
+    )
+    plan = parse_plan(text, "q").validate_dag()
+    assert shape(plan) == [
+        ("q1", "Who wrote  Hamlet?", ()),
+        ("q3", "When was {q1} born?", ("q1",)),
+    ]
+
+
+LOOP = '{"id":"q%d","question":"Passage.\\nWhich method?","depends_on":[]}'
+
+
+def test_parse_plan_keeps_a_cut_off_reply_up_to_where_it_started_repeating() -> None:
+    # A small model that repeats a long question until the token limit.
+    text = '{"sub_queries":[' + ",".join(LOOP % i for i in (1, 2, 3)) + ',{"id":"q4","quest'
+    assert shape(parse_plan(text, "q")) == [("q1", "Passage.\nWhich method?", ())]
+
+
+def test_parse_plan_rejects_a_cut_off_reply_that_did_not_repeat() -> None:
+    text = '{"sub_queries":[' + LOOP % 1 + ',{"id":"q2","question":"Another que'
+    with pytest.raises(ValueError, match="ends before its JSON plan"):
+        parse_plan(text, "q")
+
+
 def test_parse_plan_does_not_validate() -> None:
     plan = parse_plan(CYCLIC, "q")
     assert [s.id for s in plan.sub_queries] == ["q1", "q2"]
@@ -269,7 +314,7 @@ def test_parse_plan_does_not_validate() -> None:
     [
         pytest.param("I cannot split this question.", "no JSON object found", id="no-json"),
         pytest.param("", "no JSON object found", id="empty"),
-        pytest.param('{"sub_queries": [', "unterminated JSON", id="unterminated"),
+        pytest.param('{"sub_queries": [', "ends before its JSON plan", id="unterminated"),
         pytest.param('{"sub_queries": [}', "invalid JSON", id="garbage"),
         pytest.param('{"answer": "42"}', '"sub_queries" list', id="no-list"),
         pytest.param('{"sub_queries": "q1"}', '"sub_queries" list', id="list-not-a-list"),
