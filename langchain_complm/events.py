@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Literal
 
+from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.callbacks.manager import dispatch_custom_event
 from langchain_core.runnables import RunnableConfig
 from typing_extensions import NotRequired, TypedDict
@@ -67,5 +68,17 @@ def emit(
     handlers, if any."""
     if (writer := writer or current_writer()) is not None:
         writer(event)
+    if not _has_custom_event_handlers(config):
+        return
     with suppress(RuntimeError):  # no parent run to attach the event to
         dispatch_custom_event(PROGRESS_EVENT, event, config=config)
+
+
+def _has_custom_event_handlers(config: RunnableConfig | None) -> bool:
+    """Whether the run's handlers take custom events. Dispatching configures a callback
+    manager, which costs more than the rest of a sub-query's bookkeeping; the handlers it
+    would reach (tracers from the environment included) are the run's inheritable ones."""
+    callbacks = (config or {}).get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        callbacks = callbacks.handlers
+    return any(not handler.ignore_custom_event for handler in callbacks or ())

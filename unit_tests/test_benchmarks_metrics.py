@@ -214,6 +214,22 @@ def test_score_item_all_parts_from_predictions_or_final_text() -> None:
     assert not score_item(item, "").all_correct
 
 
+def test_a_letter_in_a_multi_part_answer_counts_only_in_its_parts_segment() -> None:
+    second = CHOICE.model_copy(
+        update={"id": "q2", "options": {"A": "red", "B": "blue"}, "answer_letter": "B"}
+    )
+    item = _item((CHOICE, second), None)
+    # "B)" cites the second part's option: the first part (gold A) is not answered...
+    assert [p.correct for p in score_item(item, "A) blue").parts] == [False, True]
+    # ...nor is any part by letters that cannot be attributed to it.
+    assert [p.correct for p in score_item(item, "A) and B)").parts] == [False, False]
+    # An enumerated answer attributes each letter to its part.
+    assert score_item(item, "(1) A) (2) B)").all_correct
+    assert [p.correct for p in score_item(item, "1. B)\n2. A)").parts] == [False, False]
+    # One part: a letter is its answer.
+    assert score_item(_item((CHOICE,), None), "The answer is A).").all_correct
+
+
 def test_chain_items_score_only_final_parts_against_final_text() -> None:
     problem = NUMBER.model_copy(update={"id": "q1"})
     follow_up = NUMBER.model_copy(

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from fakes import make_expert
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
 from langchain_complm import (
@@ -15,6 +16,7 @@ from langchain_complm import (
     RoutingDecision,
     SubQuery,
     SubQueryExecutionError,
+    events,
 )
 from langchain_complm.batching import current_cohort
 
@@ -364,3 +366,33 @@ def test_eager_cohorts_respect_max_concurrency() -> None:
     )
     sizes = sorted(c.size if c else 1 for calls in seen.values() for c in calls)
     assert sizes == [1, 2, 2]
+
+
+class _EventRecorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+        self.events.append((data["type"], data["sub_query_id"]))
+
+
+@pytest.mark.parametrize("mode", ["superstep", "eager", "sequential"])
+def test_progress_events_reach_callback_handlers_only_when_there_are_some(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    math, _ = make_expert("math")
+    medicine, _ = make_expert("medicine")
+    executor = QueryExecutor(experts=[math, medicine], mode=mode)
+    recorder = _EventRecorder()
+    executor.invoke(FAN_OUT, {"callbacks": [recorder]})
+    assert sorted(recorder.events) == sorted(
+        (kind, sq) for sq in ("q1", "q2", "q3") for kind in ("subquery_start", "subquery_answer")
+    )
+
+    # Without handlers no callback manager is configured for an event (it costs more than
+    # the rest of a sub-query's bookkeeping).
+    def unexpected(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("dispatched an event nobody listens to")
+
+    monkeypatch.setattr(events, "dispatch_custom_event", unexpected)
+    assert executor.invoke(FAN_OUT).answers.keys() == {"q1", "q2", "q3"}

@@ -7,8 +7,9 @@ answer to that sub-query) or the single final answer text of the whole item:
 * choice: against its own prediction, the choice read by :func:`extract_choice` (letter or
   option text) must be the gold letter. In a final answer, the gold option's text must be
   mentioned and no other option of that part; only when none of its options is mentioned
-  in words does an explicit letter marker such as ``(B)`` count, since a bare letter cannot
-  be attributed to one part of a multi-part answer.
+  in words does an explicit letter marker such as ``(B)`` or ``B)`` count, and in a
+  multi-part answer only inside the part's own enumerated segment (``(2) ...``, ``2. ...``
+  or ``Question 2: ...``), since a letter cannot otherwise be attributed to one part.
 * number: against its own prediction, the stated number (after ``answer is``, ``####`` or
   in ``\\boxed{}``, else the last number) must equal the gold number. In a final answer,
   the gold number must be among the numbers of the text (enumerators such as ``(1)`` or
@@ -207,13 +208,23 @@ class ItemScore(BaseModel):
         return sum(part.correct for part in self.parts) / len(self.parts) if self.parts else 0.0
 
 
-def score_part(part: Part, prediction: str, *, final_answer: bool = False) -> PartScore:
+def score_part(
+    part: Part, prediction: str, *, final_answer: bool = False, letters_in: str | None = None
+) -> PartScore:
     """Score one part against its own prediction, or (``final_answer=True``) against the
-    final answer text of the whole item; the rules are in the module docstring."""
+    final answer text of the whole item; the rules are in the module docstring.
+
+    ``letters_in`` is the text where a final answer's option letters may be read for this
+    part (default: the whole prediction, as for a one-part item)."""
     extracted: str | None = None
     if part.answer_type == "choice" and part.options and part.answer_letter:
         if final_answer:
-            correct = _choice_in_final_answer(prediction, part.options, part.answer_letter)
+            correct = _choice_in_final_answer(
+                prediction,
+                part.options,
+                part.answer_letter,
+                prediction if letters_in is None else letters_in,
+            )
             extracted = part.answer_letter if correct else None
         else:
             extracted = extract_choice(prediction, part.options)
@@ -242,20 +253,42 @@ def score_item(item: Item, prediction: str | Mapping[str, str]) -> ItemScore:
     from per-part predictions keyed by part id (every part is scored; a missing one counts
     as an empty, wrong answer)."""
     if isinstance(prediction, str):
-        parts = tuple(score_part(p, prediction, final_answer=True) for p in item.final_parts)
+        final = item.final_parts
+        segments = _enumerated_segments(prediction, len(final)) if len(final) > 1 else None
+        parts = tuple(
+            score_part(
+                p,
+                prediction,
+                final_answer=True,
+                letters_in=segments[k] if segments else "" if len(final) > 1 else prediction,
+            )
+            for k, p in enumerate(final)
+        )
     else:
         parts = tuple(score_part(p, prediction.get(p.id, "")) for p in item.parts)
     return ItemScore(item_id=item.id, parts=parts)
 
 
-def _choice_in_final_answer(text: str, options: Mapping[str, str], gold_letter: str) -> bool:
+def _choice_in_final_answer(
+    text: str, options: Mapping[str, str], gold_letter: str, letters_in: str
+) -> bool:
     mentioned = mentioned_options(text, options)
     if mentioned:
         return mentioned == {gold_letter}
-    # Letters cannot be attributed to a part of a multi-part answer, so they are only
-    # trusted when no option is named in words.
+    # Letters are trusted only when no option is named in words, and only where they can be
+    # attributed to this part (``letters_in``).
     letters = "".join(re.escape(letter) for letter in options)
-    return gold_letter in _letter_markers(text, letters)
+    return gold_letter in _letter_markers(letters_in, letters)
+
+
+def _enumerated_segments(text: str, n: int) -> list[str] | None:
+    """The text after each of the enumerators 1..n, when the answer is enumerated so."""
+    marks = list(_ENUMERATOR.finditer(text))
+    numbers = [re.search(r"\d+", m.group()).group() for m in marks]  # type: ignore[union-attr]
+    if numbers != [str(k) for k in range(1, n + 1)]:
+        return None
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return [text[m.end() : end] for m, end in zip(marks, ends, strict=True)]
 
 
 # --- plan scoring ---------------------------------------------------------------------------
