@@ -15,10 +15,12 @@ cost:
   on a device that runs one ``generate`` at a time.
 
 Backends: ``mock`` experts sleep a fixed latency per expert (the cost is that latency);
-``tiny`` is a random-weight 2-layer Llama and ``smollm2`` the embedded SmolLM2-135M, both on
-the CPU, greedy, ``--max-new-tokens`` (the cost of a sub-query is its median duration when run
-alone, in ``sequential`` mode). It also measures the orchestration overhead per sub-query:
-mock experts with no latency, (wall time - model time) / sub-queries.
+``tiny`` is a random-weight 2-layer Llama on the CPU, ``smollm2`` the embedded SmolLM2-135M
+and ``opt-1.3b`` OPT-1.3B-shaped random weights, both on ``--device`` (the latter meant for a
+GPU: ``--backends opt-1.3b --device cuda:0``); all greedy, ``--max-new-tokens`` (the cost of a
+sub-query is its median duration when run alone, in ``sequential`` mode). It also measures the
+orchestration overhead per sub-query: mock experts with no latency, (wall time - model time) /
+sub-queries.
 
 Writes a Markdown report and a PNG plot::
 
@@ -159,7 +161,41 @@ def mock_backend(latency: dict[str, float] | None = None) -> Backend:
     return Backend("mock", label, experts, local=False)
 
 
-def local_backend(name: str, max_new_tokens: int, batch_window_ms: float | None) -> Backend:
+def opt_1_3b(device: str, max_new_tokens: int, **extra: Any) -> tuple[Any, str]:
+    """An OPT-1.3B-shaped model with random weights (float16 on a GPU), on ``device``."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from langchain_complm.huggingface import ChatLocalHuggingFace
+    from langchain_complm.testing import smollm2_tokenizer
+
+    tokenizer = smollm2_tokenizer()
+    torch.manual_seed(0)
+    # facebook/opt-1.3b's dimensions; the vocabulary is the tokenizer's (49k, not OPT's 50k).
+    config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=2048,
+        word_embed_proj_dim=2048,
+        ffn_dim=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    model = OPTForCausalLM(config).to(device=device, dtype=dtype).eval()
+    llm = ChatLocalHuggingFace.from_model(
+        model, tokenizer, model_id="opt-1.3b-random", max_new_tokens=max_new_tokens, **extra
+    )
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+    return llm, f"OPT-1.3B-shaped random weights ({dtype}), {where}"
+
+
+def local_backend(
+    name: str, max_new_tokens: int, batch_window_ms: float | None, device: str = "cpu"
+) -> Backend:
     """Experts over local models: a, b, c and slow (3x the tokens) over one model; for the
     tiny backend b and c run other random models, to exercise the device lock."""
     from langchain_complm.huggingface import ChatLocalHuggingFace
@@ -168,9 +204,13 @@ def local_backend(name: str, max_new_tokens: int, batch_window_ms: float | None)
     if name == "smollm2":
         from langchain_complm.embedded import default_chat_model
 
-        base = default_chat_model(device="cpu", max_new_tokens=max_new_tokens, **extra)
+        base = default_chat_model(device=device, max_new_tokens=max_new_tokens, **extra)
         models = {e: base for e in ("a", "b", "c")}
-        label = f"SmolLM2-135M-Instruct, CPU, greedy, {max_new_tokens} new tokens max"
+        label = f"SmolLM2-135M-Instruct, {device}, greedy, {max_new_tokens} new tokens max"
+    elif name == "opt-1.3b":
+        base, label = opt_1_3b(device, max_new_tokens, **extra)
+        models = {e: base for e in ("a", "b", "c")}
+        label += f", greedy, {max_new_tokens} new tokens"
     else:
         from langchain_complm.testing import smollm2_tokenizer, tiny_llama
 
@@ -471,7 +511,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, few shapes")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (median shown)")
-    parser.add_argument("--backends", default="mock,tiny,smollm2")
+    parser.add_argument(
+        "--backends", default="mock,tiny,smollm2", help="also: opt-1.3b (for a GPU)"
+    )
+    parser.add_argument("--device", default="cpu", help="device of smollm2 and opt-1.3b")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument(
         "--batch-window-ms", type=float, default=None, help="engine batch window (default: 5)"
@@ -501,7 +544,7 @@ def main() -> None:
         backend = (
             mock_backend()
             if name == "mock"
-            else local_backend(name, args.max_new_tokens, args.batch_window_ms)
+            else local_backend(name, args.max_new_tokens, args.batch_window_ms, args.device)
         )
         labels[name] = backend.label
         cells = measure(backend, shapes, args.repeats, progress)
