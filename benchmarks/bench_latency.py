@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -386,6 +386,63 @@ def pool_cap(repeats: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _merge(left: dict, right: dict) -> dict:
+    return {**left, **right}
+
+
+class _FloorState(TypedDict):
+    done: Annotated[dict, _merge]
+
+
+def langgraph_floor(widths: Sequence[int], repeats: int) -> dict[int, tuple[float, float]]:
+    """Fan-outs of bare LangGraph: nodes (a StateGraph) or tasks (the functional API) that
+    only sleep 0.1 s, run as the executor runs them (a thread per branch). The wall time
+    over 0.1 s is what LangGraph itself costs, before any of this package's work."""
+    from langgraph.func import entrypoint, task
+    from langgraph.graph import END, START, StateGraph
+
+    def branch(i: int) -> Callable[[Any], Any]:
+        def run(_: Any) -> Any:
+            time.sleep(0.1)
+            return {"done": {i: True}}
+
+        return run
+
+    def timed(graph: Any, config: dict[str, Any]) -> float:
+        graph.invoke({"done": {}}, config)  # warm-up
+        walls = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            graph.invoke({"done": {}}, config)
+            walls.append(time.perf_counter() - started)
+        return statistics.median(walls)
+
+    def state_graph(width: int) -> Any:
+        builder = StateGraph(_FloorState)
+        for i in range(width):
+            builder.add_node(f"n{i}", branch(i))
+            builder.add_edge(START, f"n{i}")
+            builder.add_edge(f"n{i}", END)
+        return builder.compile()
+
+    def functional(width: int) -> Any:
+        tasks = [task(name=f"t{i}")(branch(i)) for i in range(width)]
+
+        @entrypoint()
+        def fan(_: Any) -> list[Any]:
+            return [future.result() for future in [t(None) for t in tasks]]
+
+        return fan
+
+    return {
+        width: (
+            timed(state_graph(width), {"max_concurrency": width}),
+            timed(functional(width), {"max_concurrency": 2 * width + 1}),
+        )
+        for width in widths
+    }
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -553,6 +610,7 @@ def main() -> None:
     progress("orchestration overhead...")
     over = overhead(shapes, args.overhead_repeats)
     cap = pool_cap(args.repeats + 2)
+    floor = langgraph_floor((2, 4, 8), args.overhead_repeats)
 
     out = [
         *report_header(
@@ -594,6 +652,19 @@ def main() -> None:
         "| mode | wall, default config (s) | wall, `max_concurrency=16` in the config (s) |",
         "| --- | --- | --- |",
         *(f"| {mode} | {a:.3f} | {b:.3f} |" for mode, (a, b) in cap.items()),
+        "",
+        "## LangGraph's own floor",
+        "",
+        "Bare LangGraph fan-outs whose branches only sleep 0.1 s, run as the executor runs "
+        f"them (median of {args.overhead_repeats}): what LangGraph costs before any of this "
+        "package's work. `superstep` builds on the StateGraph, `eager` on the functional API.",
+        "",
+        "| shape | StateGraph wall (s) | / 0.1 s | functional API wall (s) | / 0.1 s |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| fan-out {w} | {a:.3f} | {a / 0.1:.2f} | {b:.3f} | {b / 0.1:.2f} |"
+            for w, (a, b) in floor.items()
+        ),
     ]
     report = "\n".join(out) + "\n"
     if args.plot:
