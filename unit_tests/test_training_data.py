@@ -208,3 +208,45 @@ def test_score_reply_and_curve_files(tmp_path: Path) -> None:
     write_curve(points, tmp_path / "c.md", tmp_path / "c.png", title="smoke")
     assert "| 16 | 2 | 0.50 |" in (tmp_path / "c.md").read_text()
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_rescore_replies_scores_kept_replies_and_names_a_missing_one() -> None:
+    from langchain_complm.training.evaluate import EvalExample, rescore_replies
+
+    pair = build_training_pairs(1, seed=0, mix={"template_chain": 1.0})[0]
+    good = EvalExample(query=pair.query, gold=pair.plan, kind="chain")
+    bad = EvalExample(query="What is 2+2?", gold=pair.plan, kind="chain")
+    report = rescore_replies({pair.query: pair.target, bad.query: "no json"}, [good, bad])
+    assert report.n == 2 and report.metrics["json_valid"] == 0.5
+    assert [row["reply"] for row in report.rows] == [pair.target, "no json"]
+    with pytest.raises(ValueError, match=r"no kept reply for example 2 of 2 \('What is 2\+2\?'"):
+        rescore_replies({pair.query: pair.target}, [good, bad])
+
+
+@needs_data
+def test_cli_eval_replies_rescores_a_report_without_a_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langchain_complm.cli import main
+    from langchain_complm.training.evaluate import eval_examples
+
+    examples = eval_examples("dev", 4, 0)
+    kept = {
+        "rows": [
+            {"query": e.query, "reply": plan_to_target(e.gold) if k else "{broken"}
+            for k, e in enumerate(examples)
+        ]
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(kept))
+    out = tmp_path / "rescored.json"
+    args = ["eval-generator", "--replies", str(path), "--n", "4", "-q"]
+    assert main([*args, "--report", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["json_valid"] == 0.75
+    assert json.loads(out.read_text())["metrics"]["exact_match"] == 0.75
+    # Replies made for other examples, and files that are no report, are usage errors.
+    assert main([*args[:-2], "5", "-q"]) == 2
+    assert re.search(r"no kept reply for example \d of 5 ", capsys.readouterr().err)
+    path.write_text("[]")
+    assert main(args) == 2
+    assert "not a report with kept replies" in capsys.readouterr().err

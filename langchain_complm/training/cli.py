@@ -124,6 +124,12 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
     parser.add_argument("--report", metavar="JSON", help="write the full report here")
     parser.add_argument(
+        "--replies",
+        metavar="JSON",
+        help="score the replies kept in this --report file instead of generating (same "
+        "--split, --n and --seed): to rescore after a parser change",
+    )
+    parser.add_argument(
         "--curve",
         metavar="SIZES",
         help="comma-separated training-set sizes: train and evaluate one model per size",
@@ -178,21 +184,25 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
         console.print(json.dumps(points, indent=2))
         return EXIT_OK
 
-    if not args.model:
-        raise UsageError("give a trained generator (PATH_OR_ID) or --curve SIZES")
-    from langchain_complm.training.train import load_trained_generator, read_metadata
+    if args.replies:
+        report, model = _rescore(args)
+    else:
+        if not args.model:
+            raise UsageError("give a trained generator (PATH_OR_ID), --replies JSON or --curve")
+        from langchain_complm.training.train import load_trained_generator, read_metadata
 
-    seed = args.seed if args.seed is not None else read_metadata(args.model).get("seed", 0)
-    console.progress(f"Loading {args.model}...")
-    generator = load_trained_generator(args.model, device=args.device, max_new_tokens=max_new)
-    examples = eval_examples(
-        args.split, args.n, seed, max_chars=args.max_chars, data_dir=args.data_dir
-    )
-    # The report file keeps each raw reply, to rescore or inspect without generating again.
-    report = evaluate_generator(
-        generator, examples, keep_replies=bool(args.report), progress=console.progress
-    )
-    data: dict[str, Any] = report.to_dict() | {"model": args.model, "split": args.split}
+        seed = args.seed if args.seed is not None else read_metadata(args.model).get("seed", 0)
+        console.progress(f"Loading {args.model}...")
+        generator = load_trained_generator(args.model, device=args.device, max_new_tokens=max_new)
+        examples = eval_examples(
+            args.split, args.n, seed, max_chars=args.max_chars, data_dir=args.data_dir
+        )
+        # The report file keeps each raw reply, to rescore (--replies) or inspect later.
+        report = evaluate_generator(
+            generator, examples, keep_replies=bool(args.report), progress=console.progress
+        )
+        model = args.model
+    data: dict[str, Any] = report.to_dict() | {"model": model, "split": args.split}
     if args.report:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
@@ -201,6 +211,28 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
     else:
         console.print(json.dumps({"n": report.n, **report.metrics, "by_kind": report.by_kind}))
     return EXIT_OK
+
+
+def _rescore(args: argparse.Namespace) -> tuple[Any, str]:
+    from langchain_complm.training.evaluate import eval_examples, rescore_replies
+
+    try:
+        with open(args.replies, encoding="utf-8") as f:
+            kept = json.load(f)
+        replies = {row["query"]: row["reply"] for row in kept["rows"]}
+    except OSError as exc:
+        raise UsageError(f"--replies {args.replies}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"--replies {args.replies}: not a report with kept replies (write one with --report)"
+        ) from None
+    examples = eval_examples(
+        args.split, args.n, args.seed or 0, max_chars=args.max_chars, data_dir=args.data_dir
+    )
+    try:
+        return rescore_replies(replies, examples), kept.get("model", args.replies)
+    except ValueError as exc:
+        raise UsageError(f"--replies {args.replies}: {exc}") from None
 
 
 TRAIN_COMMANDS = (

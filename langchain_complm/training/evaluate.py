@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from langchain_complm.plan import Plan
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan
 
 Progress = Callable[[str], None]
 METRICS = ("json_valid", "exact_match", "sub_query_f1", "edge_f1")
@@ -116,7 +116,9 @@ def _normalized(plan: Plan) -> list[tuple[str, tuple[str, ...]]]:
     return [(" ".join(sq.question.split()), tuple(sq.depends_on)) for sq in plan.sub_queries]
 
 
-def score_reply(text: str, example: EvalExample, max_sub_queries: int = 8) -> dict[str, Any]:
+def score_reply(
+    text: str, example: EvalExample, max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES
+) -> dict[str, Any]:
     """Metrics of one raw model reply against the example's gold plan."""
     from langchain_complm.benchmarks.metrics import score_plan
     from langchain_complm.generator import parse_plan
@@ -169,13 +171,39 @@ def evaluate_generator(
         replies = generator.llm.batch(prompts)
         for i, reply in zip(chunk, replies, strict=True):
             text = reply.text if hasattr(reply, "text") else str(reply)
-            row = score_reply(text, examples[i], generator.max_sub_queries)
-            if keep_replies:
-                row |= {"query": examples[i].query, "reply": text}
-            rows[i] = row
+            rows[i] = _row(text, examples[i], generator.max_sub_queries, keep_replies)
         if progress is not None:
             progress(f"evaluated {len(rows)}/{len(examples)}")
     return _report([rows[i] for i in range(len(examples))], time.perf_counter() - started)
+
+
+def rescore_replies(
+    replies: Mapping[str, str],
+    examples: Sequence[EvalExample],
+    max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES,
+) -> EvalReport:
+    """Score replies kept by an earlier evaluation (query -> raw reply, e.g. the ``rows`` of
+    a ``--report`` file) against ``examples``, without generating: the way to see what a
+    parser change does to a model's numbers.
+
+    Raises:
+        ValueError: naming the first example without a reply (the replies were made for
+            other examples: another split, ``n`` or seed).
+    """
+    rows = []
+    for k, example in enumerate(examples, start=1):
+        if example.query not in replies:
+            raise ValueError(
+                f"no kept reply for example {k} of {len(examples)} ({example.query[:60]!r}...): "
+                "the report was made for other examples (split, n or seed)"
+            )
+        rows.append(_row(replies[example.query], example, max_sub_queries, keep_reply=True))
+    return _report(rows, 0.0)
+
+
+def _row(text: str, example: EvalExample, max_sub_queries: int, keep_reply: bool) -> dict[str, Any]:
+    row = score_reply(text, example, max_sub_queries)
+    return row | {"query": example.query, "reply": text} if keep_reply else row
 
 
 def _report(rows: list[dict[str, Any]], seconds: float) -> EvalReport:
