@@ -177,6 +177,8 @@ def _parse_snippet(snippet: str) -> Any:
 _STRING_END = re.compile(r'\s*(?:[:}\]]|,\s*["{\[]|$)')
 """What follows a double quote that really closes a JSON string."""
 _NEXT_KEY = re.compile(r',\s*"(?:id|question|depends_on)"\s*:')
+_KEY_MISSING_QUOTE = re.compile(r'"\s*,\s*(id|question|depends_on)"\s*:')
+"""A string's closing quote followed by the next key without its opening quote."""
 """The next key of a sub-query: a string still open here lost its closing quote."""
 
 
@@ -184,7 +186,8 @@ def _escape_stray_quotes(snippet: str) -> str:
     """Escape the double quotes inside string values that end no string: a quote closes a
     string only when a colon, a closing bracket, or a comma and the next value follow it.
     A string still open where the next sub-query key starts is closed there (models copying
-    a question that ends in ' sometimes close it with that quote)."""
+    a question that ends in ' sometimes close it with that quote), and a next key that lost
+    its opening quote gets it back."""
     out: list[str] = []
     in_string = False
     i = 0
@@ -197,6 +200,11 @@ def _escape_stray_quotes(snippet: str) -> str:
         if in_string and char == "," and _NEXT_KEY.match(snippet, i):
             out.append('"')
             in_string = False
+        if in_string and (key := _KEY_MISSING_QUOTE.match(snippet, i)):
+            out.append(f'","{key.group(1)}":')
+            in_string = False
+            i = key.end()
+            continue
         if char == '"':
             if not in_string:
                 in_string = True

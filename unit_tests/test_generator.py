@@ -270,6 +270,17 @@ def test_parse_plan_closes_a_string_ended_by_the_wrong_quote_before_the_next_key
     ]
 
 
+def test_parse_plan_restores_the_opening_quote_of_the_next_key() -> None:
+    text = (
+        '{"sub_queries":[{"id":"q1","question":"D) it returns false.",depends_on":[]},'
+        '{"id":"q2","question":"B?",depends_on":["q1"]}]}'
+    )
+    assert shape(parse_plan(text, "q").validate_dag()) == [
+        ("q1", "D) it returns false.", ()),
+        ("q2", "B?", ("q1",)),
+    ]
+
+
 def test_parse_plan_drops_a_repeated_sub_query_and_repoints_its_dependents() -> None:
     text = json.dumps(
         {
