@@ -415,8 +415,7 @@ class _Run:
         prompt, messages = prepared
         attempts: list[Attempt] = []
         started = time.time()
-        for i, expert in enumerate(self._candidates(sq)):
-            cohort = self.cohorts.get(sq.id) if i == 0 else None
+        for expert, cohort in self._candidates(sq):
             answer = self._attempt(
                 attempts, expert, partial(self._call, expert, messages, sq, config, cohort)
             )
@@ -431,8 +430,7 @@ class _Run:
         prompt, messages = prepared
         attempts: list[Attempt] = []
         started = time.time()
-        for i, expert in enumerate(self._candidates(sq)):
-            cohort = self.cohorts.get(sq.id) if i == 0 else None
+        for expert, cohort in self._candidates(sq):
             answer = await self._aattempt(
                 attempts, expert, self._acall(expert, messages, sq, config, cohort)
             )
@@ -516,13 +514,16 @@ class _Run:
         except FutureTimeoutError:
             raise TimeoutError() from None
 
-    def _candidates(self, sq: SubQuery) -> list[str]:
+    def _candidates(self, sq: SubQuery) -> list[tuple[str, BatchCohort | None]]:
+        """The experts to try in turn, each with its batch cohort (first attempt only:
+        retries never wait for others)."""
         assert sq.expert is not None  # checked before compiling
         order = [sq.expert] * (1 + self.policy.max_retries)
         fallback = self.policy.fallback_expert
         if fallback is not None and fallback != sq.expert:
             order.append(fallback)
-        return order
+        cohort = self.cohorts.get(sq.id)
+        return [(expert, cohort if i == 0 else None) for i, expert in enumerate(order)]
 
     def _prepare(
         self, sq: SubQuery, results: Mapping[str, SubQueryResult], config: RunnableConfig

@@ -177,9 +177,9 @@ def _parse_snippet(snippet: str) -> Any:
 _STRING_END = re.compile(r'\s*(?:[:}\]]|,\s*["{\[]|$)')
 """What follows a double quote that really closes a JSON string."""
 _NEXT_KEY = re.compile(r',\s*"(?:id|question|depends_on)"\s*:')
+"""The next key of a sub-query: a string still open here lost its closing quote."""
 _KEY_MISSING_QUOTE = re.compile(r'"\s*,\s*(id|question|depends_on)"\s*:')
 """A string's closing quote followed by the next key without its opening quote."""
-"""The next key of a sub-query: a string still open here lost its closing quote."""
 
 
 def _escape_stray_quotes(snippet: str) -> str:

@@ -254,15 +254,16 @@ def score_item(item: Item, prediction: str | Mapping[str, str]) -> ItemScore:
     as an empty, wrong answer)."""
     if isinstance(prediction, str):
         final = item.final_parts
-        segments = _enumerated_segments(prediction, len(final)) if len(final) > 1 else None
+        # Where each part's option letters may be read: the whole answer of a one-part item,
+        # the part's own segment of an enumerated multi-part one, nowhere otherwise.
+        scopes = (
+            [prediction]
+            if len(final) == 1
+            else _enumerated_segments(prediction, len(final)) or [""] * len(final)
+        )
         parts = tuple(
-            score_part(
-                p,
-                prediction,
-                final_answer=True,
-                letters_in=segments[k] if segments else "" if len(final) > 1 else prediction,
-            )
-            for k, p in enumerate(final)
+            score_part(p, prediction, final_answer=True, letters_in=scope)
+            for p, scope in zip(final, scopes, strict=True)
         )
     else:
         parts = tuple(score_part(p, prediction.get(p.id, "")) for p in item.parts)
