@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -340,6 +341,16 @@ def batched_bound(backend: Backend, shape: Shape, prompts: dict[str, str], repea
     return total
 
 
+def median_wall(call: Callable[[], Any], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``call``."""
+    walls = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        walls.append(time.perf_counter() - started)
+    return statistics.median(walls)
+
+
 def overhead(shapes: dict[str, Shape], repeats: int) -> dict[str, dict[str, float]]:
     """Milliseconds per sub-query of executor overhead, with experts that cost nothing."""
     backend = mock_backend(dict.fromkeys(MOCK_LATENCY, 0.0))
@@ -349,21 +360,12 @@ def overhead(shapes: dict[str, Shape], repeats: int) -> dict[str, dict[str, floa
         for shape_name, shape in shapes.items():
             plan = build_plan(shape)
             executor.invoke(plan)  # warm-up
-            walls = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                executor.invoke(plan)
-                walls.append(time.perf_counter() - started)
-            out.setdefault(shape_name, {})[mode] = 1000 * statistics.median(walls) / len(shape)
+            wall = median_wall(partial(executor.invoke, plan), repeats)
+            out.setdefault(shape_name, {})[mode] = 1000 * wall / len(shape)
         # Where the time goes: compiling the plan's graph is paid on every invoke.
         plan = build_plan(shapes.get("fan-out 4") or next(iter(shapes.values())))
-        compiles = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            executor.compile_plan(plan)
-            compiles.append(time.perf_counter() - started)
-        out.setdefault("compile_plan only (fan-out 4, ms per plan)", {})[mode] = (
-            1000 * statistics.median(compiles)
+        out.setdefault("compile_plan only (fan-out 4, ms per plan)", {})[mode] = 1000 * median_wall(
+            partial(executor.compile_plan, plan), repeats
         )
     return out
 
@@ -410,12 +412,7 @@ def langgraph_floor(widths: Sequence[int], repeats: int) -> dict[int, tuple[floa
 
     def timed(graph: Any, config: dict[str, Any]) -> float:
         graph.invoke({"done": {}}, config)  # warm-up
-        walls = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            graph.invoke({"done": {}}, config)
-            walls.append(time.perf_counter() - started)
-        return statistics.median(walls)
+        return median_wall(lambda: graph.invoke({"done": {}}, config), repeats)
 
     def state_graph(width: int) -> Any:
         builder = StateGraph(_FloorState)
