@@ -2,7 +2,7 @@
 
 For every plan shape (chain, fan-out 2/4/8, diamond, skewed, mixed experts) and mode
 (``superstep``, ``eager``, ``sequential``) it runs a hand-built routed plan through
-:class:`~langchain_complm.executor.QueryExecutor` and reports the median wall time, the
+:class:`~langchain_complm.execute.executor.QueryExecutor` and reports the median wall time, the
 speed-up over ``sequential``, and the ratio to three bounds computed from each sub-query's
 cost:
 
@@ -50,7 +50,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from report import report_header
 
 from langchain_complm import Expert, Plan, QueryExecutor, RoutingDecision, SubQuery
-from langchain_complm.executor import ExecutionResult
+from langchain_complm.execute.executor import ExecutionResult
 
 MODES = ("superstep", "eager", "sequential")
 
@@ -167,8 +167,8 @@ def opt_1_3b(device: str, max_new_tokens: int, **extra: Any) -> tuple[Any, str]:
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
-    from langchain_complm.huggingface import ChatLocalHuggingFace
-    from langchain_complm.testing import smollm2_tokenizer
+    from langchain_complm.models.huggingface import ChatLocalHuggingFace
+    from langchain_complm.models.testing import smollm2_tokenizer
 
     tokenizer = smollm2_tokenizer()
     torch.manual_seed(0)
@@ -199,11 +199,11 @@ def local_backend(
 ) -> Backend:
     """Experts over local models: a, b, c and slow (3x the tokens) over one model; for the
     tiny backend b and c run other random models, to exercise the device lock."""
-    from langchain_complm.huggingface import ChatLocalHuggingFace
+    from langchain_complm.models.huggingface import ChatLocalHuggingFace
 
     extra = {} if batch_window_ms is None else {"batch_window_ms": batch_window_ms}
     if name == "smollm2":
-        from langchain_complm.embedded import default_chat_model
+        from langchain_complm.models.embedded import default_chat_model
 
         base = default_chat_model(device=device, max_new_tokens=max_new_tokens, **extra)
         models = {e: base for e in ("a", "b", "c")}
@@ -213,7 +213,7 @@ def local_backend(
         models = {e: base for e in ("a", "b", "c")}
         label += f", greedy, {max_new_tokens} new tokens"
     else:
-        from langchain_complm.testing import smollm2_tokenizer, tiny_llama
+        from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
 
         tokenizer = smollm2_tokenizer()
         models = {

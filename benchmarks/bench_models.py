@@ -25,8 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from langchain_complm.embedded import SMOLLM2_MODEL_ID, smollm2_path
-from langchain_complm.huggingface import ChatLocalHuggingFace, load_causal_lm
+from langchain_complm.models.embedded import SMOLLM2_MODEL_ID, smollm2_path
+from langchain_complm.models.huggingface import ChatLocalHuggingFace, load_causal_lm
 
 PROMPTS = [
     "What is 2+3?",

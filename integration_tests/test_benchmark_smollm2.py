@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from langchain_complm.benchmarks import build_dataset
+from langchain_complm.evaluation import build_dataset
 from langchain_complm.benchmarks.runner import load_predictions, predictions_path
 from langchain_complm.cli import main
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from langchain_complm import embedded
-from langchain_complm.embedded import (
+from langchain_complm.models import embedded
+from langchain_complm.models.embedded import (
     default_cache_dir,
     default_chat_model,
     default_embeddings,
@@ -97,7 +97,7 @@ def smollm2_folder() -> Path:
 
 @pytest.mark.slow
 def test_smollm2_loads_fast_from_the_cache(smollm2_folder: Path) -> None:
-    from langchain_complm.huggingface import load_causal_lm
+    from langchain_complm.models.huggingface import load_causal_lm
 
     assert (smollm2_folder / "config.json").is_file()
     assert not any(p.name.startswith(".") for p in smollm2_folder.parent.iterdir())
@@ -149,7 +149,7 @@ def test_smollm2_concurrent_threads_match_sequential(smollm2_folder: Path) -> No
 
 @pytest.mark.slow
 def test_shipped_sub_query_generator_splits_and_chains(smollm2_folder: Path) -> None:
-    from langchain_complm.embedded import EMBEDDED_GENERATOR
+    from langchain_complm.models.embedded import EMBEDDED_GENERATOR
     from langchain_complm.training import load_trained_generator
 
     generator = load_trained_generator(EMBEDDED_GENERATOR, device="cpu")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from langchain_complm import Expert, StructuralSubQueryGenerator, create_comp_llm
-from langchain_complm.embedded import default_embeddings
-from langchain_complm.testing import smollm2_tokenizer, tiny_llama
+from langchain_complm.models.embedded import default_embeddings
+from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
 
 QUESTION = "What is 15% of 240? What are the common symptoms of iron-deficiency anemia?"
 

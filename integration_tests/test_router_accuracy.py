@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from langchain_complm.config import load_default_experts
-from langchain_complm.embedded import default_embeddings
-from langchain_complm.router import EmbeddingRouter
+from langchain_complm.models.embedded import default_embeddings
+from langchain_complm.route.router import EmbeddingRouter
 
 DATA = Path(__file__).parent / "data" / "router_subqueries.yaml"
 MIN_ACCURACY = 0.85

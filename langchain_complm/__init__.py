@@ -6,9 +6,9 @@ a compiled LangGraph ``StateGraph`` runs them in parallel where dependencies all
 Response Aggregator writes the final answer.
 """
 
-from langchain_complm.aggregator import AggregationInput, ResponseAggregator
+from langchain_complm.aggregate import AggregationInput, ResponseAggregator
 from langchain_complm.chat_models import ChatCompLLM
-from langchain_complm.comp_llm import CompLLMOutput, coerce_query, create_comp_llm
+from langchain_complm.pipeline import CompLLMOutput, coerce_query, create_comp_llm
 from langchain_complm.config import (
     CompLLMConfig,
     ConfigError,
@@ -25,7 +25,7 @@ from langchain_complm.config import (
     load_default_experts,
 )
 from langchain_complm.events import PROGRESS_EVENT, ProgressEvent
-from langchain_complm.executor import (
+from langchain_complm.execute.executor import (
     Attempt,
     ExecutionResult,
     FailurePolicy,
@@ -34,17 +34,16 @@ from langchain_complm.executor import (
     SubQueryResult,
 )
 from langchain_complm.experts import Expert, ExpertProfile
-from langchain_complm.generator import SubQueryGenerator, parse_plan
+from langchain_complm.decompose.generator import SubQueryGenerator, parse_plan
 from langchain_complm.plan import Plan, PlanValidationError, RoutingDecision, SubQuery
-from langchain_complm.resources import (
+from langchain_complm.concurrency import (
     ConcurrencyLimiter,
-    MemoryBudgetError,
-    ModelPool,
     limit_concurrency,
     set_device_concurrency,
 )
-from langchain_complm.router import EmbeddingRouter
-from langchain_complm.splitter import StructuralSubQueryGenerator
+from langchain_complm.models.pool import MemoryBudgetError, ModelPool
+from langchain_complm.route.router import EmbeddingRouter
+from langchain_complm.decompose.structural import StructuralSubQueryGenerator
 
 __all__ = [
     "PROGRESS_EVENT",

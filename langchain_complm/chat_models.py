@@ -17,7 +17,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 
-from langchain_complm.comp_llm import CompLLMOutput
+from langchain_complm.pipeline import CompLLMOutput
 from langchain_complm.events import ProgressEvent
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
-from langchain_complm.comp_llm import CompLLMOutput, coerce_query
+from langchain_complm.pipeline import CompLLMOutput, coerce_query
 from langchain_complm.config import (
     CompLLMConfig,
     ConfigError,
@@ -40,7 +40,7 @@ from langchain_complm.config import (
     default_config,
     load_config,
 )
-from langchain_complm.executor import ScheduleMode
+from langchain_complm.execute.executor import ScheduleMode
 from langchain_complm.plan import Plan
 
 EXIT_OK = 0

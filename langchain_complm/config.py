@@ -43,8 +43,8 @@ from pydantic import (
     model_validator,
 )
 
-from langchain_complm.comp_llm import DEFAULT_MAX_QUERY_CHARS
-from langchain_complm.executor import FailurePolicy, ScheduleMode
+from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
+from langchain_complm.execute.executor import FailurePolicy, ScheduleMode
 from langchain_complm.experts import Expert, ExpertProfile
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
 
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from langgraph.pregel import Pregel
 
     from langchain_complm.plan import Plan
-    from langchain_complm.router import EmbeddingRouter
+    from langchain_complm.route.router import EmbeddingRouter
 
 try:  # Python 3.11+
     import tomllib
@@ -183,7 +183,7 @@ class RoutingConfig(_Strict):
 
 
 class ExecutionConfig(_Strict):
-    """How the plan runs (see :func:`~langchain_complm.comp_llm.create_comp_llm`)."""
+    """How the plan runs (see :func:`~langchain_complm.pipeline.create_comp_llm`)."""
 
     mode: ScheduleMode = "superstep"
     max_concurrency: int | None = Field(default=None, ge=1)
@@ -296,7 +296,7 @@ class CompLLMConfig(_Strict):
     @property
     def trained_generator_id(self) -> str | None:
         """``trained_generator``, else the shipped generator's name when the build has one."""
-        from langchain_complm.embedded import EMBEDDED_GENERATOR, trained_generator_path
+        from langchain_complm.models.embedded import EMBEDDED_GENERATOR, trained_generator_path
 
         if self.trained_generator:
             return self.trained_generator
@@ -489,12 +489,12 @@ def load_chat_model(name: str, spec: ModelSpec, progress: Progress | None = None
         f"model {name!r} ({spec.model_id})",
     ):
         if spec.is_embedded:
-            from langchain_complm.embedded import default_chat_model
+            from langchain_complm.models.embedded import default_chat_model
 
             return default_chat_model(
                 device=spec.device, progress=progress, **spec.generation_kwargs()
             )
-        from langchain_complm.huggingface import ChatLocalHuggingFace
+        from langchain_complm.models.huggingface import ChatLocalHuggingFace
 
         return ChatLocalHuggingFace.from_model_id(
             spec.model_id,
@@ -515,7 +515,7 @@ def load_embeddings(spec: EmbeddingsSpec, progress: Progress | None = None) -> E
     label = f"embeddings ({spec.model_id})"
     with _loading(progress, label, "Embeddings", label):
         if spec.is_embedded:
-            from langchain_complm.embedded import default_embeddings
+            from langchain_complm.models.embedded import default_embeddings
 
             return default_embeddings(model_kwargs=model_kwargs)
         from langchain_huggingface import HuggingFaceEmbeddings
@@ -610,13 +610,13 @@ def build_comp_llm(
         embeddings: Pre-built embeddings for the router; default: load ``config.embeddings``.
         progress: Receives model loading progress lines.
         overrides: Keyword arguments for
-            :func:`~langchain_complm.comp_llm.create_comp_llm` (e.g. ``checkpointer``).
+            :func:`~langchain_complm.pipeline.create_comp_llm` (e.g. ``checkpointer``).
 
     Raises:
         ConfigError: the config is invalid.
         ModelNotFoundError: a model's files are missing.
     """
-    from langchain_complm.comp_llm import create_comp_llm
+    from langchain_complm.pipeline import create_comp_llm
 
     config = resolve_config(config)
     check_model_paths(config, model_factory, embeddings)
@@ -672,7 +672,7 @@ def build_router(
 ) -> EmbeddingRouter:
     """The router of ``config`` over ``experts``; loads ``config.embeddings`` unless
     ``embeddings`` are given."""
-    from langchain_complm.router import EmbeddingRouter
+    from langchain_complm.route.router import EmbeddingRouter
 
     if embeddings is None:
         embeddings = load_embeddings(config.embeddings, progress)
@@ -687,8 +687,8 @@ def build_router(
 
 def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, Plan]:
     """The decomposer ``config`` asks for (see ``CompLLMConfig.decomposer``)."""
-    from langchain_complm.generator import SubQueryGenerator
-    from langchain_complm.splitter import StructuralSubQueryGenerator
+    from langchain_complm.decompose.generator import SubQueryGenerator
+    from langchain_complm.decompose.structural import StructuralSubQueryGenerator
 
     cap = config.execution.max_sub_queries
     kind = config.resolved_decomposer

@@ -69,9 +69,9 @@ class Expert(ExpertProfile):
         """An expert backed by a local transformers causal LM.
 
         ``model_id`` is a Hugging Face hub id or a local folder; ``model_kwargs`` go to
-        :meth:`langchain_complm.huggingface.ChatLocalHuggingFace.from_model_id`.
+        :meth:`langchain_complm.models.huggingface.ChatLocalHuggingFace.from_model_id`.
         """
-        from langchain_complm.huggingface import ChatLocalHuggingFace
+        from langchain_complm.models.huggingface import ChatLocalHuggingFace
 
         llm = ChatLocalHuggingFace.from_model_id(model_id, **model_kwargs)
         return cls(

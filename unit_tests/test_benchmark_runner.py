@@ -12,8 +12,8 @@ from fakes import KeywordEmbeddings, make_expert, plan_json
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from langchain_complm import Expert
-from langchain_complm.aggregator import ResponseAggregator
-from langchain_complm.benchmarks import Item, build_dataset
+from langchain_complm.aggregate import ResponseAggregator
+from langchain_complm.evaluation import Item, build_dataset
 from langchain_complm.benchmarks.runner import (
     load_predictions,
     predictions_path,
@@ -33,9 +33,9 @@ from langchain_complm.benchmarks.systems import (
     load_components,
 )
 from langchain_complm.config import CompLLMConfig, ModelSpec
-from langchain_complm.generator import SubQueryGenerator
+from langchain_complm.decompose.generator import SubQueryGenerator
 from langchain_complm.plan import Plan, SubQuery
-from langchain_complm.router import EmbeddingRouter
+from langchain_complm.route.router import EmbeddingRouter
 
 EXPERT_SIZE = 1_000
 AGGREGATOR_SIZE = 5_000

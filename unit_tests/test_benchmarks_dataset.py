@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from langchain_complm.benchmarks.multiexpertqa import (
+from langchain_complm.evaluation.multiexpertqa import (
     EXPERT_DOMAINS,
     Item,
     build_dataset,
     load_items,
     save_items,
 )
-from langchain_complm.benchmarks.sources import (
+from langchain_complm.evaluation.sources import (
     MMLU_DOMAIN_SUBJECTS,
     load_gsm8k,
     load_medical,

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from langchain_complm.benchmarks.metrics import (
+from langchain_complm.evaluation.metrics import (
     contains_answer,
     exact_match,
     extract_answer_number,
@@ -21,7 +21,7 @@ from langchain_complm.benchmarks.metrics import (
     score_plan,
     token_f1,
 )
-from langchain_complm.benchmarks.multiexpertqa import Item, Part
+from langchain_complm.evaluation.multiexpertqa import Item, Part
 from langchain_complm.plan import Plan, RoutingDecision, SubQuery
 
 OPTIONS = {

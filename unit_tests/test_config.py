@@ -302,7 +302,7 @@ def test_experts_sharing_a_model_share_one_instance(tmp_path: Path) -> None:
         captured.update(kwargs)
         return "runnable"
 
-    import langchain_complm.comp_llm as comp_llm_module
+    import langchain_complm.pipeline as comp_llm_module
 
     monkey = pytest.MonkeyPatch()
     monkey.setattr(comp_llm_module, "create_comp_llm", fake_create)
@@ -340,13 +340,13 @@ def test_build_planner_loads_only_the_generator(tmp_path: Path) -> None:
 @pytest.fixture
 def no_shipped_generator(monkeypatch: pytest.MonkeyPatch) -> None:
     """A build of the package without the trained Sub-query Generator."""
-    from langchain_complm import embedded
+    from langchain_complm.models import embedded
 
     monkeypatch.setattr(embedded, "trained_generator_path", lambda: None)
 
 
 def test_the_embedded_default_decomposes_with_the_shipped_generator() -> None:
-    from langchain_complm.embedded import EMBEDDED_GENERATOR, trained_generator_path
+    from langchain_complm.models.embedded import EMBEDDED_GENERATOR, trained_generator_path
 
     shipped = trained_generator_path()
     assert shipped is not None and (shipped / "adapter_model.safetensors").is_file()
@@ -359,8 +359,8 @@ def test_the_embedded_default_decomposes_with_the_shipped_generator() -> None:
 
 @pytest.mark.usefixtures("no_shipped_generator")
 def test_decomposer_auto_uses_the_splitter_for_the_embedded_model(tmp_path: Path) -> None:
-    from langchain_complm.generator import SubQueryGenerator
-    from langchain_complm.splitter import StructuralSubQueryGenerator
+    from langchain_complm.decompose.generator import SubQueryGenerator
+    from langchain_complm.decompose.structural import StructuralSubQueryGenerator
 
     embedded = default_config()
     assert embedded.decomposer == "auto" and embedded.resolved_decomposer == "structural"

@@ -24,12 +24,12 @@ pytest.importorskip("transformers")
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from langchain_complm.batching import BatchCohort, batch_cohort
-from langchain_complm.huggingface import (
+from langchain_complm.models.huggingface import (
     PLAIN_CHAT_TEMPLATE,
     ChatLocalHuggingFace,
     truncate_at_stop,
 )
-from langchain_complm.testing import smollm2_tokenizer, tiny_llama
+from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
 
 PROMPTS = [
     "hello",

@@ -27,17 +27,19 @@ from test_executor import routed
 from test_huggingface import tiny_model, tokenizer  # noqa: F401 (a fixture)
 
 from langchain_complm import Expert, QueryExecutor
-from langchain_complm.huggingface import ChatLocalHuggingFace, GenerationEngine
-from langchain_complm.resources import (
+from langchain_complm.models.huggingface import ChatLocalHuggingFace, GenerationEngine
+from langchain_complm.concurrency import (
     ConcurrencyLimiter,
-    MemoryBudgetError,
-    ModelPool,
     device_key,
     device_limiter,
-    estimate_model_bytes,
     limit_concurrency,
-    model_bytes,
     set_device_concurrency,
+)
+from langchain_complm.models.pool import (
+    MemoryBudgetError,
+    ModelPool,
+    estimate_model_bytes,
+    model_bytes,
 )
 
 
@@ -311,7 +313,7 @@ def test_closed_engine_refuses_requests_and_drops_its_model(tokenizer: Any) -> N
 
 @pytest.mark.parametrize("ratio", [0.0, 0.05])
 def test_batch_window_grows_with_generate_time(model: Any, tokenizer: Any, ratio: float) -> None:  # noqa: F811
-    from langchain_complm.huggingface import GenerationSettings
+    from langchain_complm.models.huggingface import GenerationSettings
 
     record_generate(model, Timeline(), delay=0.6)
     engine = GenerationEngine.for_model(model, tokenizer)

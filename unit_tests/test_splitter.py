@@ -10,7 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 
 from langchain_complm.plan import Plan
-from langchain_complm.splitter import StructuralSubQueryGenerator, split_query
+from langchain_complm.decompose.structural import StructuralSubQueryGenerator, split_query
 
 SPLITS = [
     (

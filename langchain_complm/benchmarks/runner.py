@@ -11,7 +11,7 @@ A run appends each prediction as soon as it is made (flushed and synced), so an 
 run keeps every finished item, and a rerun skips the item ids already in the file. A line
 cut short by a crash is dropped when the file is read back.
 
-Scores (see :mod:`langchain_complm.benchmarks.metrics`):
+Scores (see :mod:`langchain_complm.evaluation.metrics`):
 
 * ``accuracy``: items whose final answer gets every final part right (all-parts-correct);
 * ``part_acc``: share of final parts right in the final answers;
@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from langchain_complm.benchmarks.metrics import score_item, score_item_plan
-from langchain_complm.benchmarks.multiexpertqa import Item
+from langchain_complm.evaluation.metrics import score_item, score_item_plan
+from langchain_complm.evaluation.multiexpertqa import Item
 from langchain_complm.benchmarks.systems import Prediction, System
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The systems the accuracy benchmark compares, after the Comp-LLM paper's baselines.
 
-Every system answers one :class:`~langchain_complm.benchmarks.multiexpertqa.Item` and
+Every system answers one :class:`~langchain_complm.evaluation.multiexpertqa.Item` and
 returns a :class:`Prediction`: the final answer, the per-part answers when its plan can be
 matched to the gold parts, the (routed) plan, latency, and how many parameters the system
 has in all and how many it used for this item.
@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
-from langchain_complm.aggregator import AggregationInput, ResponseAggregator
-from langchain_complm.benchmarks.metrics import match_sub_queries
-from langchain_complm.benchmarks.multiexpertqa import Item
-from langchain_complm.executor import (
+from langchain_complm.aggregate import AggregationInput, ResponseAggregator
+from langchain_complm.evaluation.metrics import match_sub_queries
+from langchain_complm.evaluation.multiexpertqa import Item
+from langchain_complm.execute.executor import (
     ExecutionResult,
     FailurePolicy,
     QueryExecutor,
@@ -51,7 +51,7 @@ from langchain_complm.executor import (
 )
 from langchain_complm.experts import Expert
 from langchain_complm.plan import Plan, SubQuery
-from langchain_complm.router import EmbeddingRouter
+from langchain_complm.route.router import EmbeddingRouter
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -121,7 +121,7 @@ class ModelInfo:
 def model_info(model: Any, label: str, parameters: int | None = None) -> ModelInfo:
     """Identify ``model`` by its weights and count its parameters.
 
-    A chat model over a :class:`~langchain_complm.huggingface.GenerationEngine` is its
+    A chat model over a :class:`~langchain_complm.models.huggingface.GenerationEngine` is its
     engine's model; sentence-transformers embeddings are their client; anything else is
     itself. The count is ``model.num_parameters`` when it is an int, else the sum over the
     weights' ``parameters()``, else ``parameters`` (e.g. an expert's declared size).
@@ -168,7 +168,7 @@ class Components:
     """The parts the Comp-LLM systems are built from, shared by all of them.
 
     ``generator`` is any runnable from a query to a :class:`Plan` (a
-    :class:`~langchain_complm.generator.SubQueryGenerator`, whose ``llm`` is then counted,
+    :class:`~langchain_complm.decompose.generator.SubQueryGenerator`, whose ``llm`` is then counted,
     or a rule-based one). ``chat_models`` are the candidates for the monolithic baseline.
     """
 
@@ -299,7 +299,7 @@ class Prediction(BaseModel):
 
 def match_part_answers(item: Item, plan: Plan, sub_answers: Mapping[str, str]) -> dict | None:
     """Gold part id -> answer of the predicted sub-query matched to that part (greedy question
-    matching, :func:`~langchain_complm.benchmarks.metrics.match_sub_queries`); None without a
+    matching, :func:`~langchain_complm.evaluation.metrics.match_sub_queries`); None without a
     gold plan."""
     if item.gold_plan is None:
         return None
@@ -424,7 +424,7 @@ class CompLLMSystem(_ComponentSystem):
     """Comp-LLM: decompose (or take the gold plan), route, execute, aggregate.
 
     The stages are the pipeline's own objects, run in the order and with the timings of
-    :func:`~langchain_complm.comp_llm.create_comp_llm`; ``plan_source="gold"`` skips the
+    :func:`~langchain_complm.pipeline.create_comp_llm`; ``plan_source="gold"`` skips the
     generator and ``drop_context`` runs the plan through :func:`drop_dependencies`.
     """
 

@@ -4,7 +4,7 @@
   the benchmark builder's train split and templates;
 * :mod:`~langchain_complm.training.train`: LoRA (or full) fine-tuning of a small causal LM,
   and :func:`load_trained_generator`, which returns a ready
-  :class:`~langchain_complm.generator.SubQueryGenerator` over a trained model;
+  :class:`~langchain_complm.decompose.generator.SubQueryGenerator` over a trained model;
 * :mod:`~langchain_complm.training.evaluate`: plan metrics on dev/test and the learning curve;
 * :mod:`~langchain_complm.training.cli`: ``complm train-generator`` and ``complm eval-generator``.
 

@@ -309,7 +309,7 @@ class _Sources:
     """The builder's train items, their source parts, and what has been used."""
 
     def __init__(self, seed: int, data_dir: Any, n_items: int) -> None:
-        from langchain_complm.benchmarks.multiexpertqa import build_dataset
+        from langchain_complm.evaluation.multiexpertqa import build_dataset
 
         items = None
         n = n_items

@@ -4,7 +4,7 @@ Metrics per example, averaged (overall and per kind):
 
 * ``json_valid``: the model's first reply parses into a valid plan (no retry, no fallback);
 * ``exact_match``: same sub-questions (whitespace-normalized) in the same order, same edges;
-* ``sub_query_f1`` and ``edge_f1``: :func:`~langchain_complm.benchmarks.metrics.score_plan`
+* ``sub_query_f1`` and ``edge_f1``: :func:`~langchain_complm.evaluation.metrics.score_plan`
   of the plan the pipeline would use (the single-sub-query fallback when the reply is invalid).
 
 Examples: the split's parallel and chain items (gold plans from the builder) and single source
@@ -59,7 +59,7 @@ def eval_examples(
         max_chars: leave out queries longer than this (smoke runs keep generation short).
         data_dir: benchmark data location.
     """
-    from langchain_complm.benchmarks.multiexpertqa import build_dataset
+    from langchain_complm.evaluation.multiexpertqa import build_dataset
 
     if split == "train":
         raise ValueError("evaluate on 'dev' or 'test'; the generator is trained on 'train'")
@@ -120,8 +120,8 @@ def score_reply(
     text: str, example: EvalExample, max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES
 ) -> dict[str, Any]:
     """Metrics of one raw model reply against the example's gold plan."""
-    from langchain_complm.benchmarks.metrics import score_plan
-    from langchain_complm.generator import parse_plan
+    from langchain_complm.evaluation.metrics import score_plan
+    from langchain_complm.decompose.generator import parse_plan
 
     try:
         plan = parse_plan(text, example.query).validate_dag(max_sub_queries)
@@ -148,7 +148,7 @@ def evaluate_generator(
     keep_replies: bool = False,
     progress: Progress | None = None,
 ) -> EvalReport:
-    """Run a :class:`~langchain_complm.generator.SubQueryGenerator`'s model once per example
+    """Run a :class:`~langchain_complm.decompose.generator.SubQueryGenerator`'s model once per example
     (batched) and score the raw replies.
 
     The generator's own prompt is used; its retry and fallback are not, so ``json_valid``
@@ -248,8 +248,8 @@ def learning_curve(
         generator_options: :func:`~langchain_complm.training.train.load_trained_generator`
             arguments (``max_new_tokens``, ``device``, ...).
     """
-    from langchain_complm.generator import SubQueryGenerator
-    from langchain_complm.huggingface import ChatLocalHuggingFace
+    from langchain_complm.decompose.generator import SubQueryGenerator
+    from langchain_complm.models.huggingface import ChatLocalHuggingFace
     from langchain_complm.training.train import (
         TrainConfig,
         finished_run,

@@ -2,7 +2,7 @@
 
 Each training pair becomes one chat: a short system prompt (:data:`SYSTEM_PROMPT`), the query
 as the user turn and the compact plan JSON as the assistant turn, rendered with the
-tokenizer's own chat template (the one :class:`~langchain_complm.huggingface.ChatLocalHuggingFace`
+tokenizer's own chat template (the one :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace`
 uses at inference). The loss is on the assistant tokens only (the end-of-turn token
 included). LoRA (peft) by default, a full fine-tune with ``lora_r=0``.
 
@@ -12,7 +12,7 @@ latest checkpoint (trainable weights, optimizer, scheduler, step) is kept in
 ``<out>/checkpoint``; ``resume=True`` continues from it with the same data order.
 
 :func:`load_trained_generator` turns such a folder (or a Hub repo holding one) into a
-:class:`~langchain_complm.generator.SubQueryGenerator`.
+:class:`~langchain_complm.decompose.generator.SubQueryGenerator`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from langchain_complm.embedded import EMBEDDED_GENERATOR
+from langchain_complm.models.embedded import EMBEDDED_GENERATOR
 from langchain_complm.training.data import (
     SYSTEM_PROMPT,
     TrainingPair,
@@ -39,7 +39,7 @@ from langchain_complm.training.data import (
 )
 
 if TYPE_CHECKING:
-    from langchain_complm.generator import SubQueryGenerator
+    from langchain_complm.decompose.generator import SubQueryGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class TrainResult:
 def resolve_base(base: str) -> str:
     """A loadable path or hub id for ``base`` (:data:`EMBEDDED_BASE` -> the SmolLM2 folder)."""
     if base == EMBEDDED_BASE:
-        from langchain_complm.embedded import smollm2_path
+        from langchain_complm.models.embedded import smollm2_path
 
         return str(smollm2_path())
     path = Path(base).expanduser()
@@ -132,7 +132,7 @@ def resolve_base(base: str) -> str:
 
 def _ensure_chat_template(tokenizer: Any) -> None:
     if not getattr(tokenizer, "chat_template", None):
-        from langchain_complm.huggingface import PLAIN_CHAT_TEMPLATE
+        from langchain_complm.models.huggingface import PLAIN_CHAT_TEMPLATE
 
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     if tokenizer.pad_token_id is None:
@@ -187,7 +187,7 @@ def train_generator(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from langchain_complm.huggingface import default_device
+    from langchain_complm.models.huggingface import default_device
 
     started = time.perf_counter()
     if config.threads:
@@ -505,7 +505,7 @@ def trained_prompt() -> Any:
 
 def _local_folder(path_or_hub_id: str) -> Path:
     if path_or_hub_id == EMBEDDED_GENERATOR:
-        from langchain_complm.embedded import trained_generator_path
+        from langchain_complm.models.embedded import trained_generator_path
 
         shipped = trained_generator_path()
         if shipped is None:
@@ -544,7 +544,7 @@ def load_trained_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from langchain_complm.huggingface import default_device
+    from langchain_complm.models.huggingface import default_device
 
     folder = _local_folder(str(path_or_hub_id))
     device = device or default_device()
@@ -580,9 +580,9 @@ def load_trained_generator(
     max_sub_queries: int | None = None,
     **chat_kwargs: Any,
 ) -> SubQueryGenerator:
-    """A :class:`~langchain_complm.generator.SubQueryGenerator` over a trained model.
+    """A :class:`~langchain_complm.decompose.generator.SubQueryGenerator` over a trained model.
 
-    The chat model is a :class:`~langchain_complm.huggingface.ChatLocalHuggingFace` over the
+    The chat model is a :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace` over the
     base with the adapter merged; the prompt is the training format's (:func:`trained_prompt`);
     structured output is off (the model writes the JSON itself). ``chat_kwargs`` set fields
     of the chat model (``max_batch_size``, ...).
@@ -593,8 +593,8 @@ def load_trained_generator(
             generator = load_trained_generator("runs/subquery-generator")
             plan = generator.invoke("Who wrote Hamlet, and what is 15% of 80?")
     """
-    from langchain_complm.generator import SubQueryGenerator
-    from langchain_complm.huggingface import ChatLocalHuggingFace
+    from langchain_complm.decompose.generator import SubQueryGenerator
+    from langchain_complm.models.huggingface import ChatLocalHuggingFace
 
     model, tokenizer = load_trained_model(path_or_hub_id, base=base, device=device)
     llm = ChatLocalHuggingFace.from_model(

@@ -16,18 +16,18 @@ from langgraph.func import entrypoint
 from langgraph.pregel import Pregel
 from pydantic import BaseModel, Field, computed_field
 
-from langchain_complm.aggregator import AggregationInput, ResponseAggregator
+from langchain_complm.aggregate import AggregationInput, ResponseAggregator
 from langchain_complm.events import emit
-from langchain_complm.executor import (
+from langchain_complm.execute.executor import (
     FailurePolicy,
     QueryExecutor,
     ScheduleMode,
     SubQueryResult,
 )
 from langchain_complm.experts import Expert, check_experts
-from langchain_complm.generator import SubQueryGenerator
+from langchain_complm.decompose.generator import SubQueryGenerator
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision
-from langchain_complm.router import EmbeddingRouter
+from langchain_complm.route.router import EmbeddingRouter
 
 DEFAULT_MAX_QUERY_CHARS = 8000
 """Default limit on the length of a query, in characters."""
@@ -140,7 +140,7 @@ def create_comp_llm(
         experts: The expert models with their profiles; names must be unique.
         generator: A chat model, decomposing with :class:`SubQueryGenerator`'s default prompt,
             or any ``Runnable[str, Plan]`` (a configured :class:`SubQueryGenerator`, the
-            :class:`~langchain_complm.splitter.StructuralSubQueryGenerator`, ...). ``None`` uses
+            :class:`~langchain_complm.decompose.structural.StructuralSubQueryGenerator`, ...). ``None`` uses
             the embedded default model.
         router: An :class:`EmbeddingRouter`, or an embeddings model to build one over the
             experts. ``None`` uses the embedded default embeddings.
@@ -245,13 +245,13 @@ def _compile(
 
 
 def _default_chat_model() -> BaseChatModel:
-    from langchain_complm.embedded import default_chat_model
+    from langchain_complm.models.embedded import default_chat_model
 
     return default_chat_model()
 
 
 def _default_embeddings() -> Embeddings:
-    from langchain_complm.embedded import default_embeddings
+    from langchain_complm.models.embedded import default_embeddings
 
     return default_embeddings()
 

@@ -38,7 +38,7 @@ from decimal import Decimal, InvalidOperation
 
 from pydantic import BaseModel, ConfigDict
 
-from langchain_complm.benchmarks.multiexpertqa import Item, Part
+from langchain_complm.evaluation.multiexpertqa import Item, Part
 from langchain_complm.plan import Plan
 
 DEFAULT_MIN_MATCH_F1 = 0.2

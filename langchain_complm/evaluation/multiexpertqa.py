@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from langchain_complm.benchmarks.sources import (
+from langchain_complm.evaluation.sources import (
     HUB,
     MMLU_DOMAIN_SUBJECTS,
     DataLocation,

@@ -23,7 +23,7 @@ def smollm2_tokenizer() -> PreTrainedTokenizerBase:
     """
     from transformers import AutoTokenizer
 
-    from langchain_complm.embedded import smollm2_gguf_path
+    from langchain_complm.models.embedded import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

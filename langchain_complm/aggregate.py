@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import BaseModel, ConfigDict
 
 from langchain_complm.events import emit
-from langchain_complm.executor import SubQueryResult
+from langchain_complm.execute.executor import SubQueryResult
 from langchain_complm.prompts import AGGREGATE_PROMPT
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    from langchain_complm.huggingface import ChatLocalHuggingFace
+    from langchain_complm.models.huggingface import ChatLocalHuggingFace
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def default_chat_model(
     progress: Progress | None = None,
     **kwargs: Any,
 ) -> ChatLocalHuggingFace:
-    """SmolLM2-135M-Instruct as a :class:`~langchain_complm.huggingface.ChatLocalHuggingFace`.
+    """SmolLM2-135M-Instruct as a :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace`.
 
     The weights are loaded once per process and device; every call returns a new chat model
     over the same engine, so calls from all of them are batched together. ``kwargs`` set the
@@ -182,7 +182,7 @@ def default_chat_model(
         device: ``"cpu"``, ``"cuda:0"``, ...; default CUDA when available, else CPU.
         progress: Called with progress lines while preparing and loading.
     """
-    from langchain_complm.huggingface import ChatLocalHuggingFace, default_device, load_causal_lm
+    from langchain_complm.models.huggingface import ChatLocalHuggingFace, default_device, load_causal_lm
 
     device = device or default_device()
     with _load_lock:

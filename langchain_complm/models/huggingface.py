@@ -32,7 +32,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field
 
 from langchain_complm.batching import BatchCohort, current_cohort
-from langchain_complm.resources import ModelPool, device_lock
+from langchain_complm.concurrency import device_lock
 
 if TYPE_CHECKING:
     import torch
@@ -121,7 +121,7 @@ class EngineStats:
     batch_sizes: list[int] = field(default_factory=list)
     generation_s: float = 0.0
     device_wait_s: float = 0.0
-    """Seconds batches waited for the device lock (see :mod:`langchain_complm.resources`)."""
+    """Seconds batches waited for the device lock (see :mod:`langchain_complm.models.pool`)."""
 
     @property
     def generate_calls(self) -> int:
@@ -158,8 +158,8 @@ class GenerationEngine:
     A tokenizer without a chat template gets :data:`PLAIN_CHAT_TEMPLATE` (with a warning).
 
     Each ``generate`` call holds its device's lock
-    (:func:`langchain_complm.resources.device_lock`), so engines of different models on one
-    device take turns unless :func:`~langchain_complm.resources.set_device_concurrency`
+    (:func:`langchain_complm.models.pool.device_lock`), so engines of different models on one
+    device take turns unless :func:`~langchain_complm.models.pool.set_device_concurrency`
     allows more. :meth:`close` stops the engine and drops its model (a model pool unloading
     it).
     """
@@ -700,64 +700,6 @@ class ChatLocalHuggingFace(BaseChatModel):
         return self._to_result(await asyncio.wrap_future(future))
 
 
-class ChatPooledHuggingFace(ChatLocalHuggingFace):
-    """A :class:`ChatLocalHuggingFace` whose model lives in a
-    :class:`~langchain_complm.resources.ModelPool`: it is loaded when a call needs it and may
-    be unloaded between calls to keep the pool within its memory budget.
-
-    Make one with :meth:`ModelPool.chat_model <langchain_complm.resources.ModelPool.chat_model>`.
-    Each call holds the model resident while it runs. Besides the usual metadata, every
-    reply's ``response_metadata`` has ``load_time_s`` (0 when the model was resident) and,
-    when making room unloaded other models, ``evicted`` (their names).
-    """
-
-    engine: GenerationEngine | None = Field(  # type: ignore[assignment]
-        default=None, exclude=True, repr=False
-    )
-    """Unused: the engine comes from the pool for each call."""
-    pool: ModelPool = Field(exclude=True, repr=False)
-    pool_key: str
-    """The model's name in the pool."""
-
-    @property
-    def num_parameters(self) -> int:
-        """Number of parameters of the model (estimated, or loaded to count them)."""
-        return self.pool.num_parameters(self.pool_key)
-
-    @property
-    def _llm_type(self) -> str:
-        return "local-huggingface-pooled"
-
-    def _lease_metadata(self, load_time_s: float, evicted: tuple[str, ...]) -> dict[str, Any]:
-        return {"load_time_s": load_time_s, **({"evicted": list(evicted)} if evicted else {})}
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        with self.pool.acquire(self.pool_key) as lease:
-            output = self._submit(messages, stop, kwargs, lease.engine).result()
-        return self._to_result(output, self._lease_metadata(lease.load_time_s, lease.evicted))
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        lease = await self.pool.aacquire(self.pool_key)
-        try:
-            future = self._submit(messages, stop, kwargs, lease.engine)
-            output = await asyncio.wrap_future(future)
-        finally:
-            lease.release()
-        return self._to_result(output, self._lease_metadata(lease.load_time_s, lease.evicted))
-
-
 _OVERRIDABLE = frozenset(
     {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty"}
 )
@@ -771,7 +713,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _resolve_source(model_id: str, gguf_file: str | None) -> tuple[str, str | None]:
+def resolve_source(model_id: str, gguf_file: str | None) -> tuple[str, str | None]:
     """Split ``model_id`` into what ``from_pretrained`` takes, checking local paths.
 
     A path to a ``.gguf`` file stands for its folder plus ``gguf_file``. Anything that looks
@@ -817,7 +759,7 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, gguf_file = _resolve_source(model_id, gguf_file)
+    source, gguf_file = resolve_source(model_id, gguf_file)
     model_args = dict(model_kwargs or {})
     if gguf_file is not None:
         model_args["gguf_file"] = gguf_file
@@ -837,12 +779,12 @@ def load_causal_lm(
 __all__ = [
     "PLAIN_CHAT_TEMPLATE",
     "ChatLocalHuggingFace",
-    "ChatPooledHuggingFace",
     "EngineStats",
     "GenerationEngine",
     "GenerationOutput",
     "GenerationSettings",
     "default_device",
     "load_causal_lm",
+    "resolve_source",
     "truncate_at_stop",
 ]

@@ -1,0 +1,296 @@
+"""Concurrency primitives: a FIFO limiter for threads and asyncio tasks, per-runnable limits,
+and per-device locks.
+
+- :func:`limit_concurrency` wraps any expert runnable so that at most ``n`` of its calls run
+  at once (threads and asyncio tasks alike; a FIFO :class:`ConcurrencyLimiter`).
+- Device locks: a local generation engine holds its device's lock around every ``generate``
+  call, so engines of *different* models on one device take turns instead of competing for the
+  same cores or GPU (on by default, one ``generate`` per device; :func:`set_device_concurrency`
+  allows more where that is measured to be faster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.utils import Input, Output
+
+if TYPE_CHECKING:
+    import torch
+
+
+# --- a FIFO semaphore for threads and asyncio tasks -----------------------------------------
+
+
+@dataclass(eq=False)
+class _Waiter:
+    event: threading.Event | None = None
+    future: asyncio.Future[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    granted: bool = False
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class ConcurrencyLimiter:
+    """A semaphore shared by threads and asyncio tasks, served in arrival order.
+
+    ``with limiter:`` and ``async with limiter:`` hold one of ``limit`` permits. Waiting
+    asyncio tasks do not block their event loop, a cancelled task gives its place (or its
+    permit) back, and a released permit goes straight to the longest waiter, so no caller
+    starves. ``peak`` is the most permits ever held at once (for tests and benchmarks).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._active = 0
+        self._waiters: deque[_Waiter] = deque()
+        self.peak = 0
+        """Most permits held at the same time so far."""
+        self.waits = 0
+        """How many acquisitions had to wait for a permit."""
+
+    @property
+    def active(self) -> int:
+        """Permits held now."""
+        return self._active
+
+    def _grant_locked(self) -> None:
+        self._active += 1
+        self.peak = max(self.peak, self._active)
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take a permit, waiting up to ``timeout`` seconds (forever when None)."""
+        with self._lock:
+            if self._active < self.limit and not self._waiters:
+                self._grant_locked()
+                return True
+            waiter = _Waiter(event=threading.Event())
+            self._waiters.append(waiter)
+            self.waits += 1
+        assert waiter.event is not None
+        if waiter.event.wait(timeout):
+            return True
+        with self._lock:
+            if waiter.granted:  # granted between the timeout and the lock
+                return True
+            self._waiters.remove(waiter)
+            return False
+
+    async def aacquire(self) -> None:
+        """Take a permit without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._active < self.limit and not self._waiters:
+                self._grant_locked()
+                return
+            waiter = _Waiter(future=loop.create_future(), loop=loop)
+            self._waiters.append(waiter)
+            self.waits += 1
+        assert waiter.future is not None
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            with self._lock:
+                granted = waiter.granted
+                if not granted:
+                    self._waiters.remove(waiter)
+            if granted:  # the permit arrived as the task was cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Give a permit back; the longest waiter, if any, gets it."""
+        with self._lock:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+                self.peak = max(self.peak, self._active)
+                if waiter.event is not None:
+                    waiter.event.set()
+                    return
+                assert waiter.loop is not None and waiter.future is not None
+                try:
+                    waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+                    return
+                except RuntimeError:  # its event loop is closed: try the next waiter
+                    continue
+            if self._active <= 0:
+                raise RuntimeError("ConcurrencyLimiter released more often than acquired")
+            self._active -= 1
+
+    def __enter__(self) -> ConcurrencyLimiter:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    async def __aenter__(self) -> ConcurrencyLimiter:
+        await self.aacquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"ConcurrencyLimiter(limit={self.limit}, active={self._active})"
+
+
+# --- per-expert concurrency limit -------------------------------------------------------------
+
+
+class ConcurrencyLimitedRunnable(Runnable[Input, Output]):
+    """Runs ``bound`` with at most ``limiter.limit`` calls in flight; otherwise transparent.
+
+    ``invoke``, ``ainvoke``, ``batch``/``abatch`` (one permit per input) and
+    ``stream``/``astream`` (the permit is held until the stream ends) all go through the
+    limiter. Config and callbacks pass straight to ``bound``, so traces show the wrapped
+    runnable's own runs and no extra level. Other attributes (``engine``, ``model_id``, ...)
+    are read from ``bound``.
+    """
+
+    def __init__(self, bound: Runnable[Input, Output], limiter: ConcurrencyLimiter) -> None:
+        self.bound = bound
+        self.limiter = limiter
+        self.name = bound.get_name()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes not found normally; guard against lookups before
+        # __init__ ran (copy, pickle).
+        if name.startswith("__") or "bound" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["bound"], name)
+
+    def __repr__(self) -> str:
+        return f"limit_concurrency({self.bound!r}, {self.limiter.limit})"
+
+    @property
+    def InputType(self) -> Any:
+        return self.bound.InputType
+
+    @property
+    def OutputType(self) -> Any:
+        return self.bound.OutputType
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> Any:
+        return self.bound.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
+        return self.bound.get_output_schema(config)
+
+    @property
+    def config_specs(self) -> Any:
+        return self.bound.config_specs
+
+    def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
+        with self.limiter:
+            return self.bound.invoke(input, config, **kwargs)
+
+    async def ainvoke(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Output:
+        async with self.limiter:
+            return await self.bound.ainvoke(input, config, **kwargs)
+
+    def stream(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Output]:
+        with self.limiter:
+            yield from self.bound.stream(input, config, **kwargs)
+
+    async def astream(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Output]:
+        async with self.limiter:
+            async for chunk in self.bound.astream(input, config, **kwargs):
+                yield chunk
+
+
+def limit_concurrency(
+    runnable: Runnable[Input, Output], limit: int | ConcurrencyLimiter
+) -> ConcurrencyLimitedRunnable[Input, Output]:
+    """``runnable`` with at most ``limit`` calls running at once (threads and tasks).
+
+    Pass the same :class:`ConcurrencyLimiter` to several runnables to give them one shared
+    limit (e.g. two experts over one server). Use it as an expert's model::
+
+        Expert(name="math", llm=limit_concurrency(ChatOpenAI(...), 2))
+    """
+    limiter = limit if isinstance(limit, ConcurrencyLimiter) else ConcurrencyLimiter(limit)
+    return ConcurrencyLimitedRunnable(runnable, limiter)
+
+
+# --- device locks -------------------------------------------------------------------------------
+
+_devices_lock = threading.Lock()
+_device_limiters: dict[str, ConcurrencyLimiter | None] = {}
+
+DEFAULT_DEVICE_CONCURRENCY = 1
+"""``generate`` calls that may run at once on one device, unless set otherwise."""
+
+
+def device_key(device: str | torch.device) -> str:
+    """A device's canonical name: ``"cpu"``, ``"cuda:0"``, ``"mps:0"``, ..."""
+    text = str(device)
+    kind, _, index = text.partition(":")
+    if kind == "cpu":
+        return "cpu"
+    return f"{kind}:{index or 0}"
+
+
+def set_device_concurrency(device: str | torch.device, limit: int | None) -> None:
+    """How many ``generate`` calls (of different models) may run at once on ``device``.
+
+    Default 1: engines take turns, which is fastest on a CPU (threads over one set of cores
+    slow each other down). ``None`` removes the limit, e.g. for small models on a large GPU
+    where concurrent kernels were measured to be faster. Calls already running keep the
+    limit they started under.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 or None, got {limit}")
+    key = device_key(device)
+    with _devices_lock:
+        _device_limiters[key] = None if limit is None else ConcurrencyLimiter(limit)
+
+
+def device_limiter(device: str | torch.device) -> ConcurrencyLimiter | None:
+    """The limiter of ``device`` (created on first use), or None when it has no limit."""
+    key = device_key(device)
+    with _devices_lock:
+        if key not in _device_limiters:
+            _device_limiters[key] = ConcurrencyLimiter(DEFAULT_DEVICE_CONCURRENCY)
+        return _device_limiters[key]
+
+
+def device_lock(
+    device: str | torch.device,
+) -> contextlib.AbstractContextManager[ConcurrencyLimiter | None]:
+    """Hold while running a model on ``device``: ``with device_lock(model.device): ...``."""
+    limiter = device_limiter(device)
+    return limiter if limiter is not None else contextlib.nullcontext()
+
+
+__all__ = [
+    "DEFAULT_DEVICE_CONCURRENCY",
+    "ConcurrencyLimitedRunnable",
+    "ConcurrencyLimiter",
+    "device_key",
+    "device_limiter",
+    "device_lock",
+    "limit_concurrency",
+    "set_device_concurrency",
+]

@@ -1,0 +1,17 @@
+"""Model backends: local transformers chat models behind a micro-batching generation engine,
+a memory-budgeted model pool, and the offline embedded default models.
+
+Only the config/build layer imports these; the stages work with any LangChain chat model and
+embeddings. Importing this package loads neither torch nor transformers.
+"""
+
+from langchain_complm.models.huggingface import ChatLocalHuggingFace, GenerationEngine
+from langchain_complm.models.pool import ChatPooledHuggingFace, MemoryBudgetError, ModelPool
+
+__all__ = [
+    "ChatLocalHuggingFace",
+    "ChatPooledHuggingFace",
+    "GenerationEngine",
+    "MemoryBudgetError",
+    "ModelPool",
+]
