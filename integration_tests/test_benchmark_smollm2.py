@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from langchain_complm.evaluation import build_dataset
 from langchain_complm.benchmarks.runner import load_predictions, predictions_path
 from langchain_complm.cli import main
+from langchain_complm.evaluation import build_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -8,14 +8,16 @@ Response Aggregator writes the final answer.
 
 from langchain_complm.aggregate import AggregationInput, ResponseAggregator
 from langchain_complm.chat_models import ChatCompLLM
-from langchain_complm.pipeline import CompLLMOutput, coerce_query, create_comp_llm
+from langchain_complm.concurrency import (
+    ConcurrencyLimiter,
+    limit_concurrency,
+    set_device_concurrency,
+)
 from langchain_complm.config import (
     CompLLMConfig,
-    ConfigError,
     EmbeddingsSpec,
     ExecutionConfig,
     ExpertSpec,
-    ModelNotFoundError,
     ModelSpec,
     RoutingConfig,
     build_comp_llm,
@@ -24,26 +26,28 @@ from langchain_complm.config import (
     load_config,
     load_default_experts,
 )
+from langchain_complm.decompose.generator import SubQueryGenerator, parse_plan
+from langchain_complm.decompose.structural import StructuralSubQueryGenerator
+from langchain_complm.errors import (
+    ConfigError,
+    MemoryBudgetError,
+    ModelNotFoundError,
+    PlanValidationError,
+    SubQueryExecutionError,
+)
 from langchain_complm.events import PROGRESS_EVENT, ProgressEvent
 from langchain_complm.execute.executor import (
     Attempt,
     ExecutionResult,
     FailurePolicy,
     QueryExecutor,
-    SubQueryExecutionError,
     SubQueryResult,
 )
 from langchain_complm.experts import Expert, ExpertProfile
-from langchain_complm.decompose.generator import SubQueryGenerator, parse_plan
-from langchain_complm.plan import Plan, PlanValidationError, RoutingDecision, SubQuery
-from langchain_complm.concurrency import (
-    ConcurrencyLimiter,
-    limit_concurrency,
-    set_device_concurrency,
-)
-from langchain_complm.models.pool import MemoryBudgetError, ModelPool
+from langchain_complm.models.pool import ModelPool
+from langchain_complm.pipeline import CompLLMOutput, coerce_query, create_comp_llm
+from langchain_complm.plan import Plan, RoutingDecision, SubQuery
 from langchain_complm.route.router import EmbeddingRouter
-from langchain_complm.decompose.structural import StructuralSubQueryGenerator
 
 __all__ = [
     "PROGRESS_EVENT",

@@ -17,8 +17,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field
 
-from langchain_complm.pipeline import CompLLMOutput
 from langchain_complm.events import ProgressEvent
+from langchain_complm.pipeline import CompLLMOutput
 
 
 class ChatCompLLM(BaseChatModel):

@@ -43,9 +43,10 @@ from pydantic import (
     model_validator,
 )
 
-from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
+from langchain_complm.errors import ConfigError, ModelNotFoundError
 from langchain_complm.execute.executor import FailurePolicy, ScheduleMode
 from langchain_complm.experts import Expert, ExpertProfile
+from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
 
 if TYPE_CHECKING:
@@ -76,15 +77,6 @@ ModelFactory = Callable[[str, "ModelSpec"], "BaseChatModel"]
 """Builds the chat model for one named model spec: ``factory(name, spec)``."""
 
 _FORMATS = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
-
-
-class ConfigError(ValueError):
-    """A config file or object is invalid; the message names the file and the problem."""
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model's files are missing: a local path, a model not in the offline cache, or the
-    package of an embedded model not installed. The message names the model and the fix."""
 
 
 # --- schema -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from langgraph.pregel import Pregel
 from pydantic import BaseModel, Field, computed_field
 
 from langchain_complm.aggregate import AggregationInput, ResponseAggregator
+from langchain_complm.decompose.generator import SubQueryGenerator
 from langchain_complm.events import emit
 from langchain_complm.execute.executor import (
     FailurePolicy,
@@ -25,7 +26,6 @@ from langchain_complm.execute.executor import (
     SubQueryResult,
 )
 from langchain_complm.experts import Expert, check_experts
-from langchain_complm.decompose.generator import SubQueryGenerator
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision
 from langchain_complm.route.router import EmbeddingRouter
 

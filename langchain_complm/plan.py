@@ -11,16 +11,14 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_complm.errors import PlanValidationError
+
 DEFAULT_MAX_SUB_QUERIES = 8
 """Default cap on the number of sub-queries in one plan."""
 
 _ID = r"[A-Za-z][A-Za-z0-9_\-]*"
 _VALID_ID = re.compile(_ID)
 _PLACEHOLDER = re.compile(r"\{(" + _ID + r")\}")
-
-
-class PlanValidationError(ValueError):
-    """A plan is not a valid sub-query DAG; the message names the problem."""
 
 
 class RoutingDecision(BaseModel):

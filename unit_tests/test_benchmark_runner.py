@@ -13,7 +13,6 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from langchain_complm import Expert
 from langchain_complm.aggregate import ResponseAggregator
-from langchain_complm.evaluation import Item, build_dataset
 from langchain_complm.benchmarks.runner import (
     load_predictions,
     predictions_path,
@@ -34,6 +33,7 @@ from langchain_complm.benchmarks.systems import (
 )
 from langchain_complm.config import CompLLMConfig, ModelSpec
 from langchain_complm.decompose.generator import SubQueryGenerator
+from langchain_complm.evaluation import Item, build_dataset
 from langchain_complm.plan import Plan, SubQuery
 from langchain_complm.route.router import EmbeddingRouter
 

@@ -53,8 +53,8 @@ def config_file(tmp_path: Path) -> Path:
 def fake_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI builds with fake chat models and keyword embeddings."""
     fakes = {"model_factory": factory, "embeddings": KeywordEmbeddings()}
-    monkeypatch.setattr(cli, "build_comp_llm", functools.partial(build_comp_llm, **fakes))
-    monkeypatch.setattr(cli, "build_planner", functools.partial(build_planner, **fakes))
+    monkeypatch.setattr(cli.ask, "build_comp_llm", functools.partial(build_comp_llm, **fakes))
+    monkeypatch.setattr(cli.ask, "build_planner", functools.partial(build_planner, **fakes))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -149,7 +149,7 @@ def test_plan_loads_no_expert_model(
         return factory(name, spec)
 
     monkeypatch.setattr(
-        cli,
+        cli.ask,
         "build_planner",
         functools.partial(build_planner, model_factory=recording, embeddings=KeywordEmbeddings()),
     )
@@ -254,7 +254,7 @@ def test_embedded_package_missing_exits_4(
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(
-        cli, "build_comp_llm", functools.partial(build_comp_llm, embeddings=KeywordEmbeddings())
+        cli.ask, "build_comp_llm", functools.partial(build_comp_llm, embeddings=KeywordEmbeddings())
     )
     code, out, err = run(capsys, "ask", "What is 2+3?")
     assert code == 4 and out == ""
@@ -272,7 +272,7 @@ def test_failure_while_running_exits_1(
         return factory(name, spec)
 
     monkeypatch.setattr(
-        cli,
+        cli.ask,
         "build_comp_llm",
         functools.partial(build_comp_llm, model_factory=broken, embeddings=KeywordEmbeddings()),
     )

@@ -17,9 +17,7 @@ from langchain_complm.config import (
     EMBEDDED_CHAT_MODEL,
     EMBEDDED_EMBEDDINGS,
     CompLLMConfig,
-    ConfigError,
     ExpertSpec,
-    ModelNotFoundError,
     ModelSpec,
     build_comp_llm,
     build_planner,
@@ -29,6 +27,7 @@ from langchain_complm.config import (
     load_config,
     load_default_experts,
 )
+from langchain_complm.errors import ConfigError, ModelNotFoundError
 
 DEFAULT_EXPERTS = ["math", "medicine", "science", "law", "computer_science", "history", "general"]
 

@@ -27,7 +27,6 @@ from test_executor import routed
 from test_huggingface import tiny_model, tokenizer  # noqa: F401 (a fixture)
 
 from langchain_complm import Expert, QueryExecutor
-from langchain_complm.models.huggingface import ChatLocalHuggingFace, GenerationEngine
 from langchain_complm.concurrency import (
     ConcurrencyLimiter,
     device_key,
@@ -35,12 +34,9 @@ from langchain_complm.concurrency import (
     limit_concurrency,
     set_device_concurrency,
 )
-from langchain_complm.models.pool import (
-    MemoryBudgetError,
-    ModelPool,
-    estimate_model_bytes,
-    model_bytes,
-)
+from langchain_complm.errors import MemoryBudgetError
+from langchain_complm.models.huggingface import ChatLocalHuggingFace, GenerationEngine
+from langchain_complm.models.pool import ModelPool, estimate_model_bytes, model_bytes
 
 
 class Timeline:

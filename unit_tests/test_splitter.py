@@ -9,8 +9,8 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 
-from langchain_complm.plan import Plan
 from langchain_complm.decompose.structural import StructuralSubQueryGenerator, split_query
+from langchain_complm.plan import Plan
 
 SPLITS = [
     (

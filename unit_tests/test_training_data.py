@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from langchain_complm.decompose.generator import parse_plan
 from langchain_complm.evaluation.multiexpertqa import build_dataset
 from langchain_complm.evaluation.sources import resolve_data_dir
-from langchain_complm.decompose.generator import parse_plan
 from langchain_complm.training.data import (
     DEFAULT_MIX,
     build_training_pairs,

@@ -233,8 +233,8 @@ def test_a_shipped_generator_becomes_the_embedded_default_decomposer(
 ) -> None:
     from fakes import KeywordEmbeddings
 
-    from langchain_complm.models import embedded
     from langchain_complm.config import build_planner, default_config
+    from langchain_complm.models import embedded
 
     monkeypatch.setattr(embedded, "trained_generator_path", lambda: None)
     assert default_config().resolved_decomposer == "structural"

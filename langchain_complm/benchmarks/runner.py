@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from langchain_complm.benchmarks.systems import Prediction, System
 from langchain_complm.evaluation.metrics import score_item, score_item_plan
 from langchain_complm.evaluation.multiexpertqa import Item
-from langchain_complm.benchmarks.systems import Prediction, System
 
 logger = logging.getLogger(__name__)
 

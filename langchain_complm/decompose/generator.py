@@ -16,7 +16,8 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.utils.json import parse_partial_json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, PlanValidationError, SubQuery
+from langchain_complm.errors import PlanValidationError
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery
 from langchain_complm.prompts import DECOMPOSE_PROMPT, DECOMPOSE_RETRY
 
 logger = logging.getLogger(__name__)

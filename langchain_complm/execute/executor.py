@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from typing_extensions import TypedDict
 
 from langchain_complm.batching import BatchCohort, batch_cohort
+from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer, emit
 from langchain_complm.experts import Expert, check_experts
 from langchain_complm.plan import Plan, SubQuery
@@ -130,14 +131,6 @@ class ExecutionResult(BaseModel):
     def failed(self) -> dict[str, SubQueryResult]:
         """The sub-queries that failed or were skipped."""
         return {k: r for k, r in self.results.items() if r.status != "ok"}
-
-
-class SubQueryExecutionError(RuntimeError):
-    """Raised under ``on_failure="raise"``; ``result`` holds everything that was computed."""
-
-    def __init__(self, message: str, result: ExecutionResult) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 def _merge(left: dict[str, SubQueryResult], right: dict[str, SubQueryResult]) -> dict:

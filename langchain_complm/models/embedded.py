@@ -182,7 +182,11 @@ def default_chat_model(
         device: ``"cpu"``, ``"cuda:0"``, ...; default CUDA when available, else CPU.
         progress: Called with progress lines while preparing and loading.
     """
-    from langchain_complm.models.huggingface import ChatLocalHuggingFace, default_device, load_causal_lm
+    from langchain_complm.models.huggingface import (
+        ChatLocalHuggingFace,
+        default_device,
+        load_causal_lm,
+    )
 
     device = device or default_device()
     with _load_lock:

@@ -23,6 +23,7 @@ from langchain_core.outputs import ChatResult
 from pydantic import Field
 
 from langchain_complm.concurrency import device_key
+from langchain_complm.errors import MemoryBudgetError
 from langchain_complm.models.huggingface import (
     ChatLocalHuggingFace,
     GenerationEngine,
@@ -40,10 +41,6 @@ logger = logging.getLogger(__name__)
 
 Loader = Callable[[], "tuple[PreTrainedModel, PreTrainedTokenizerBase]"]
 """Loads one model: returns ``(model, tokenizer)``, the model in eval mode on its device."""
-
-
-class MemoryBudgetError(ValueError):
-    """A model is larger than the whole budget of its pool."""
 
 
 def model_bytes(model: Any) -> int:

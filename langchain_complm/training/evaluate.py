@@ -120,8 +120,8 @@ def score_reply(
     text: str, example: EvalExample, max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES
 ) -> dict[str, Any]:
     """Metrics of one raw model reply against the example's gold plan."""
-    from langchain_complm.evaluation.metrics import score_plan
     from langchain_complm.decompose.generator import parse_plan
+    from langchain_complm.evaluation.metrics import score_plan
 
     try:
         plan = parse_plan(text, example.query).validate_dag(max_sub_queries)

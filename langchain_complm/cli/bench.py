@@ -12,19 +12,16 @@ interrupted run resumes where it stopped; the report (``results.md``, ``results.
 ``accuracy_vs_parameters.png``) covers every system with predictions in ``<out>``. The
 summary table goes to stdout (``--json``: the summaries as JSON), progress to stderr.
 
-The ``bench`` command is registered in :mod:`langchain_complm.cli` with
-:func:`configure_bench` and :func:`run_bench` (or, for another argparse program,
-:func:`add_bench_parser`). Heavy modules are imported only when the command runs.
+Heavy modules are imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import get_args
 
-if TYPE_CHECKING:
-    from langchain_complm.cli import Console
+from langchain_complm.cli._common import Command, Console
 
 BENCHMARKS = ("accuracy",)
 DEFAULT_RESULTS_DIR = Path("benchmarks") / "results"
@@ -36,10 +33,10 @@ HELP = "run a benchmark (accuracy: MultiExpertQA-style datasets, Comp-LLM and it
 def configure_bench(parser: argparse.ArgumentParser) -> None:
     """Add the ``bench`` arguments (the common ``--config``, ``--json``,
     ``--max-new-tokens``, ``-q`` come from the main CLI)."""
-    from langchain_complm.evaluation.multiexpertqa import DatasetName, Split
     from langchain_complm.benchmarks.systems import SYSTEM_NAMES
-    from langchain_complm.cli import _positive_int
+    from langchain_complm.cli._common import positive_int
     from langchain_complm.config import Decomposer
+    from langchain_complm.evaluation.multiexpertqa import DatasetName, Split
 
     parser.add_argument("benchmark", choices=BENCHMARKS, help="which benchmark to run")
     parser.add_argument(
@@ -52,7 +49,7 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         help=f"system to run: {', '.join(SYSTEM_NAMES)} or all; repeat or comma-separate "
         "for several (default: complm)",
     )
-    parser.add_argument("--n", type=_positive_int, default=DEFAULT_N, help="number of items")
+    parser.add_argument("--n", type=positive_int, default=DEFAULT_N, help="number of items")
     parser.add_argument("--split", choices=get_args(Split), default="test", help="split")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     parser.add_argument(
@@ -113,15 +110,16 @@ def parse_systems(values: list[str] | None) -> list[str]:
 
 def run_bench(args: argparse.Namespace, console: Console) -> int:
     """``complm bench accuracy``: run the systems, score them and write the report."""
-    from langchain_complm.evaluation.multiexpertqa import build_dataset
     from langchain_complm.benchmarks.runner import run_benchmark, summarize_dir, write_report
     from langchain_complm.benchmarks.systems import (
         build_systems,
         domain_expert_map,
         load_components,
     )
-    from langchain_complm.cli import EXIT_OK, UsageError, load_cli_config, print_json
+    from langchain_complm.cli._common import EXIT_OK, load_cli_config, print_json
     from langchain_complm.config import ModelSpec, load_chat_model
+    from langchain_complm.errors import UsageError
+    from langchain_complm.evaluation.multiexpertqa import build_dataset
 
     try:
         names = parse_systems(args.system)
@@ -181,24 +179,14 @@ def run_bench(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``bench`` to an argparse ``subparsers`` object (with the common ``complm``
-    options); its handler is :func:`run_bench`."""
-    from langchain_complm.cli import common_arguments
-
-    parser = subparsers.add_parser(
-        "bench", help=HELP, description=HELP, parents=[common_arguments()]
-    )
-    configure_bench(parser)
-    parser.set_defaults(handler=run_bench)
-    return parser
+COMMANDS = (Command("bench", HELP, configure_bench, run_bench),)
 
 
 __all__ = [
+    "COMMANDS",
     "BENCHMARKS",
     "DEFAULT_RESULTS_DIR",
     "HELP",
-    "add_bench_parser",
     "configure_bench",
     "parse_systems",
     "run_bench",

@@ -8,8 +8,6 @@
     complm eval-generator runs/subquery-generator --split dev --n 200
     complm eval-generator --curve 0,250,1000,3000 --curve-dir runs/curve --docs docs/curve
 
-Importing this module registers both commands with :mod:`langchain_complm.cli` (which
-imports it); :func:`add_train_parser` adds them to any other argparse ``subparsers``.
 """
 
 from __future__ import annotations
@@ -18,14 +16,8 @@ import argparse
 import json
 from typing import Any
 
-from langchain_complm.cli import (
-    EXIT_OK,
-    Command,
-    Console,
-    UsageError,
-    add_command,
-    common_arguments,
-)
+from langchain_complm.cli._common import EXIT_OK, Command, Console
+from langchain_complm.errors import UsageError
 from langchain_complm.training.data import build_training_pairs, pair_statistics, save_pairs
 
 DEFAULT_OUT = "runs/subquery-generator"
@@ -235,7 +227,7 @@ def _rescore(args: argparse.Namespace) -> tuple[Any, str]:
         raise UsageError(f"--replies {args.replies}: {exc}") from None
 
 
-TRAIN_COMMANDS = (
+COMMANDS = (
     Command(
         name="train-generator",
         help="fine-tune a small LM into a Sub-query Generator (LoRA by default)",
@@ -251,24 +243,4 @@ TRAIN_COMMANDS = (
 )
 
 
-def add_train_parser(subparsers: Any) -> None:
-    """Add ``train-generator`` and ``eval-generator`` to an argparse ``subparsers`` object
-    (each with the common ``complm`` options and ``handler`` set to its run function)."""
-    common = common_arguments()
-    for command in TRAIN_COMMANDS:
-        sub = subparsers.add_parser(
-            command.name, help=command.help, description=command.help, parents=[common]
-        )
-        command.configure(sub)
-        sub.set_defaults(handler=command.run)
-
-
-def register() -> None:
-    """Register both commands with ``complm`` (idempotent)."""
-    for command in TRAIN_COMMANDS:
-        add_command(command)
-
-
-register()
-
-__all__ = ["TRAIN_COMMANDS", "add_train_parser", "register", "run_eval", "run_train"]
+__all__ = ["COMMANDS", "run_eval", "run_train"]

@@ -1,0 +1,185 @@
+"""``complm ask`` and ``complm plan``: answer a question, or only decompose and route it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterable
+from typing import Any, get_args
+
+from langchain_complm.cli._common import (
+    EXIT_OK,
+    Command,
+    Console,
+    add_question_argument,
+    load_cli_config,
+    positive_int,
+    print_json,
+    read_question,
+)
+from langchain_complm.config import (
+    build_comp_llm,
+    build_planner,
+)
+from langchain_complm.execute.executor import ScheduleMode
+from langchain_complm.pipeline import CompLLMOutput
+from langchain_complm.plan import Plan
+
+
+def describe_event(event: dict[str, Any]) -> str | None:
+    """A one-line progress message for a stream event (``None``: nothing to show)."""
+    kind = event.get("type")
+    sq_id = event.get("sub_query_id", "?")
+    if kind == "plan":
+        plan: Plan = event["data"]
+        count = len(plan.sub_queries)
+        line = f"Plan ready: {_plural(count, 'sub-query', 'sub-queries')}"
+        if plan.width > 1:
+            line += f", up to {plan.width} in parallel"
+        if plan.fallback_reason:
+            line += f" (not decomposed: {plan.fallback_reason})"
+        return line
+    if kind == "routed":
+        return f"  {sq_id} -> {event.get('expert')} ({event.get('score', 0.0):.2f})"
+    if kind == "subquery_start":
+        return f"  {sq_id}: {event.get('expert')} started"
+    if kind == "subquery_answer":
+        result = event.get("data")
+        took = getattr(result, "duration", None)
+        timing = f" in {took:.1f} s" if took is not None else ""
+        return f"  {sq_id}: answered by {event.get('expert')}{timing}"
+    if kind == "subquery_error":
+        return f"  {sq_id}: failed: {event.get('error')}"
+    if kind == "done":
+        return "Aggregated the final answer"
+    return None
+
+
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
+def format_output(output: CompLLMOutput) -> str:
+    """The ``--show-plan`` report: plan with routing scores, sub-answers with experts and
+    timings, notes, a Mermaid drawing and the answer."""
+    plan = output.plan
+    count, depth = len(plan.sub_queries), len(plan.levels())
+    lines = [f"Plan ({_plural(count, 'sub-query', 'sub-queries')}, {_plural(depth, 'level')}):"]
+    lines += ["  " + row for row in plan.to_text().splitlines()]
+    lines += ["", "Sub-answers:"]
+    for sq_id, result in output.results.items():
+        took = f", {result.duration:.1f} s" if result.duration is not None else ""
+        head = f"  {sq_id} [{result.expert or '-'}{took}]"
+        if result.status == "ok":
+            body = " ".join((result.answer or "").split())
+        else:
+            body = f"{result.status.upper()}: {result.error or ''}"
+        lines.append(f"{head}: {body}")
+    notes = output.fallbacks
+    if notes:
+        lines += ["", "Fallbacks:"] + [f"  {note}" for note in notes]
+    timings = ", ".join(f"{stage} {sec:.1f} s" for stage, sec in output.timings.items())
+    lines += ["", f"Timings: {timings}", "", "Plan drawing (Mermaid):", plan.to_mermaid()]
+    lines += ["", "Answer:", output.answer]
+    return "\n".join(lines)
+
+
+# --- ask --------------------------------------------------------------------------------------
+
+
+def _configure_ask(parser: argparse.ArgumentParser) -> None:
+    add_question_argument(parser)
+    parser.add_argument(
+        "--show-plan",
+        action="store_true",
+        help="also print the routed plan, every sub-answer with its expert and timing, and "
+        "a Mermaid drawing of the plan",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=get_args(ScheduleMode),
+        help="how sub-queries are scheduled (overrides the config)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        metavar="N",
+        type=positive_int,
+        help="at most N experts run at once (overrides the config)",
+    )
+
+
+def run_ask(args: argparse.Namespace, console: Console) -> int:
+    """``complm ask``: answer a question with the full pipeline."""
+    config = load_cli_config(args)
+    question = read_question(args, config)
+    comp_llm = build_comp_llm(config, progress=console.progress)
+    console.progress("Decomposing the question...")
+    output = _stream(comp_llm.stream(question), console)
+    if args.json:
+        print_json(console, output.model_dump(mode="json"))
+    elif args.show_plan:
+        console.print(format_output(output))
+    else:
+        console.print(output.answer)
+    return EXIT_OK
+
+
+def _stream(events: Iterable[Any], console: Console) -> CompLLMOutput:
+    output = None
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        if (line := describe_event(event)) is not None:
+            console.progress(line)
+        if event.get("type") == "done":
+            output = event["data"]
+    if not isinstance(output, CompLLMOutput):
+        raise RuntimeError("the pipeline finished without a final output")
+    return output
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+
+def _configure_plan(parser: argparse.ArgumentParser) -> None:
+    add_question_argument(parser)
+    parser.add_argument(
+        "--mermaid", action="store_true", help="print a Mermaid drawing instead of the text plan"
+    )
+
+
+def run_plan(args: argparse.Namespace, console: Console) -> int:
+    """``complm plan``: decompose and route only; prints the routed plan."""
+    config = load_cli_config(args)
+    question = read_question(args, config)
+    planner = build_planner(config, progress=console.progress)
+    console.progress("Decomposing the question...")
+    started = time.perf_counter()
+    plan: Plan = planner.invoke(question)
+    console.progress(describe_event({"type": "plan", "data": plan}) or "")
+    console.progress(f"Planned in {time.perf_counter() - started:.1f} s")
+    if args.json:
+        print_json(console, plan.model_dump(mode="json"))
+    elif args.mermaid:
+        console.print(plan.to_mermaid())
+    else:
+        console.print(plan.to_text())
+    return EXIT_OK
+
+
+COMMANDS = (
+    Command(
+        name="ask",
+        help="answer a question: decompose, route, run the experts, aggregate",
+        configure=_configure_ask,
+        run=run_ask,
+    ),
+    Command(
+        name="plan",
+        help="only decompose and route a question; print the plan",
+        configure=_configure_plan,
+        run=run_plan,
+    ),
+)
+
+__all__ = ["COMMANDS", "describe_event", "format_output", "run_ask", "run_plan"]
