@@ -150,7 +150,7 @@ def test_smollm2_concurrent_threads_match_sequential(smollm2_folder: Path) -> No
 @pytest.mark.slow
 def test_shipped_sub_query_generator_splits_and_chains(smollm2_folder: Path) -> None:
     from langchain_complm.models.embedded import EMBEDDED_GENERATOR
-    from langchain_complm.training import load_trained_generator
+    from langchain_complm.models.trained import load_trained_generator
 
     generator = load_trained_generator(EMBEDDED_GENERATOR, device="cpu")
     parallel, chain, single = generator.batch(

@@ -1,7 +1,8 @@
 """The whole pipeline over real local transformers models and the real MiniLM router.
 
 Experts are tiny random-weight Llamas saved to folders and loaded back with
-``Expert.from_model_id`` (the same code path as a hub id or a user's folder), so every layer
+``ChatLocalHuggingFace.from_model_id`` (the same code path as a hub id or a user's folder),
+so every layer
 runs for real: structural decomposition, MiniLM routing, the compiled plan graph, the shared
 micro-batching engine, and aggregation. The answers are gibberish; the plumbing is not.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from langchain_complm import Expert, StructuralSubQueryGenerator, create_comp_llm
+from langchain_complm.models import ChatLocalHuggingFace
 from langchain_complm.models.embedded import default_embeddings
 from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
 
@@ -33,22 +35,20 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def build(model_dirs: dict[str, Path], mode: str = "superstep") -> object:
     experts = [
-        Expert.from_model_id(
-            "math",
-            str(model_dirs["math"]),
+        Expert(
+            name="math",
+            llm=ChatLocalHuggingFace.from_model_id(str(model_dirs["math"]), max_new_tokens=8),
             description="Arithmetic, percentages and word problems.",
             examples=("What is 20% of 150?", "How many minutes are in 2 hours?"),
-            max_new_tokens=8,
         ),
-        Expert.from_model_id(
-            "medicine",
-            str(model_dirs["medicine"]),
+        Expert(
+            name="medicine",
+            llm=ChatLocalHuggingFace.from_model_id(str(model_dirs["medicine"]), max_new_tokens=8),
             description="Diseases, symptoms, drugs and treatments.",
             examples=("What are the symptoms of diabetes?", "Which drug treats malaria?"),
-            max_new_tokens=8,
         ),
     ]
-    writer = Expert.from_model_id("writer", str(model_dirs["writer"]), max_new_tokens=8).llm
+    writer = ChatLocalHuggingFace.from_model_id(str(model_dirs["writer"]), max_new_tokens=8)
     return create_comp_llm(
         experts,
         generator=StructuralSubQueryGenerator(),

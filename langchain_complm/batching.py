@@ -5,7 +5,7 @@ started at the same moment (one superstep, or one round of the eager loop). Thei
 the model a few milliseconds apart (thread start-up, prompt building), and under CPU contention
 sometimes more than the model's collection window, which splits a batch the executor meant to
 be one. The executor wraps each such call in :func:`batch_cohort`; a batching model
-(:class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace`) reads :func:`current_cohort` and
+(:class:`~langchain_complm.models.ChatLocalHuggingFace`) reads :func:`current_cohort` and
 waits a little longer for the cohort's missing members, never longer than one generation takes.
 
 The hint travels in a :mod:`contextvars` variable, so it passes through LangChain's runnables,

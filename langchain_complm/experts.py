@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from langchain_core.runnables import Runnable
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ExpertProfile(BaseModel):
@@ -47,41 +47,27 @@ class Expert(ExpertProfile):
         default=None, description="Optional system message sent with every sub-query."
     )
     parameters: int | None = Field(
-        default=None, description="Model size in parameters, when known (for reports)."
+        default=None,
+        description="Model size in parameters, when known (for reports); default the "
+        "model's own ``num_parameters`` when it reports one.",
     )
+
+    @model_validator(mode="after")
+    def _parameters_from_model(self) -> Expert:
+        # Local chat models know their size; served ones do not, and stay None.
+        if self.parameters is None:
+            try:
+                size = getattr(self.llm, "num_parameters", None)
+            except Exception:  # a lazy property that cannot be computed
+                size = None
+            if isinstance(size, int):
+                object.__setattr__(self, "parameters", size)
+        return self
 
     @property
     def profile(self) -> ExpertProfile:
         """The routing profile of this expert."""
         return ExpertProfile(name=self.name, description=self.description, examples=self.examples)
-
-    @classmethod
-    def from_model_id(
-        cls,
-        name: str,
-        model_id: str,
-        *,
-        description: str = "",
-        examples: Sequence[str] = (),
-        system_prompt: str | None = None,
-        **model_kwargs: Any,
-    ) -> Expert:
-        """An expert backed by a local transformers causal LM.
-
-        ``model_id`` is a Hugging Face hub id or a local folder; ``model_kwargs`` go to
-        :meth:`langchain_complm.models.huggingface.ChatLocalHuggingFace.from_model_id`.
-        """
-        from langchain_complm.models.huggingface import ChatLocalHuggingFace
-
-        llm = ChatLocalHuggingFace.from_model_id(model_id, **model_kwargs)
-        return cls(
-            name=name,
-            description=description,
-            examples=tuple(examples),
-            llm=llm,
-            system_prompt=system_prompt,
-            parameters=llm.num_parameters,
-        )
 
 
 def check_experts(experts: Iterable[Expert]) -> dict[str, Expert]:

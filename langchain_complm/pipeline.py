@@ -121,8 +121,8 @@ def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) ->
 def create_comp_llm(
     experts: Iterable[Expert],
     *,
-    generator: Runnable[str, Plan] | BaseChatModel | None = None,
-    router: EmbeddingRouter | Embeddings | None = None,
+    generator: Runnable[str, Plan] | BaseChatModel,
+    router: EmbeddingRouter | Embeddings,
     aggregator: ResponseAggregator | BaseChatModel | None = None,
     mode: ScheduleMode = "superstep",
     max_concurrency: int | None = None,
@@ -140,12 +140,12 @@ def create_comp_llm(
         experts: The expert models with their profiles; names must be unique.
         generator: A chat model, decomposing with :class:`SubQueryGenerator`'s default prompt,
             or any ``Runnable[str, Plan]`` (a configured :class:`SubQueryGenerator`, the
-            :class:`~langchain_complm.decompose.structural.StructuralSubQueryGenerator`, ...). ``None`` uses
-            the embedded default model.
+            :class:`~langchain_complm.decompose.StructuralSubQueryGenerator`, ...).
+            :func:`~langchain_complm.config.build_comp_llm` fills in the embedded defaults.
         router: An :class:`EmbeddingRouter`, or an embeddings model to build one over the
-            experts. ``None`` uses the embedded default embeddings.
+            experts.
         aggregator: A :class:`ResponseAggregator`, or a chat model to build one. ``None``
-            uses the generator's chat model, else the embedded default model.
+            uses the generator's chat model (required when the generator has none).
         mode: How sub-queries are scheduled (see :data:`ScheduleMode`).
         max_concurrency: At most this many experts run at once (default: unlimited).
         failure_policy: Retries, fallback expert, timeout and raise-or-continue for experts.
@@ -166,21 +166,20 @@ def create_comp_llm(
         every stage, sub-query and expert as a named child run.
 
     Raises:
-        ValueError: no experts, duplicate expert names, or an unknown fallback expert.
+        ValueError: no experts, duplicate expert names, an unknown fallback expert, or no
+            model to aggregate with.
     """
     by_name = check_experts(experts)
     if fallback_expert is not None and fallback_expert not in by_name:
         raise ValueError(
             f"fallback expert {fallback_expert!r} is not one of the experts ({', '.join(by_name)})"
         )
-    if generator is None or isinstance(generator, BaseChatModel):
-        generator = SubQueryGenerator(
-            llm=generator or _default_chat_model(), max_sub_queries=max_sub_queries
-        )
+    if isinstance(generator, BaseChatModel):
+        generator = SubQueryGenerator(llm=generator, max_sub_queries=max_sub_queries)
     if not isinstance(router, EmbeddingRouter):
         router = EmbeddingRouter(
             experts=list(by_name.values()),
-            embeddings=router or _default_embeddings(),
+            embeddings=router,
             threshold=routing_threshold,
             fallback_expert=fallback_expert if routing_threshold is not None else None,
         )
@@ -188,7 +187,12 @@ def create_comp_llm(
     if unknown:
         raise ValueError(f"the router routes to experts that do not exist: {', '.join(unknown)}")
     if not isinstance(aggregator, ResponseAggregator):
-        llm = aggregator or getattr(generator, "llm", None) or _default_chat_model()
+        llm = aggregator or getattr(generator, "llm", None)
+        if llm is None:
+            raise ValueError(
+                "an aggregator (a chat model or a ResponseAggregator) is required when the "
+                "generator has no chat model of its own"
+            )
         aggregator = ResponseAggregator(llm=llm)
     executor = QueryExecutor(
         experts=by_name,
@@ -242,18 +246,6 @@ def _compile(
     comp_llm.name = name
     comp_llm.stream_mode = "custom"
     return comp_llm
-
-
-def _default_chat_model() -> BaseChatModel:
-    from langchain_complm.models.embedded import default_chat_model
-
-    return default_chat_model()
-
-
-def _default_embeddings() -> Embeddings:
-    from langchain_complm.models.embedded import default_embeddings
-
-    return default_embeddings()
 
 
 __all__ = ["CompLLMOutput", "coerce_query", "create_comp_llm"]

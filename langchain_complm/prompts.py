@@ -43,6 +43,18 @@ DECOMPOSE_RETRY = (
 )
 """Sent after an invalid decomposition, once. Variable: ``error``."""
 
+TRAINED_DECOMPOSE_SYSTEM = (
+    "Split the user's question into self-contained sub-questions and reply with the plan "
+    "as JSON only."
+)
+"""System prompt of the trained Sub-query Generator: short, the format is learned, not
+instructed. Training pairs and inference use the same text."""
+
+TRAINED_DECOMPOSE_PROMPT = ChatPromptTemplate.from_messages(
+    [("system", TRAINED_DECOMPOSE_SYSTEM), ("human", "{query}")]
+)
+"""The trained Sub-query Generator's prompt: the training format. Variable: ``query``."""
+
 SUBQUERY_WITH_CONTEXT = """\
 Answers to earlier questions that may help:
 {context}

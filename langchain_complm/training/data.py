@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_complm.plan import Plan, SubQuery
+from langchain_complm.prompts import TRAINED_DECOMPOSE_SYSTEM
 
 PairKind = Literal[
     "benchmark",
@@ -64,12 +65,6 @@ DEFAULT_BENCHMARK_ITEMS = 1200
 
 DEFAULT_MAX_CHARS = 3000
 """Pairs whose query plus target is longer than this are skipped (sequence length)."""
-
-SYSTEM_PROMPT = (
-    "Split the user's question into self-contained sub-questions and reply with the plan "
-    "as JSON only."
-)
-"""System prompt of the trained generator: short, the format is learned, not instructed."""
 
 
 class TrainingPair(BaseModel):
@@ -127,7 +122,7 @@ def target_to_plan(target: str, query: str) -> Plan:
 def chat_messages(query: str, target: str | None = None) -> list[dict[str, str]]:
     """The conversation of one pair in the training format (system, user, [assistant])."""
     messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": TRAINED_DECOMPOSE_SYSTEM},
         {"role": "user", "content": query},
     ]
     if target is not None:
@@ -680,7 +675,6 @@ def pair_statistics(pairs: Sequence[TrainingPair]) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_MIX",
-    "SYSTEM_PROMPT",
     "PairKind",
     "TrainingPair",
     "build_training_pairs",

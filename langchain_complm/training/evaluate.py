@@ -148,7 +148,7 @@ def evaluate_generator(
     keep_replies: bool = False,
     progress: Progress | None = None,
 ) -> EvalReport:
-    """Run a :class:`~langchain_complm.decompose.generator.SubQueryGenerator`'s model once per example
+    """Run a :class:`~langchain_complm.decompose.SubQueryGenerator`'s model once per example
     (batched) and score the raw replies.
 
     The generator's own prompt is used; its retry and fallback are not, so ``json_valid``
@@ -245,19 +245,13 @@ def learning_curve(
         out: folder for the models (``<out>/n<size>``) and ``curve.json``.
         examples: evaluation examples (see :func:`eval_examples`).
         train_options: :class:`~langchain_complm.training.train.TrainConfig` fields.
-        generator_options: :func:`~langchain_complm.training.train.load_trained_generator`
+        generator_options: :func:`~langchain_complm.models.trained.load_trained_generator`
             arguments (``max_new_tokens``, ``device``, ...).
     """
-    from langchain_complm.decompose.generator import SubQueryGenerator
+    from langchain_complm.decompose.trained import trained_generator
     from langchain_complm.models.huggingface import ChatLocalHuggingFace
-    from langchain_complm.training.train import (
-        TrainConfig,
-        finished_run,
-        load_trained_generator,
-        resolve_base,
-        train_generator,
-        trained_prompt,
-    )
+    from langchain_complm.models.trained import load_trained_generator, resolve_base
+    from langchain_complm.training.train import TrainConfig, finished_run, train_generator
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -280,7 +274,7 @@ def learning_curve(
                 device=generator_options.get("device"),
                 max_new_tokens=generator_options.get("max_new_tokens", 256),
             )
-            generator = SubQueryGenerator(llm=llm, prompt=trained_prompt(), structured_output=False)
+            generator = trained_generator(llm)
             info["steps"] = 0
         else:
             config = TrainConfig(

@@ -1,8 +1,9 @@
-"""Fine-tune a small causal LM into a Sub-query Generator, and load the result.
+"""Fine-tune a small causal LM into a Sub-query Generator.
 
-Each training pair becomes one chat: a short system prompt (:data:`SYSTEM_PROMPT`), the query
+Each training pair becomes one chat: a short system prompt
+(:data:`~langchain_complm.prompts.TRAINED_DECOMPOSE_SYSTEM`), the query
 as the user turn and the compact plan JSON as the assistant turn, rendered with the
-tokenizer's own chat template (the one :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace`
+tokenizer's own chat template (the one :class:`~langchain_complm.models.ChatLocalHuggingFace`
 uses at inference). The loss is on the assistant tokens only (the end-of-turn token
 included). LoRA (peft) by default, a full fine-tune with ``lora_r=0``.
 
@@ -11,8 +12,8 @@ The output folder holds the adapter (or the full model), the tokenizer and
 latest checkpoint (trainable weights, optimizer, scheduler, step) is kept in
 ``<out>/checkpoint``; ``resume=True`` continues from it with the same data order.
 
-:func:`load_trained_generator` turns such a folder (or a Hub repo holding one) into a
-:class:`~langchain_complm.decompose.generator.SubQueryGenerator`.
+:func:`langchain_complm.models.trained.load_trained_generator` turns such a folder (or a Hub
+repo holding one) into a :class:`~langchain_complm.decompose.generator.SubQueryGenerator`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from langchain_complm.models.embedded import EMBEDDED_GENERATOR
+from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL
+from langchain_complm.models.trained import (
+    METADATA_FILE,
+    ensure_chat_template,
+    read_metadata,
+    resolve_base,
+)
+from langchain_complm.prompts import TRAINED_DECOMPOSE_SYSTEM
 from langchain_complm.training.data import (
-    SYSTEM_PROMPT,
     TrainingPair,
     build_training_pairs,
     chat_messages,
@@ -38,15 +45,8 @@ from langchain_complm.training.data import (
     pair_statistics,
 )
 
-if TYPE_CHECKING:
-    from langchain_complm.decompose.generator import SubQueryGenerator
-
 logger = logging.getLogger(__name__)
 
-EMBEDDED_BASE = "embedded:smollm2"
-"""Base model name meaning the embedded SmolLM2-135M-Instruct (resolved by ``smollm2_path``)."""
-
-METADATA_FILE = "complm_generator.json"
 CHECKPOINT_DIR = "checkpoint"
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -57,16 +57,14 @@ DEFAULT_TARGET_MODULES = (
     "up_proj",
     "down_proj",
 )
-DEFAULT_MAX_NEW_TOKENS = 768
-"""Generation cap of the loaded generator: plans copy long benchmark questions."""
 
 
 @dataclass
 class TrainConfig:
     """Settings of one fine-tuning run (all saved in the metadata)."""
 
-    base: str = EMBEDDED_BASE
-    """Base model: hub id, local folder, or :data:`EMBEDDED_BASE`."""
+    base: str = EMBEDDED_CHAT_MODEL
+    """Base model: hub id, local folder, or :data:`EMBEDDED_CHAT_MODEL`."""
     out: str = "runs/subquery-generator"
     n_train: int = 3000
     """Training pairs (the first ``n_train`` of :func:`~.data.iter_training_pairs`)."""
@@ -118,25 +116,6 @@ class TrainResult:
 
 
 # --- base model and data ----------------------------------------------------------------------
-
-
-def resolve_base(base: str) -> str:
-    """A loadable path or hub id for ``base`` (:data:`EMBEDDED_BASE` -> the SmolLM2 folder)."""
-    if base == EMBEDDED_BASE:
-        from langchain_complm.models.embedded import smollm2_path
-
-        return str(smollm2_path())
-    path = Path(base).expanduser()
-    return str(path.resolve()) if path.exists() else base
-
-
-def _ensure_chat_template(tokenizer: Any) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        from langchain_complm.models.huggingface import PLAIN_CHAT_TEMPLATE
-
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
 
 def encode_pair(tokenizer: Any, pair: TrainingPair) -> tuple[list[int], list[int]]:
@@ -201,7 +180,7 @@ def train_generator(
         raise ValueError("no training pairs")
 
     tokenizer = AutoTokenizer.from_pretrained(base_source)
-    _ensure_chat_template(tokenizer)
+    ensure_chat_template(tokenizer)
     encoded = [encode_pair(tokenizer, p) for p in pairs]
     examples = [e for e in encoded if len(e[0]) <= config.max_seq_len]
     skipped = len(encoded) - len(examples)
@@ -285,7 +264,7 @@ def train_generator(
         "version": 1,
         "base_model": config.base,
         "adapter": config.lora_r > 0,
-        "system_prompt": SYSTEM_PROMPT,
+        "system_prompt": TRAINED_DECOMPOSE_SYSTEM,
         "config": {k: v for k, v in asdict(config).items() if k not in {"progress"}},
         "data": {
             "pairs": len(pairs),
@@ -496,138 +475,11 @@ def export_generator(
     return dest
 
 
-def trained_prompt() -> Any:
-    """The generator prompt matching the training format: system prompt, then the query."""
-    from langchain_core.prompts import ChatPromptTemplate
-
-    return ChatPromptTemplate.from_messages([("system", SYSTEM_PROMPT), ("human", "{query}")])
-
-
-def _local_folder(path_or_hub_id: str) -> Path:
-    if path_or_hub_id == EMBEDDED_GENERATOR:
-        from langchain_complm.models.embedded import trained_generator_path
-
-        shipped = trained_generator_path()
-        if shipped is None:
-            raise FileNotFoundError(
-                "this build of langchain-complm ships no trained Sub-query Generator; "
-                "train one with complm train-generator"
-            )
-        return shipped
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or path_or_hub_id.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no trained generator folder at {path}")
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(repo_id=path_or_hub_id))
-
-
-def read_metadata(path_or_hub_id: str | Path) -> dict[str, Any]:
-    """The ``complm_generator.json`` of a trained generator ({} when it has none)."""
-    meta_path = _local_folder(str(path_or_hub_id)) / METADATA_FILE
-    return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-
-
-def load_trained_model(
-    path_or_hub_id: str | Path, *, base: str | None = None, device: str | None = None
-) -> tuple[Any, Any]:
-    """(model, tokenizer) of a trained generator, the LoRA adapter merged into the base.
-
-    Args:
-        path_or_hub_id: an output folder of :func:`train_generator`, or a Hub repo holding
-            one (a plain fine-tuned causal LM folder or repo works too).
-        base: override the base model named in the metadata or the adapter config.
-        device: default CUDA when available, else CPU.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from langchain_complm.models.huggingface import default_device
-
-    folder = _local_folder(str(path_or_hub_id))
-    device = device or default_device()
-    metadata = read_metadata(folder)
-    adapter_config = folder / "adapter_config.json"
-    model: Any
-    if adapter_config.is_file():
-        from peft import PeftModel
-
-        base_name = (
-            base
-            or metadata.get("base_model")
-            or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        )
-        base_source = resolve_base(base_name)
-        model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-    else:
-        base_source = str(folder)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    has_tokenizer = (folder / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder) if has_tokenizer else base_source)
-    _ensure_chat_template(tokenizer)
-    return model.to(device).eval(), tokenizer
-
-
-def load_trained_generator(
-    path_or_hub_id: str | Path,
-    *,
-    base: str | None = None,
-    device: str | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    max_sub_queries: int | None = None,
-    **chat_kwargs: Any,
-) -> SubQueryGenerator:
-    """A :class:`~langchain_complm.decompose.generator.SubQueryGenerator` over a trained model.
-
-    The chat model is a :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace` over the
-    base with the adapter merged; the prompt is the training format's (:func:`trained_prompt`);
-    structured output is off (the model writes the JSON itself). ``chat_kwargs`` set fields
-    of the chat model (``max_batch_size``, ...).
-
-    Example:
-        .. code-block:: python
-
-            generator = load_trained_generator("runs/subquery-generator")
-            plan = generator.invoke("Who wrote Hamlet, and what is 15% of 80?")
-    """
-    from langchain_complm.decompose.generator import SubQueryGenerator
-    from langchain_complm.models.huggingface import ChatLocalHuggingFace
-
-    model, tokenizer = load_trained_model(path_or_hub_id, base=base, device=device)
-    llm = ChatLocalHuggingFace.from_model(
-        model,
-        tokenizer,
-        model_id=str(path_or_hub_id),
-        max_new_tokens=max_new_tokens,
-        **chat_kwargs,
-    )
-    options: dict[str, Any] = {}
-    if max_sub_queries is not None:
-        options["max_sub_queries"] = max_sub_queries
-    return SubQueryGenerator(
-        llm=llm,
-        prompt=trained_prompt(),
-        structured_output=False,
-        name="TrainedSubQueryGenerator",
-        **options,
-    )
-
-
 __all__ = [
-    "EMBEDDED_BASE",
-    "METADATA_FILE",
     "TrainConfig",
     "TrainResult",
     "encode_pair",
     "export_generator",
     "finished_run",
-    "load_trained_generator",
-    "load_trained_model",
-    "read_metadata",
-    "resolve_base",
     "train_generator",
-    "trained_prompt",
 ]

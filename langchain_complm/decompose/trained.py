@@ -1,0 +1,34 @@
+"""The trained Sub-query Generator: a fine-tuned chat model that writes the plan JSON itself.
+
+The model is trained on :data:`~langchain_complm.prompts.TRAINED_DECOMPOSE_PROMPT`, so at
+inference it gets exactly that prompt, with structured output off. Loading the weights is the
+backend's job (:func:`langchain_complm.models.trained.load_trained_generator`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from langchain_complm.decompose.generator import SubQueryGenerator
+from langchain_complm.prompts import TRAINED_DECOMPOSE_PROMPT
+
+
+def trained_generator(
+    llm: BaseChatModel, *, max_sub_queries: int | None = None
+) -> SubQueryGenerator:
+    """A :class:`SubQueryGenerator` over a model fine-tuned on the training format."""
+    options: dict[str, Any] = {}
+    if max_sub_queries is not None:
+        options["max_sub_queries"] = max_sub_queries
+    return SubQueryGenerator(
+        llm=llm,
+        prompt=TRAINED_DECOMPOSE_PROMPT,
+        structured_output=False,
+        name="TrainedSubQueryGenerator",
+        **options,
+    )
+
+
+__all__ = ["trained_generator"]

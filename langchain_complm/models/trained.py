@@ -1,0 +1,151 @@
+"""Loading a trained Sub-query Generator: a LoRA adapter (or a full fine-tune) merged into its
+base model, behind a :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace`.
+
+A trained folder holds the adapter (or the full model), optionally the tokenizer, and
+``complm_generator.json`` (:data:`METADATA_FILE`: base model, data, steps, seed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from langchain_complm.decompose.generator import SubQueryGenerator
+from langchain_complm.decompose.trained import trained_generator
+from langchain_complm.models import embedded
+from langchain_complm.models.huggingface import (
+    PLAIN_CHAT_TEMPLATE,
+    ChatLocalHuggingFace,
+    default_device,
+)
+
+METADATA_FILE = "complm_generator.json"
+
+DEFAULT_MAX_NEW_TOKENS = 768
+"""Generation cap of the loaded generator: plans copy long benchmark questions."""
+
+
+def resolve_base(base: str) -> str:
+    """A loadable path or hub id for ``base`` (the embedded chat model's name -> the SmolLM2
+    folder)."""
+    if base == embedded.EMBEDDED_CHAT_MODEL:
+        return str(embedded.smollm2_path())
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.exists() else base
+
+
+def ensure_chat_template(tokenizer: Any) -> None:
+    """Give a tokenizer without a chat template the plain one, and a pad token."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _local_folder(path_or_hub_id: str) -> Path:
+    if path_or_hub_id == embedded.EMBEDDED_GENERATOR:
+        shipped = embedded.trained_generator_path()
+        if shipped is None:
+            raise FileNotFoundError(
+                "this build of langchain-complm ships no trained Sub-query Generator; "
+                "train one with complm train-generator"
+            )
+        return shipped
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or path_or_hub_id.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"no trained generator folder at {path}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=path_or_hub_id))
+
+
+def read_metadata(path_or_hub_id: str | Path) -> dict[str, Any]:
+    """The ``complm_generator.json`` of a trained generator ({} when it has none)."""
+    meta_path = _local_folder(str(path_or_hub_id)) / METADATA_FILE
+    return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+
+
+def load_trained_model(
+    path_or_hub_id: str | Path, *, base: str | None = None, device: str | None = None
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a trained generator, the LoRA adapter merged into the base.
+
+    Args:
+        path_or_hub_id: an output folder of ``complm train-generator``, or a Hub repo holding
+            one (a plain fine-tuned causal LM folder or repo works too).
+        base: override the base model named in the metadata or the adapter config.
+        device: default CUDA when available, else CPU.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _local_folder(str(path_or_hub_id))
+    device = device or default_device()
+    metadata = read_metadata(folder)
+    adapter_config = folder / "adapter_config.json"
+    model: Any
+    if adapter_config.is_file():
+        from peft import PeftModel
+
+        base_name = (
+            base
+            or metadata.get("base_model")
+            or json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        )
+        base_source = resolve_base(base_name)
+        model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    else:
+        base_source = str(folder)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    has_tokenizer = (folder / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder) if has_tokenizer else base_source)
+    ensure_chat_template(tokenizer)
+    return model.to(device).eval(), tokenizer
+
+
+def load_trained_generator(
+    path_or_hub_id: str | Path,
+    *,
+    base: str | None = None,
+    device: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_sub_queries: int | None = None,
+    **chat_kwargs: Any,
+) -> SubQueryGenerator:
+    """A :class:`~langchain_complm.decompose.generator.SubQueryGenerator` over a trained model.
+
+    The chat model is a :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace` over
+    the base with the adapter merged; the prompt is the training format's; structured output
+    is off (the model writes the JSON itself). ``chat_kwargs`` set fields of the chat model
+    (``max_batch_size``, ...).
+
+    Example:
+        .. code-block:: python
+
+            generator = load_trained_generator("runs/subquery-generator")
+            plan = generator.invoke("Who wrote Hamlet, and what is 15% of 80?")
+    """
+    model, tokenizer = load_trained_model(path_or_hub_id, base=base, device=device)
+    llm = ChatLocalHuggingFace.from_model(
+        model,
+        tokenizer,
+        model_id=str(path_or_hub_id),
+        max_new_tokens=max_new_tokens,
+        **chat_kwargs,
+    )
+    return trained_generator(llm, max_sub_queries=max_sub_queries)
+
+
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "METADATA_FILE",
+    "ensure_chat_template",
+    "load_trained_generator",
+    "load_trained_model",
+    "read_metadata",
+    "resolve_base",
+]
