@@ -43,8 +43,10 @@ def run_ask(question: str, env: dict[str, str]) -> tuple[float, dict]:
 
 def routing_time_per_plan(repeats: int) -> tuple[float, int]:
     """Median seconds to route one plan of 3 sub-queries with the real MiniLM router."""
-    from langchain_complm import EmbeddingRouter, Plan, SubQuery, load_default_experts
+    from langchain_complm import Plan, SubQuery
+    from langchain_complm.config import load_default_experts
     from langchain_complm.models.embedded import default_embeddings
+    from langchain_complm.route import EmbeddingRouter
 
     router = EmbeddingRouter(experts=load_default_experts(), embeddings=default_embeddings())
     plan = Plan(

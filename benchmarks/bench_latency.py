@@ -49,7 +49,8 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableLambda
 from report import report_header
 
-from langchain_complm import Expert, Plan, QueryExecutor, RoutingDecision, SubQuery
+from langchain_complm import Expert, Plan, RoutingDecision, SubQuery
+from langchain_complm.execute import QueryExecutor
 from langchain_complm.execute.executor import ExecutionResult
 
 MODES = ("superstep", "eager", "sequential")

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_latency import TOPICS, Backend, build_plan, local_backend
 from report import report_header
 
-from langchain_complm import Expert, Plan, QueryExecutor
+from langchain_complm import Expert, Plan
+from langchain_complm.execute import QueryExecutor
 
 STYLES = ["a short paragraph", "a few sentences", "a brief explanation", "a short note"]
 """With TOPICS, 40 distinct prompts (cycled for larger N)."""

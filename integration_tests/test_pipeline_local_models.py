@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from langchain_complm import Expert, StructuralSubQueryGenerator, create_comp_llm
+from langchain_complm import Expert, create_comp_llm
+from langchain_complm.decompose import StructuralSubQueryGenerator
 from langchain_complm.models import ChatLocalHuggingFace
 from langchain_complm.models.embedded import default_embeddings
 from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama

@@ -4,92 +4,38 @@ Answer a query with several small expert LLMs: a Sub-query Generator decomposes 
 dependency graph of sub-queries, an embedding router assigns each to the most similar expert,
 a compiled LangGraph ``StateGraph`` runs them in parallel where dependencies allow, and a
 Response Aggregator writes the final answer.
+
+This namespace holds what building and running one takes; each stage's own classes live in
+its package (:mod:`~langchain_complm.decompose`, :mod:`~langchain_complm.route`,
+:mod:`~langchain_complm.execute`, :mod:`~langchain_complm.aggregate`), the model backends in
+:mod:`~langchain_complm.models`, config files in :mod:`~langchain_complm.config` and every error
+in :mod:`~langchain_complm.errors`.
 """
 
-from langchain_complm.aggregate import AggregationInput, ResponseAggregator
 from langchain_complm.chat_models import ChatCompLLM
-from langchain_complm.concurrency import (
-    ConcurrencyLimiter,
-    limit_concurrency,
-    set_device_concurrency,
-)
-from langchain_complm.config import (
-    CompLLMConfig,
-    EmbeddingsSpec,
-    ExecutionConfig,
-    ExpertSpec,
-    ModelSpec,
-    RoutingConfig,
-    build_comp_llm,
-    build_planner,
-    default_config,
-    load_config,
-    load_default_experts,
-)
-from langchain_complm.decompose.generator import SubQueryGenerator, parse_plan
-from langchain_complm.decompose.structural import StructuralSubQueryGenerator
-from langchain_complm.errors import (
-    ConfigError,
-    MemoryBudgetError,
-    ModelNotFoundError,
-    PlanValidationError,
-    SubQueryExecutionError,
-)
-from langchain_complm.events import PROGRESS_EVENT, ProgressEvent
-from langchain_complm.execute.executor import (
-    Attempt,
-    ExecutionResult,
-    FailurePolicy,
-    QueryExecutor,
-    SubQueryResult,
-)
+from langchain_complm.config import CompLLMConfig, build_comp_llm, load_config
+from langchain_complm.errors import CompLLMError, PlanValidationError
+from langchain_complm.events import ProgressEvent
+from langchain_complm.execute import FailurePolicy, SubQueryResult
 from langchain_complm.experts import Expert, ExpertProfile
-from langchain_complm.models.pool import ModelPool
-from langchain_complm.pipeline import CompLLMOutput, coerce_query, create_comp_llm
+from langchain_complm.pipeline import CompLLMOutput, create_comp_llm
 from langchain_complm.plan import Plan, RoutingDecision, SubQuery
-from langchain_complm.route.router import EmbeddingRouter
 
 __all__ = [
-    "PROGRESS_EVENT",
-    "AggregationInput",
-    "Attempt",
     "ChatCompLLM",
     "CompLLMConfig",
+    "CompLLMError",
     "CompLLMOutput",
-    "ConcurrencyLimiter",
-    "ConfigError",
-    "EmbeddingRouter",
-    "EmbeddingsSpec",
-    "ExecutionConfig",
-    "ExecutionResult",
     "Expert",
     "ExpertProfile",
-    "ExpertSpec",
     "FailurePolicy",
-    "MemoryBudgetError",
-    "ModelNotFoundError",
-    "ModelPool",
-    "ModelSpec",
     "Plan",
     "PlanValidationError",
     "ProgressEvent",
-    "QueryExecutor",
-    "ResponseAggregator",
-    "RoutingConfig",
     "RoutingDecision",
-    "StructuralSubQueryGenerator",
     "SubQuery",
-    "SubQueryExecutionError",
-    "SubQueryGenerator",
     "SubQueryResult",
     "build_comp_llm",
-    "build_planner",
-    "coerce_query",
     "create_comp_llm",
-    "default_config",
-    "limit_concurrency",
     "load_config",
-    "load_default_experts",
-    "parse_plan",
-    "set_device_concurrency",
 ]

@@ -10,7 +10,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 
-from langchain_complm import CompLLMOutput, FailurePolicy, coerce_query, create_comp_llm
+from langchain_complm import CompLLMOutput, FailurePolicy, create_comp_llm
+from langchain_complm.pipeline import coerce_query
 
 PLAN = plan_json(
     ("q1", "What is the sum of 2 and 3?", []),

@@ -8,17 +8,10 @@ from fakes import make_expert
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
-from langchain_complm import (
-    Expert,
-    FailurePolicy,
-    Plan,
-    QueryExecutor,
-    RoutingDecision,
-    SubQuery,
-    SubQueryExecutionError,
-    events,
-)
+from langchain_complm import Expert, FailurePolicy, Plan, RoutingDecision, SubQuery, events
 from langchain_complm.batching import current_cohort
+from langchain_complm.errors import SubQueryExecutionError
+from langchain_complm.execute import QueryExecutor
 
 
 def routed(*items: tuple[str, str, str, tuple[str, ...]]) -> Plan:

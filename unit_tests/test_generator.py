@@ -17,7 +17,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import Field, ValidationError
 
-from langchain_complm import Plan, PlanValidationError, SubQueryGenerator, parse_plan
+from langchain_complm import Plan, PlanValidationError
+from langchain_complm.decompose import SubQueryGenerator, parse_plan
 from langchain_complm.decompose.generator import PlanOutput, supports_structured_output
 
 QUERY = "Who directed Jaws, and in which year was that director born?"

@@ -26,7 +26,7 @@ from langchain_core.runnables import RunnableLambda
 from test_executor import routed
 from test_huggingface import tiny_model, tokenizer  # noqa: F401 (a fixture)
 
-from langchain_complm import Expert, QueryExecutor
+from langchain_complm import Expert
 from langchain_complm.concurrency import (
     ConcurrencyLimiter,
     device_key,
@@ -35,6 +35,7 @@ from langchain_complm.concurrency import (
     set_device_concurrency,
 )
 from langchain_complm.errors import MemoryBudgetError
+from langchain_complm.execute import QueryExecutor
 from langchain_complm.models.huggingface import ChatLocalHuggingFace, GenerationEngine
 from langchain_complm.models.pool import ModelPool, estimate_model_bytes, model_bytes
 

@@ -11,15 +11,9 @@ import pytest
 from fakes import KEYWORDS, KeywordEmbeddings, make_expert
 from langchain_core.callbacks import BaseCallbackHandler
 
-from langchain_complm import (
-    PROGRESS_EVENT,
-    EmbeddingRouter,
-    Expert,
-    ExpertProfile,
-    Plan,
-    RoutingDecision,
-    SubQuery,
-)
+from langchain_complm import Expert, ExpertProfile, Plan, RoutingDecision, SubQuery
+from langchain_complm.events import PROGRESS_EVENT
+from langchain_complm.route import EmbeddingRouter
 
 NAMES = list(KEYWORDS)  # math, medicine, history
 

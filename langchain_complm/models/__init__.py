@@ -13,6 +13,5 @@ __all__ = [
     "ChatLocalHuggingFace",
     "ChatPooledHuggingFace",
     "GenerationEngine",
-    "MemoryBudgetError",
     "ModelPool",
 ]
