@@ -157,3 +157,51 @@ def test_the_walker_sees_lazy_relative_and_type_checking_imports(tmp_path: Path)
         ("langchain_complm.models", ("pool",), 3),
         ("langchain_complm.execute", ("_executor",), 5),
     ]
+
+
+def component_graph() -> dict[str, set[str]]:
+    """Which component imports which, transitively reduced (an edge implied by a longer path
+    is left out), for the architecture doc."""
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        own = _component(module)
+        if own in ("", "__main__"):
+            continue
+        graph.setdefault(own, set())
+        for target, _, _ in _imports(path):
+            if _component(target) not in ("", own):
+                graph[own].add(_component(target))
+
+    def reachable(start: str, skip: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [n for n in graph[start] if n != skip]
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo += graph.get(node, ())
+        return seen
+
+    return {c: {t for t in deps if t not in reachable(c, t)} for c, deps in graph.items()}
+
+
+def mermaid() -> str:
+    """The component graph as the Mermaid block docs/architecture.md shows."""
+    lines = ["```mermaid", "flowchart BT"]
+    graph = component_graph()
+    for component in sorted(graph, key=lambda c: (_layer(c), c)):
+        for target in sorted(graph[component], key=lambda c: (_layer(c), c)):
+            lines.append(f"    {component} --> {target}")
+    return "\n".join([*lines, "```"])
+
+
+def test_architecture_doc_shows_the_real_import_graph() -> None:
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert mermaid() in doc, (
+        "docs/architecture.md's import graph is stale; regenerate it with "
+        "`python unit_tests/test_layers.py` and paste the block"
+    )
+
+
+if __name__ == "__main__":
+    print(mermaid())

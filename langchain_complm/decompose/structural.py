@@ -1,10 +1,11 @@
 """A deterministic Sub-query Generator: splits compound queries at their explicit structure.
 
-Small embedded chat models cannot write a JSON decomposition from a few-shot prompt. Until a
-trained generator exists, :class:`StructuralSubQueryGenerator` decomposes the compound
-questions whose parts are marked by their structure (enumerations, several questions in a
-row, questions joined by ", and") into independent sub-queries, and answers anything else
-whole. It never calls a model.
+Small chat models cannot write a JSON decomposition from a few-shot prompt; the trained
+generator (:mod:`langchain_complm.decompose.trained`) can, at the cost of a model call.
+:class:`StructuralSubQueryGenerator` is the instant, model-free alternative
+(``decomposer: structural``): it decomposes compound questions whose parts are marked by their
+structure (enumerations, several questions in a row, questions joined by ", and") into
+independent sub-queries, and answers anything else whole. It never calls a model.
 """
 
 from __future__ import annotations
