@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from uuid import UUID
 
@@ -10,6 +11,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 
 from langchain_complm.decompose.structural import StructuralSubQueryGenerator, split_query
+from langchain_complm.evaluation.adversarial import adversarial_queries
+from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 from langchain_complm.plan import Plan
 
 SPLITS = [
@@ -131,6 +134,24 @@ def test_max_sub_queries_cap() -> None:
 def test_max_sub_queries_must_be_positive() -> None:
     with pytest.raises(ValueError):
         StructuralSubQueryGenerator(max_sub_queries=0)
+
+
+# Linear work on a query of the maximum length takes milliseconds; the catastrophic patterns
+# this guards against took seconds on 190 characters and did not end on 280.
+SECONDS_PER_QUERY = 2.0
+
+
+@pytest.mark.parametrize("kind", sorted(adversarial_queries(100)))
+def test_adversarial_queries_of_the_maximum_length_split_in_linear_time(kind: str) -> None:
+    query = adversarial_queries(DEFAULT_MAX_QUERY_CHARS)[kind]
+    started = time.perf_counter()
+    StructuralSubQueryGenerator().invoke(query)
+    assert time.perf_counter() - started < SECONDS_PER_QUERY
+
+
+def test_whitespace_runs_split_like_single_spaces() -> None:
+    query = "What is 2+2?\n\n\n \t\nWho wrote\t\t  Hamlet?  \r\n"
+    assert split_query(query) == ["What is 2+2?", "Who wrote Hamlet?"]
 
 
 class RunRecorder(BaseCallbackHandler):

@@ -23,7 +23,8 @@ _QWORDS = (
     "what|who|whom|whose|which|when|where|why|how|is|are|was|were|am|does|do|did|can|could|"
     "should|would|will|shall|has|have|had|may|might|must"
 )
-_QSTART = re.compile(rf"^\W*(?:{_QWORDS})\b", re.IGNORECASE)
+# Used with .match(text, pos): anchored where the part starts, without slicing it out.
+_QSTART = re.compile(rf"\W*(?:{_QWORDS})\b", re.IGNORECASE)
 _QWORD_CAP = re.compile(r"\b(?:" + "|".join(w.capitalize() for w in _QWORDS.split("|")) + r")\b")
 
 # Words that make a later part depend on an earlier one ("Who wrote Hamlet? When was it
@@ -39,8 +40,13 @@ _ANAPHORA = re.compile(
 _META = re.compile(
     r"\b(?:questions?|answer|following|both|these|help|queries|things|quick)\b", re.IGNORECASE
 )
-_LEADING_JOINER = re.compile(r"^(?:,|;|and\s+also\b|and\b|also\b,?|\s)+", re.IGNORECASE)
-_TRAILING_JOINER = re.compile(r"(?:[,;:]|\s|\band\s+also|\band|\balso)+$", re.IGNORECASE)
+# Joiners around a part: punctuation, whitespace and the words "and" / "also". Each
+# alternative starts with a different character, so a match never backtracks between them
+# (the old "and\s+also|and|also" alternatives matched " and also" two ways: exponential).
+_LEADING_JOINER = re.compile(r"(?:[,;\s]|(?:and|also)\b)+", re.IGNORECASE)
+# The trailing joiners are matched at the start of the reversed text: a pattern anchored
+# with $ is tried from every position and is quadratic on a long run of joiners.
+_TRAILING_JOINER_REVERSED = re.compile(r"(?:[,;:\s]|(?:dna|osla)\b)+", re.IGNORECASE)
 _COURTESY = re.compile(r"^(?:thanks?|thank you|thx|cheers)\b", re.IGNORECASE)
 _ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "st", "vs", "etc", "jr", "sr", "prof", "no", "fig"}
 
@@ -68,7 +74,7 @@ def split_query(query: str, max_sub_queries: int | None = None) -> list[str]:
     Returns ``[]`` when no structure is found, when the parts would not be self-contained,
     or when there are more than ``max_sub_queries`` parts.
     """
-    text = re.sub(r"[ \t]+", " ", query).strip()
+    text = _normalize_space(query)
     if not text:
         return []
     parts = _split_enumeration(text) or _split_ordinals(text) or _split_sentences(text)
@@ -80,6 +86,27 @@ def split_query(query: str, max_sub_queries: int | None = None) -> list[str]:
     if any(_ANAPHORA.search(p) and len(p.split()) <= _SHORT_PART_WORDS for p in parts[1:]):
         return []
     return parts
+
+
+def _normalize_space(query: str) -> str:
+    """Every whitespace run becomes one space, or one newline if it holds a line break.
+
+    With no run longer than one character, the ``\\s*``/``\\s+`` in the patterns below
+    cannot try a run in many ways, which keeps every match linear in the query's length.
+    """
+    return _LINE_BREAK_RUN.sub("\n", _SPACE_RUN.sub(" ", query)).strip()
+
+
+_SPACE_RUN = re.compile(r"[^\S\n]+")
+_LINE_BREAK_RUN = re.compile(r"\s*\n\s*")
+
+
+def _strip_joiners(part: str) -> str:
+    """``part`` without the joiners ("and", "also", commas, ...) at either end."""
+    start = _LEADING_JOINER.match(part)
+    part = part[start.end() :] if start else part
+    end = _TRAILING_JOINER_REVERSED.match(part[::-1])
+    return (part[: len(part) - end.end()] if end else part).strip()
 
 
 # --- enumerations -----------------------------------------------------------------------------
@@ -114,10 +141,10 @@ def _cut(text: str, markers: list[re.Match[str]]) -> list[str]:
         text[m.end() : markers[i + 1].start() if i + 1 < len(markers) else len(text)]
         for i, m in enumerate(markers)
     ]
-    items = [_TRAILING_JOINER.sub("", _LEADING_JOINER.sub("", item)).strip() for item in items]
+    items = [_strip_joiners(item) for item in items]
     # A lead-in that is not a sentence of its own ("Tell me (1) ... and (2) ...") heads every
     # item; a sentence or a "...:" line before the list is a preamble and is dropped.
-    if lead and not re.search(r"[.?!:]$", lead):
+    if lead and not lead.endswith((".", "?", "!", ":")):
         lead_is_question = bool(_QSTART.match(lead))
         items = [
             f"{lead} {_decapitalize(item)}".rstrip("?. ") + ("?" if lead_is_question else "")
@@ -146,11 +173,12 @@ def _split_sentences(text: str) -> list[str]:
     segments: list[str] = []
     for sentence in _sentences(text):
         segments.extend(_split_options(sentence))
-    parts: list[str] = []
+    # Each part as a list of pieces, joined at the end (no quadratic string building).
+    parts: list[list[str]] = []
     attached_after_question = False
     for position, segment in enumerate(segments):
         if _is_question(segment):
-            parts.extend(_split_conjunctions(segment))
+            parts.extend([piece] for piece in _split_conjunctions(segment))
             attached_after_question = True
         elif not attached_after_question:
             # A preamble: dropped when it is about the request, else it may carry content
@@ -161,14 +189,14 @@ def _split_sentences(text: str) -> list[str]:
         elif _COURTESY.match(segment):
             continue
         else:
-            parts[-1] = f"{parts[-1]} {segment}"  # options or remarks belong to their question
-    return parts
+            parts[-1].append(segment)  # options or remarks belong to their question
+    return [" ".join(pieces) for pieces in parts]
 
 
 def _sentences(text: str) -> list[str]:
     out: list[str] = []
     start = 0
-    for match in re.finditer(r"[.?!]+\s+|\n+", text):
+    for match in _SENTENCE_END.finditer(text):
         end = match.start() + len(match.group(0).rstrip())
         if match.group(0)[0] == "." and not _is_sentence_end(text, match.start()):
             continue
@@ -180,11 +208,19 @@ def _sentences(text: str) -> list[str]:
     return [s for s in out if s]
 
 
+# A run of end marks is only tried from its first mark (from each mark: quadratic).
+_SENTENCE_END = re.compile(r"(?<![.?!])[.?!]+\s+|\n+")
+
+
 def _is_sentence_end(text: str, dot: int) -> bool:
-    word = re.search(r"(\S+)$", text[:dot])
-    if not word:
+    # The word before the dot, found by scanning back: candidate dots are followed by
+    # whitespace, so the words scanned for different dots never overlap.
+    start = dot
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    token = text[start:dot]
+    if not token:
         return True
-    token = word.group(1)
     # Initials, option labels ("A."), abbreviations, "U.S.", list numbers ("1.").
     return not (
         len(token.strip("(")) == 1
@@ -211,30 +247,29 @@ def _split_options(sentence: str) -> list[str]:
 
 def _split_conjunctions(question: str) -> list[str]:
     pieces: list[str] = []
-    rest = question
-    while True:
-        for match in _CONJUNCTIONS.finditer(rest):
-            left, right = rest[: match.start()], rest[match.end() :]
-            if _QSTART.match(left) and _QSTART.match(right):
-                pieces.append(left)
-                rest = right
-                break
-        else:
-            pieces.append(rest)
-            return pieces
+    start = 0
+    opening = _QSTART.match(question)
+    for match in _CONJUNCTIONS.finditer(question):
+        left_is_question = opening is not None and opening.end() <= match.start()
+        if left_is_question and _QSTART.match(question, match.end()):
+            pieces.append(question[start : match.start()])
+            start = match.end()
+            opening = _QSTART.match(question, start)
+    pieces.append(question[start:])
+    return pieces
 
 
 def _is_question(segment: str) -> bool:
-    segment = _LEADING_JOINER.sub("", segment)
-    return segment.endswith("?") or bool(_QSTART.match(segment))
+    joiner = _LEADING_JOINER.match(segment)
+    start = joiner.end() if joiner else 0
+    return segment.endswith("?") or bool(_QSTART.match(segment, start))
 
 
 # --- finishing --------------------------------------------------------------------------------
 
 
 def _finish(part: str) -> str:
-    part = _TRAILING_JOINER.sub("", _LEADING_JOINER.sub("", part.strip())).strip()
-    part = re.sub(r"\?\s*,$", "?", part)
+    part = _strip_joiners(part.strip())
     if not part:
         return ""
     part = part[0].upper() + part[1:]
