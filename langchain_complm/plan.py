@@ -18,7 +18,24 @@ DEFAULT_MAX_SUB_QUERIES = 8
 
 _ID = r"[A-Za-z][A-Za-z0-9_\-]*"
 _VALID_ID = re.compile(_ID)
-_PLACEHOLDER = re.compile(r"\{(" + _ID + r")\}")
+_BRACED_NAME = re.compile(r"\{(" + _ID + r")\}")
+
+
+def braced_names(text: str) -> list[str]:
+    """The names written as ``{name}`` in ``text`` (``name`` shaped like a sub-query id), in
+    order of first appearance. Only those naming a dependency are placeholders; the rest
+    (code, templates, math) are text."""
+    return list(dict.fromkeys(_BRACED_NAME.findall(text)))
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The position of the first lone surrogate in ``text`` (a code point that no encoding
+    can write, such as ``"\\ud800"``), or None when ``text`` is valid Unicode text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
 
 
 class RoutingDecision(BaseModel):
@@ -41,6 +58,8 @@ class SubQuery(BaseModel):
 
     ``question`` may reference the answer of a sub-query it depends on with a placeholder
     such as ``{q1}``; the executor substitutes the parent's answer before calling the expert.
+    Only dependencies are placeholders: other braces (``f'{name}'``, ``{x}`` in math, the
+    sub-query's own id) are text and reach the expert as written.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -66,14 +85,20 @@ class SubQuery(BaseModel):
 
     @property
     def placeholders(self) -> list[str]:
-        """Ids referenced as ``{id}`` placeholders in the question, in order of appearance."""
-        return list(dict.fromkeys(_PLACEHOLDER.findall(self.question)))
+        """Dependencies referenced as ``{id}`` in the question, in order of appearance."""
+        return [name for name in braced_names(self.question) if name in self.depends_on]
 
     def render(self, answers: Mapping[str, str]) -> str:
-        """Return the question with every ``{id}`` placeholder replaced by that answer."""
-        return _PLACEHOLDER.sub(
-            lambda m: answers.get(m.group(1), m.group(0)).strip(), self.question
-        )
+        """Return the question with every placeholder replaced by that dependency's answer
+        (placeholders without an answer in ``answers`` are kept)."""
+
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in self.depends_on and name in answers:
+                return answers[name].strip()
+            return match.group(0)
+
+        return _BRACED_NAME.sub(fill, self.question)
 
 
 class Plan(BaseModel):
@@ -123,8 +148,9 @@ class Plan(BaseModel):
 
         Raises:
             PlanValidationError: naming the first problem found: an empty plan, too many
-                sub-queries, an empty id or question, duplicate ids, unknown or self
-                dependencies, a placeholder without a matching dependency, or a cycle.
+                sub-queries, an empty id or question, a question that is not valid Unicode
+                text (a lone surrogate), duplicate ids, unknown or self dependencies, a
+                placeholder naming another sub-query without depending on it, or a cycle.
         """
         if not self.sub_queries:
             raise PlanValidationError("plan has no sub-queries")
@@ -146,6 +172,13 @@ class Plan(BaseModel):
             seen.add(sq.id)
             if not sq.question.strip():
                 raise PlanValidationError(f"sub-query {sq.id!r} has an empty question")
+            if (position := lone_surrogate(sq.question)) is not None:
+                # Embeddings and tokenizers cannot encode it: the plan could not be routed.
+                raise PlanValidationError(
+                    f"sub-query {sq.id!r} has a lone surrogate "
+                    f"(U+{ord(sq.question[position]):04X}) at position {position} of its "
+                    "question, which is not valid Unicode text"
+                )
         for sq in self.sub_queries:
             for dep in sq.depends_on:
                 if dep == sq.id:
@@ -154,8 +187,10 @@ class Plan(BaseModel):
                     raise PlanValidationError(
                         f"sub-query {sq.id!r} depends on unknown sub-query {dep!r}"
                     )
-            for ref in sq.placeholders:
-                if ref not in sq.depends_on:
+            for ref in braced_names(sq.question):
+                # {other} names another sub-query's answer, so it must be a dependency;
+                # braces naming no other sub-query are text.
+                if ref in seen and ref != sq.id and ref not in sq.depends_on:
                     raise PlanValidationError(
                         f"sub-query {sq.id!r} uses placeholder {{{ref}}} but does not depend "
                         f"on {ref!r}"
@@ -166,25 +201,28 @@ class Plan(BaseModel):
         return self
 
     def _find_cycle(self) -> list[str] | None:
+        # Depth-first along dependencies with an explicit stack: a chain of thousands of
+        # sub-queries must not hit Python's recursion limit.
+        deps = {sq.id: sq.depends_on for sq in self.sub_queries}
         white, grey, black = 0, 1, 2
-        color = {sq.id: white for sq in self.sub_queries}
-        stack: list[str] = []
-
-        def visit(node: str) -> list[str] | None:
-            color[node] = grey
-            stack.append(node)
-            for dep in self.by_id[node].depends_on:
-                if color.get(dep) == grey:
-                    return [*stack[stack.index(dep) :], dep]
-                if color.get(dep) == white and (found := visit(dep)):
-                    return found
-            stack.pop()
-            color[node] = black
-            return None
-
-        for sq in self.sub_queries:
-            if color[sq.id] == white and (found := visit(sq.id)):
-                return found
+        color = dict.fromkeys(deps, white)
+        for root in deps:
+            if color[root] != white:
+                continue
+            color[root] = grey
+            path, pending = [root], [iter(deps[root])]
+            while pending:
+                for dep in pending[-1]:
+                    if color.get(dep) == grey:
+                        return [*path[path.index(dep) :], dep]
+                    if color.get(dep) == white:
+                        color[dep] = grey
+                        path.append(dep)
+                        pending.append(iter(deps[dep]))
+                        break
+                else:
+                    color[path.pop()] = black
+                    pending.pop()
         return None
 
     # --- graph helpers ----------------------------------------------------------------------
@@ -192,17 +230,31 @@ class Plan(BaseModel):
     def levels(self) -> list[list[str]]:
         """Topological levels: level k holds the sub-queries whose longest chain of
         dependencies has k edges. Sub-queries of one level can run in parallel, and this is
-        exactly the superstep in which the compiled StateGraph runs them."""
-        depth: dict[str, int] = {}
+        exactly the superstep in which the compiled StateGraph runs them.
 
-        def level_of(sq_id: str) -> int:
-            if sq_id not in depth:
-                deps = self.by_id[sq_id].depends_on
-                depth[sq_id] = 1 + max((level_of(d) for d in deps), default=-1)
-            return depth[sq_id]
-
+        Raises:
+            PlanValidationError: the plan is not a DAG (as :meth:`validate_dag` would say).
+        """
+        # Kahn's algorithm, level by level: no recursion, linear in the plan's size.
+        dependents: dict[str, list[str]] = {sq.id: [] for sq in self.sub_queries}
+        missing = {sq.id: len(set(sq.depends_on)) for sq in self.sub_queries}
         for sq in self.sub_queries:
-            level_of(sq.id)
+            for dep in set(sq.depends_on):
+                dependents.get(dep, []).append(sq.id)
+        depth = dict.fromkeys((k for k, n in missing.items() if n == 0), 0)
+        frontier = list(depth)
+        while frontier:
+            following = []
+            for sq_id in frontier:
+                for child in dependents[sq_id]:
+                    missing[child] -= 1
+                    if missing[child] == 0:
+                        depth[child] = depth[sq_id] + 1
+                        following.append(child)
+            frontier = following
+        if len(depth) < len(self.sub_queries):
+            # An unknown dependency, a cycle or a duplicate id kept some sub-query waiting.
+            self.validate_dag(max_sub_queries=None)
         out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
         for sq in self.sub_queries:
             out[depth[sq.id]].append(sq.id)
@@ -227,16 +279,23 @@ class Plan(BaseModel):
         ``cost`` maps ids to a duration (default 1 per sub-query); with measured durations
         the total is the lower bound on wall time for any schedule with unlimited parallelism.
         """
-        best: dict[str, tuple[float, list[str]]] = {}
+        # Each sub-query keeps its best predecessor, not its whole path: copying paths would
+        # be quadratic on a long chain.
+        by_id = self.by_id
+        best: dict[str, tuple[float, str | None]] = {}
         for sq_id in self.topological_order():
             own = 1.0 if cost is None else float(cost.get(sq_id, 0.0))
-            deps = self.by_id[sq_id].depends_on
-            prev_cost, prev_path = max(
-                (best[d] for d in deps), key=lambda item: item[0], default=(0.0, [])
-            )
-            best[sq_id] = (prev_cost + own, [*prev_path, sq_id])
-        total, path = max(best.values(), key=lambda item: item[0], default=(0.0, []))
-        return path, total
+            prev = max(by_id[sq_id].depends_on, key=lambda d: best[d][0], default=None)
+            best[sq_id] = ((0.0 if prev is None else best[prev][0]) + own, prev)
+        if not best:
+            return [], 0.0
+        end = max(best, key=lambda k: best[k][0])
+        total, path = best[end][0], []
+        node: str | None = end
+        while node is not None:
+            path.append(node)
+            node = best[node][1]
+        return path[::-1], total
 
     def to_mermaid(self) -> str:
         """A Mermaid flowchart of the plan (with experts once routed)."""
@@ -257,9 +316,10 @@ class Plan(BaseModel):
     def to_text(self) -> str:
         """A plain-text drawing: one line per sub-query, indented by level."""
         rows = []
+        by_id = self.by_id
         for depth, level in enumerate(self.levels()):
             for sq_id in level:
-                sq = self.by_id[sq_id]
+                sq = by_id[sq_id]
                 deps = f"  <- {', '.join(sq.depends_on)}" if sq.depends_on else ""
                 expert = ""
                 if sq.expert:

@@ -226,6 +226,18 @@ def test_bad_input_errors() -> None:
         QueryExecutor(experts=[])
 
 
+@pytest.mark.parametrize("mode", ["superstep", "sequential", "eager"])
+def test_a_chain_longer_than_langgraphs_default_step_limit_runs(mode: str) -> None:
+    # LangGraph stops a graph after 25 supersteps unless told otherwise.
+    math, fake = make_expert("math")
+    chain = routed(
+        *((f"q{i}", f"step {i}", "math", (f"q{i - 1}",) if i > 1 else ()) for i in range(30, 0, -1))
+    )
+    result = QueryExecutor(experts=[math], mode=mode).invoke(chain)
+    assert all(r.status == "ok" for r in result.results.values())
+    assert [c["prompt"].splitlines()[-1] for c in fake.calls][-1] == "Question: step 30"
+
+
 SKEWED = routed(
     ("slow", "slow branch", "slow", ()),
     ("fast", "fast branch", "fast", ()),

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from langchain_complm import Plan, PlanValidationError, RoutingDecision, SubQuery
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, lone_surrogate
 
 
 def sq(sq_id: str, question: str | None = None, *deps: str) -> SubQuery:
@@ -168,6 +168,60 @@ def test_two_node_cycle_message() -> None:
 )
 def test_valid_plans_pass_and_return_the_plan(valid: Plan) -> None:
     assert valid.validate_dag() is valid
+
+
+def test_braces_that_name_no_dependency_are_text() -> None:
+    # Code, templates and math in a question; the sub-query's own id cannot be a parent.
+    for text in ("What does f'{name}' print?", "Solve {x} + 1 = 3", "Is {q1} a set?"):
+        p = plan(sq("q1", text))
+        assert p.validate_dag() is p
+        assert p.sub_queries[0].placeholders == []
+        assert p.sub_queries[0].render({"q1": "x", "name": "y"}) == text
+    mixed = sq("q2", "Given {q1}, what does '{name}'.format(name=1) print?", "q1")
+    assert mixed.placeholders == ["q1"]
+    assert (
+        mixed.render({"q1": "A", "name": "B"})
+        == "Given A, what does '{name}'.format(name=1) print?"
+    )
+    assert Plan.single("What does f'{name}' print?").validate_dag()
+
+
+def test_lone_surrogates_are_rejected_with_their_position() -> None:
+    with pytest.raises(
+        PlanValidationError, match=r"'q1' has a lone surrogate \(U\+D800\) at position 2"
+    ):
+        plan(sq("q1", "ab\ud800c")).validate_dag()
+    assert lone_surrogate("ab\ud800c") == 2
+    assert lone_surrogate("a proper pair: \U0001f600") is None
+
+
+CHAIN = 3000
+
+
+def test_a_long_chain_listed_in_reverse_needs_no_recursion() -> None:
+    chain = plan(
+        *(sq(f"q{i}", None, *([f"q{i - 1}"] if i > 1 else [])) for i in range(CHAIN, 0, -1))
+    )
+    assert chain.validate_dag(max_sub_queries=None) is chain
+    assert chain.levels() == [[f"q{i}"] for i in range(1, CHAIN + 1)]
+    assert chain.topological_order() == [f"q{i}" for i in range(1, CHAIN + 1)]
+    assert chain.critical_path() == ([f"q{i}" for i in range(1, CHAIN + 1)], float(CHAIN))
+    assert chain.width == 1
+    assert len(chain.to_text().splitlines()) == CHAIN
+
+
+def test_a_long_cycle_is_reported_without_recursion() -> None:
+    ring = plan(*(sq(f"q{i}", None, f"q{i % CHAIN + 1}") for i in range(CHAIN, 0, -1)))
+    with pytest.raises(PlanValidationError, match="dependency cycle") as info:
+        ring.validate_dag(max_sub_queries=None)
+    assert len(_cycle_in(str(info.value))) == CHAIN + 1
+    with pytest.raises(PlanValidationError, match="dependency cycle"):
+        ring.levels()
+
+
+def test_levels_of_an_invalid_plan_name_the_problem() -> None:
+    with pytest.raises(PlanValidationError, match="unknown sub-query 'q9'"):
+        plan(sq("q1"), sq("q2", None, "q9")).levels()
 
 
 def test_numeric_placeholders_are_not_references() -> None:

@@ -253,6 +253,10 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
             child["max_concurrency"] = (
                 self.max_concurrency or config.get("max_concurrency") or width
             )
+            # One superstep per level (per sub-query when sequential): a long chain must
+            # not stop at LangGraph's default limit of 25 steps.
+            steps = width if self.mode == "sequential" else len(plan.levels())
+            child["recursion_limit"] = max(config.get("recursion_limit", 0), steps + 1)
         return child
 
     # --- running ----------------------------------------------------------------------------
@@ -313,6 +317,8 @@ class _Run:
     def __init__(self, executor: QueryExecutor, plan: Plan, policy: FailurePolicy) -> None:
         self.executor = executor
         self.plan = plan
+        # Looked up per sub-query in the scheduling loops: built once, not per lookup.
+        self.by_id = plan.by_id
         self.policy = policy
         # Under on_failure="raise" the first failure stops sub-queries not yet started.
         self.aborted = threading.Event()
@@ -326,7 +332,7 @@ class _Run:
     def declare_cohorts(self, started_together: Sequence[str]) -> None:
         groups: dict[int, list[str]] = {}
         for sq_id in started_together:
-            expert = self.executor.experts[self.plan.by_id[sq_id].expert]  # type: ignore[index]
+            expert = self.executor.experts[self.by_id[sq_id].expert]  # type: ignore[index]
             groups.setdefault(id(expert.llm), []).append(sq_id)
         for ids in groups.values():
             if len(ids) > 1:
@@ -335,7 +341,7 @@ class _Run:
 
     def eager_graph(self, asynchronous: bool) -> Pregel:
         """A functional-API graph that starts each sub-query once its parents are done."""
-        plan, limit = self.plan, self.executor.max_concurrency
+        plan, by_id, limit = self.plan, self.by_id, self.executor.max_concurrency
 
         def make_task(sq: SubQuery) -> Any:
             if asynchronous:
@@ -357,14 +363,14 @@ class _Run:
             ready = [
                 sq_id
                 for sq_id in waiting
-                if all(d in results for d in plan.by_id[sq_id].depends_on)
+                if all(d in results for d in by_id[sq_id].depends_on)
             ]
             if limit is not None:
                 ready = ready[: max(0, limit - len(running))]
             self.declare_cohorts(ready)
             for sq_id in ready:
                 waiting.remove(sq_id)
-                deps = plan.by_id[sq_id].depends_on
+                deps = by_id[sq_id].depends_on
                 running[tasks[sq_id]({d: results[d] for d in deps})] = sq_id
 
         if asynchronous:
