@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -19,7 +22,12 @@ from pydantic import Field, ValidationError
 
 from langchain_complm import Plan, PlanValidationError
 from langchain_complm.decompose import SubQueryGenerator, parse_plan
-from langchain_complm.decompose.generator import PlanOutput, supports_structured_output
+from langchain_complm.decompose.generator import (
+    MAX_REPLY_CHARS,
+    PlanOutput,
+    supports_structured_output,
+)
+from langchain_complm.evaluation.adversarial import adversarial_replies
 
 QUERY = "Who directed Jaws, and in which year was that director born?"
 VALID = plan_json(
@@ -357,6 +365,65 @@ def test_python_literal_fallback_keeps_question_text() -> None:
 def test_prose_with_brackets_before_the_json() -> None:
     text = f"Sure [plan below]:\n{VALID}"
     assert shape(parse_plan(text, QUERY)) == VALID_SHAPE
+
+
+def test_braces_that_name_no_dependency_stay_as_written() -> None:
+    text = json.dumps(
+        {
+            "sub_queries": [
+                {"id": 1, "question": "What does '{0}'.format(5) print?"},
+                {"id": 2, "question": "Given {1}, is f'{name}' valid?", "depends_on": [1]},
+            ]
+        }
+    )
+    assert shape(parse_plan(text, "q").validate_dag()) == [
+        ("q1", "What does '{0}'.format(5) print?", ()),
+        ("q2", "Given {q1}, is f'{name}' valid?", ("q1",)),
+    ]
+
+
+def test_python_literals_are_read_without_eval() -> None:
+    text = "[{'id': 'q1', 'question': 'Is \\x41 \"A\"?', 'depends_on': (), 'ok': True}]"
+    assert shape(parse_plan(text, "q")) == [("q1", 'Is A "A"?', ())]
+
+
+def test_a_plan_after_other_json_and_a_list_broken_after_it() -> None:
+    assert shape(parse_plan(f'{{"note": "first"}} then {VALID}', QUERY)) == VALID_SHAPE
+    broken_after = VALID[:-1] + ', "note": }'
+    assert shape(parse_plan(broken_after, QUERY)) == VALID_SHAPE
+
+
+def test_only_the_first_max_reply_chars_are_read() -> None:
+    assert shape(parse_plan(VALID + " junk" * MAX_REPLY_CHARS, QUERY)) == VALID_SHAPE
+    with pytest.raises(ValueError, match=f"only the first {MAX_REPLY_CHARS} characters"):
+        parse_plan(" " * MAX_REPLY_CHARS + VALID, QUERY)
+
+
+def test_a_huge_python_literal_reply_costs_bounded_memory() -> None:
+    # ast.literal_eval of model output took about 480 bytes per byte of reply.
+    reply = "{'sub_queries': [" + "{'id': 'q1', 'question': 'What?'}, " * 250_000 + "]}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError):
+            parse_plan(reply, "q")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * MAX_REPLY_CHARS
+
+
+# Linear work on a reply of the maximum length takes tens of milliseconds; the quadratic
+# parser took 52 s on 32 KB.
+SECONDS_PER_REPLY = 2.0
+
+
+@pytest.mark.parametrize("kind", sorted(adversarial_replies(1000)))
+def test_adversarial_replies_of_the_maximum_length_parse_in_linear_time(kind: str) -> None:
+    reply = adversarial_replies(MAX_REPLY_CHARS)[kind]
+    started = time.perf_counter()
+    with contextlib.suppress(ValueError):
+        parse_plan(reply, "q")
+    assert time.perf_counter() - started < SECONDS_PER_REPLY
 
 
 # --- SubQueryGenerator: prompt path ---------------------------------------------------------

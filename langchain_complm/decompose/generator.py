@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import ast
+import contextlib
+import itertools
 import json
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForChainRun
@@ -13,7 +15,6 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from langchain_core.utils.json import parse_partial_json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_complm.errors import PlanValidationError
@@ -39,6 +40,16 @@ class PlanOutput(BaseModel):
     sub_queries: list[_SubQueryOut] = Field(description="The sub-questions, in order.")
 
 
+MAX_REPLY_CHARS = 65_536
+"""How much of a decomposition reply :func:`parse_plan` reads; the rest is ignored (a reply
+that long is a model looping until its token limit, and is read as cut off there)."""
+_MAX_STARTS = 16
+"""How many places where a plan could start are tried."""
+_REPAIR_BUDGET = 2 * MAX_REPLY_CHARS
+"""Characters the repairs (trailing commas, stray quotes, Python literals) may rewrite per
+reply: a few places in a long reply, all of them in a short one. Decoding as written is
+not counted: it stops at the first error."""
+
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _PLACEHOLDER = re.compile(r"\{([^{}\s]+)\}")
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
@@ -46,33 +57,168 @@ _LIST_KEYS = ("sub_queries", "subqueries", "sub_questions", "subquestions", "que
 _QUESTION_KEYS = ("question", "text", "query", "sub_query", "subquery")
 _DEPS_KEYS = ("depends_on", "dependencies", "deps", "parents")
 
+_START = re.compile(r"""(?:(["'])\s*:\s*)?([{\[])(?=\s*[{\["'])""")
+"""An opening bracket followed by what a plan holds (an object, a list or a string). A list
+that is a key's value (``"depends_on": ["q1"]``) is part of a plan, never a plan."""
+_LIST_OPEN = re.compile(r"""(["'])(?:""" + "|".join(_LIST_KEYS) + r""")\1\s*:\s*\[""")
+_DECODER = json.JSONDecoder(strict=False)
+
 
 def parse_plan(text: str, query: str) -> Plan:
     """Parse a model's decomposition into a plan, tolerating the usual noise.
 
-    Accepts code fences, prose around the JSON, trailing commas, single quotes, unescaped
-    double quotes and raw line breaks inside strings, a string closed by the wrong quote
-    before the next key, a bare list instead of an object, common key aliases, numeric ids,
-    and a sub-query listed among its own dependencies (or a dependency listed twice). A
+    Accepts code fences, prose around the JSON, trailing commas, single quotes and other
+    Python literals, unescaped double quotes and raw line breaks inside strings, a string
+    closed by the wrong quote before the next key, a bare list instead of an object, braces
+    doubled as in the package's prompt templates (``{{...}}``), common key aliases, numeric
+    ids, and a sub-query listed among its own dependencies (or a dependency listed twice). A
     sub-query that repeats an earlier one (same question, same parents) is dropped and its
     dependents point to the earlier one. A reply cut off by the token limit is accepted
     only when the model had started repeating itself: the plan is what came before the
     first repeat. The plan is not validated otherwise.
 
+    Only the first :data:`MAX_REPLY_CHARS` characters are read, and the work is linear in
+    their number: a plan is looked for at the first few places one could start, and each
+    is decoded in one pass (no Python ``eval`` of the reply).
+
     Raises:
-        ValueError: when no JSON plan can be recovered from ``text``.
+        ValueError: when no JSON plan can be recovered from ``text``; never anything else.
     """
+    reply = text[:MAX_REPLY_CHARS]
+    fenced = _FENCE.search(reply)
+    candidate = fenced.group(1) if fenced else reply
     try:
-        return _plan_from(_load_json_like(text), query)
-    except ValueError:
-        start = text.find("{")
+        return _parse_candidate(candidate, query)
+    except ValueError as error:
+        if "{{" in candidate:
+            # The package's prompts double their braces; a model may copy the doubling.
+            with contextlib.suppress(ValueError):
+                return _parse_candidate(candidate.replace("{{", "{").replace("}}", "}"), query)
+        if len(text) > MAX_REPLY_CHARS:
+            raise ValueError(
+                f"{error} (only the first {MAX_REPLY_CHARS} characters of a reply are read)"
+            ) from None
+        raise
+
+
+def _parse_candidate(text: str, query: str) -> Plan:
+    first_error: ValueError | None = None
+    resume = 0
+    budget = _REPAIR_BUDGET
+    starts = (m for m in _START.finditer(text) if not (m.group(1) and m.group(2) == "["))
+    for match in itertools.islice(starts, _MAX_STARTS):
+        start = match.start(2)
+        if start < resume:
+            continue  # inside a value already decoded
         try:
-            data = parse_partial_json(text[start:]) if start >= 0 else None
-        except json.JSONDecodeError:
-            data = None
-        if data is None:
+            data, end = _decode_at(text, start, repair=budget >= len(text) - start)
+        except ValueError as exc:
+            first_error = first_error or exc
+            budget -= len(text) - start
+            continue
+        try:
+            return _plan_from(data, query)
+        except ValueError as exc:
+            first_error = first_error or exc
+        if end is None:
+            # Decoded only after a repair, so its extent in ``text`` is unknown, and a list
+            # nested in it (its dependencies) must not be taken for a plan.
+            break
+        resume = end
+    cut_off = _LIST_OPEN.search(text)
+    if cut_off is not None:
+        return _items_before_the_cut(text, cut_off.end(), query, first_error)
+    raise first_error or ValueError("no JSON object found in the reply")
+
+
+def _decode(text: str, start: int = 0) -> tuple[Any, int]:
+    """The JSON value at ``start`` and where it ends (trailing text is allowed)."""
+    try:
+        return _DECODER.raw_decode(text, start)
+    except RecursionError:  # brackets nested deeper than the C decoder recurses
+        raise ValueError("invalid JSON: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, or a number too long to convert
+        raise ValueError(f"invalid JSON: {error}") from None
+
+
+def _decode_at(text: str, start: int, *, repair: bool) -> tuple[Any, int | None]:
+    """The value at ``start``, as written or (with ``repair``) after a repair, and where it
+    ends in ``text`` (None after a repair)."""
+    try:
+        return _decode(text, start)
+    except ValueError as error:
+        if not repair:
             raise
-        return _plan_from(data, query, cut_off=True)
+        json_error = error
+    for repaired in _repairs(text[start:]):
+        try:
+            return _decode(repaired)[0], None
+        except ValueError:
+            continue
+    raise json_error
+
+
+def _repairs(snippet: str) -> Iterator[str]:
+    """``snippet`` with each repair in turn, computed only when the previous one failed."""
+    without_commas = _TRAILING_COMMA.sub(r"\1", snippet)
+    if without_commas != snippet:
+        yield without_commas
+    # Small models copy questions verbatim, quotes included ("3 ft 2" tall").
+    yield _escape_stray_quotes(without_commas)
+    # Models often write Python literals (single quotes, True/None, tuples).
+    yield _TRAILING_COMMA.sub(r"\1", _python_to_json(snippet))
+
+
+def _items_before_the_cut(text: str, position: int, query: str, error: ValueError | None) -> Plan:
+    """The plan from the sub-queries listed in full from ``position`` (just inside the
+    list): the reply was cut off inside the list, or broken after it."""
+    items: list[Any] = []
+    while True:
+        position = _skip(text, position, " \t\r\n,")
+        if position == len(text):
+            return _plan_from({"sub_queries": items}, query, cut_off=True)
+        if text[position] == "]":
+            return _plan_from({"sub_queries": items}, query)
+        try:
+            item, position = _decode(text, position)
+        except ValueError as exc:
+            if _is_cut_off(text, position):
+                return _plan_from({"sub_queries": items}, query, cut_off=True)
+            raise error or exc from None
+        items.append(item)
+
+
+def _skip(text: str, position: int, characters: str) -> int:
+    while position < len(text) and text[position] in characters:
+        position += 1
+    return position
+
+
+_STRUCTURE = re.compile(r'["\\{}\[\]]')
+
+
+def _is_cut_off(text: str, position: int) -> bool:
+    """Whether ``text`` from ``position`` (in a list) is the start of valid JSON cut short:
+    its brackets never close the list and never mismatch."""
+    expected = ["]"]
+    in_string = False
+    index = position
+    while (match := _STRUCTURE.search(text, index)) is not None:
+        char, index = match.group(), match.end()
+        if in_string:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            expected.append("}" if char == "{" else "]")
+        elif char != expected.pop():
+            return False
+        elif not expected:
+            return False  # the list closed: the reply is broken, not cut off
+    return True
 
 
 def _plan_from(data: Any, query: str, *, cut_off: bool = False) -> Plan:
@@ -97,10 +243,11 @@ def _plan_from(data: Any, query: str, *, cut_off: bool = False) -> Plan:
         if not isinstance(deps, list):
             deps = [deps]
         sq_id = _normalize_id(item.get("id", position))
-        parent_ids = (repeats.get(i, i) for i in map(_normalize_id, deps))
+        dep_ids = [_normalize_id(d) for d in deps]
+        parent_ids = (repeats.get(i, i) for i in dep_ids)
         # A sub-query listed among its own parents is a slip, not a cycle to report.
         parents = tuple(dict.fromkeys(p for p in parent_ids if p != sq_id))
-        question = _normalize_placeholders(question, repeats)
+        question = _normalize_placeholders(question, dep_ids, repeats)
         key = (" ".join(question.split()), parents)
         if key in first:
             if cut_off:
@@ -122,57 +269,49 @@ def _normalize_id(value: Any) -> str:
     return f"q{text}" if text.isdigit() else text
 
 
-def _normalize_placeholders(question: str, renamed: dict[str, str]) -> str:
-    """``{1}`` becomes ``{q1}``, and a placeholder of a dropped repeat names the original."""
+def _normalize_placeholders(question: str, deps: list[str], renamed: dict[str, str]) -> str:
+    """``{1}`` naming dependency 1 becomes ``{q1}``, and a placeholder of a dropped repeat
+    names the original; other braces (code, math) are text and stay as written."""
 
     def replace(match: re.Match[str]) -> str:
         name = _normalize_id(match.group(1))
+        if name not in deps:
+            return match.group(0)
         return "{" + renamed.get(name, name) + "}"
 
     return _PLACEHOLDER.sub(replace, question)
 
 
-def _load_json_like(text: str) -> Any:
-    fenced = _FENCE.search(text)
-    candidate = fenced.group(1) if fenced else text
-    # Prose may hold brackets of its own before the JSON: try each opening bracket in turn.
-    starts = [i for i, char in enumerate(candidate) if char in "{["]
-    if not starts:
-        raise ValueError("no JSON object found in the reply")
-    first_error: ValueError | None = None
-    for start in starts:
-        end = candidate.rfind("}" if candidate[start] == "{" else "]")
-        if end <= start:
-            continue
-        try:
-            return _parse_snippet(_TRAILING_COMMA.sub(r"\1", candidate[start : end + 1]))
-        except ValueError as exc:
-            first_error = first_error or exc
-    raise first_error or ValueError("unterminated JSON in the reply")
+_PYTHON_TOKEN = re.compile(
+    r"""("(?:\\.|[^"\\])*")|'((?:\\.|[^'\\])*)'|\b(True|False|None)\b|([()])""", re.DOTALL
+)
+_PYTHON_ESCAPE = re.compile(r"""\\x([0-9a-fA-F]{2})|\\(['"])|(\\.)|(")""", re.DOTALL)
+_JSON_WORDS = {"True": "true", "False": "false", "None": "null", "(": "[", ")": "]"}
 
 
-_PY_LITERALS = {"true": "True", "false": "False", "null": "None"}
-_STRING_OR_LITERAL = re.compile(r"(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*')|\b(true|false|null)\b")
+def _python_to_json(snippet: str) -> str:
+    """A Python literal rewritten as JSON, in one pass: single-quoted strings become
+    double-quoted ones, True/False/None and tuples their JSON forms. JSON's own true, false
+    and null are left alone, so a reply mixing both reads as one."""
 
+    def escape(match: re.Match[str]) -> str:
+        hex_code, quote, other, _ = match.groups()
+        if hex_code is not None:
+            return f"\\u00{hex_code}"
+        if quote is not None:
+            return '\\"' if quote == '"' else "'"
+        return other if other is not None else '\\"'
 
-def _parse_snippet(snippet: str) -> Any:
-    try:
-        return json.loads(snippet, strict=False)
-    except json.JSONDecodeError as json_error:
-        try:
-            # Small models copy questions verbatim, quotes included ("3 ft 2" tall").
-            return json.loads(_escape_stray_quotes(snippet), strict=False)
-        except json.JSONDecodeError:
-            pass
-        # Models often write Python literals (single quotes); JSON's true/false/null are
-        # translated outside string values only, so the sub-questions' text is untouched.
-        pythonish = _STRING_OR_LITERAL.sub(
-            lambda m: m.group(1) or _PY_LITERALS[m.group(2)], snippet
-        )
-        try:
-            return ast.literal_eval(pythonish)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"invalid JSON: {json_error}") from None
+    def token(match: re.Match[str]) -> str:
+        double, single, word, paren = match.groups()
+        body = double[1:-1] if double is not None else single
+        if body is None:
+            return _JSON_WORDS[word or paren]
+        if "\\" in body or '"' in body:
+            body = _PYTHON_ESCAPE.sub(escape, body)
+        return f'"{body}"'
+
+    return _PYTHON_TOKEN.sub(token, snippet)
 
 
 _STRING_END = re.compile(r'\s*(?:[:}\]]|,\s*["{\[]|$)')
@@ -181,6 +320,9 @@ _NEXT_KEY = re.compile(r',\s*"(?:id|question|depends_on)"\s*:')
 """The next key of a sub-query: a string still open here lost its closing quote."""
 _KEY_MISSING_QUOTE = re.compile(r'"\s*,\s*(id|question|depends_on)"\s*:')
 """A string's closing quote followed by the next key without its opening quote."""
+_IN_STRING_MARK = re.compile(r'["\\,]')
+"""The only characters inside a string where :func:`_escape_stray_quotes` has something to
+decide (outside strings, only a quote)."""
 
 
 def _escape_stray_quotes(snippet: str) -> str:
@@ -188,33 +330,44 @@ def _escape_stray_quotes(snippet: str) -> str:
     string only when a colon, a closing bracket, or a comma and the next value follow it.
     A string still open where the next sub-query key starts is closed there (models copying
     a question that ends in ' sometimes close it with that quote), and a next key that lost
-    its opening quote gets it back."""
+    its opening quote gets it back. The text between quotes, commas and backslashes is
+    copied in slices, not looked at character by character."""
     out: list[str] = []
     in_string = False
+    copied = 0  # snippet[:copied] is in out
     i = 0
-    while i < len(snippet):
+    while True:
+        if not in_string:
+            i = snippet.find('"', i)
+            if i < 0:
+                break
+            in_string = True
+            i += 1
+            continue
+        match = _IN_STRING_MARK.search(snippet, i)
+        if match is None:
+            break
+        i = match.start()
         char = snippet[i]
-        if in_string and char == "\\":
-            out.append(snippet[i : i + 2])
+        if char == "\\":
             i += 2
-            continue
-        if in_string and char == "," and _NEXT_KEY.match(snippet, i):
-            out.append('"')
-            in_string = False
-        if in_string and (key := _KEY_MISSING_QUOTE.match(snippet, i)):
-            out.append(f'","{key.group(1)}":')
-            in_string = False
-            i = key.end()
-            continue
-        if char == '"':
-            if not in_string:
-                in_string = True
-            elif _STRING_END.match(snippet, i + 1):
+        elif char == ",":
+            if _NEXT_KEY.match(snippet, i):
+                out += (snippet[copied:i], '"')
+                copied = i
                 in_string = False
-            else:
-                char = '\\"'
-        out.append(char)
-        i += 1
+            i += 1
+        elif key := _KEY_MISSING_QUOTE.match(snippet, i):
+            out += (snippet[copied:i], f'","{key.group(1)}":')
+            copied = i = key.end()
+            in_string = False
+        elif _STRING_END.match(snippet, i + 1):
+            in_string = False
+            i += 1
+        else:
+            out += (snippet[copied:i], '\\"')
+            copied = i = i + 1
+    out.append(snippet[copied:])
     return "".join(out)
 
 
@@ -346,10 +499,14 @@ def _is_bad_output(error: Exception) -> bool:
 
 def _reply_text(reply: Any) -> str:
     if isinstance(reply, BaseMessage):
-        return reply.text
-    if isinstance(reply, BaseModel):
-        return reply.model_dump_json()
-    return str(reply)
+        text = reply.text
+    elif isinstance(reply, BaseModel):
+        text = reply.model_dump_json()
+    else:
+        text = str(reply)
+    # Lone surrogates (which a reply can hold) become "?": the message that shows the reply
+    # back to the model must be valid text.
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _short(error: Exception | None, limit: int = 300) -> str:
