@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,11 +11,21 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_complm.concurrency import (
+    DEFAULT_TIMEOUT,
+    await_with_timeout,
+    call_with_timeout,
+    current_cancellation,
+)
 from langchain_complm.events import emit
 from langchain_complm.execute.executor import SubQueryResult
 from langchain_complm.prompts import AGGREGATE_PROMPT
+
+logger = logging.getLogger(__name__)
+
+_AGGREGATOR = "the aggregator model"
 
 
 class AggregationInput(BaseModel):
@@ -30,6 +41,10 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
     With a single successful sub-query and nothing failed, its answer passes through
     unchanged (no LLM call). The LLM's output is streamed, so its tokens reach
     ``stream_mode="messages"``, ``astream_events`` and the progress events as they come.
+
+    When the LLM takes longer than ``timeout`` it is given up (an async stream is
+    cancelled), and the answer lists the experts' answers as the prompt shows them
+    (:meth:`format_answers`), so the work already done is not lost; a warning is logged.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -37,6 +52,8 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
     llm: BaseChatModel
     prompt: ChatPromptTemplate = AGGREGATE_PROMPT
     """Prompt with ``query`` and ``answers`` variables."""
+    timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
+    """Seconds the LLM may take to write the answer (``None``: no limit)."""
     name: str | None = "ResponseAggregator"
 
     def invoke(
@@ -80,11 +97,21 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
         if (answer := self._passthrough(data, config)) is not None:
             return answer
         child = _llm_config(config, run_manager)
-        parts = []
-        for chunk in self.llm.stream(self._messages(data), child):
-            parts.append(chunk.text)
-            emit({"type": "token", "content": chunk.text}, config)
-        return "".join(parts).strip()
+
+        def write() -> str:
+            cancellation = current_cancellation()
+            parts = []
+            for chunk in self.llm.stream(self._messages(data), child):
+                if cancellation is not None and cancellation.cancelled:
+                    break  # given up: no more tokens after the fallback answer's
+                parts.append(chunk.text)
+                emit({"type": "token", "content": chunk.text}, config)
+            return "".join(parts).strip()
+
+        try:
+            return call_with_timeout(write, self.timeout, _AGGREGATOR)
+        except TimeoutError as error:
+            return self._timed_out(data, error, config)
 
     async def _aaggregate(
         self, data: AggregationInput, run_manager: Any, config: RunnableConfig
@@ -92,11 +119,26 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
         if (answer := self._passthrough(data, config)) is not None:
             return answer
         child = _llm_config(config, run_manager)
-        parts = []
-        async for chunk in self.llm.astream(self._messages(data), child):
-            parts.append(chunk.text)
-            emit({"type": "token", "content": chunk.text}, config)
-        return "".join(parts).strip()
+
+        async def write() -> str:
+            parts = []
+            async for chunk in self.llm.astream(self._messages(data), child):
+                parts.append(chunk.text)
+                emit({"type": "token", "content": chunk.text}, config)
+            return "".join(parts).strip()
+
+        try:
+            return await await_with_timeout(write(), self.timeout, _AGGREGATOR)
+        except TimeoutError as error:
+            return self._timed_out(data, error, config)
+
+    def _timed_out(
+        self, data: AggregationInput, error: TimeoutError, config: RunnableConfig
+    ) -> str:
+        logger.warning("%s; the answer lists the experts' answers instead", error)
+        answer = self.format_answers(data.results)
+        emit({"type": "token", "content": answer}, config)
+        return answer
 
 
 def _llm_config(config: RunnableConfig, run_manager: Any) -> RunnableConfig:

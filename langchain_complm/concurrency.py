@@ -1,5 +1,15 @@
-"""Concurrency primitives: a FIFO limiter for threads and asyncio tasks, per-runnable limits,
-and per-device locks.
+"""Concurrency primitives: timeouts, a FIFO limiter for threads and asyncio tasks,
+per-runnable limits, and per-device locks.
+
+- Timeouts (:func:`call_with_timeout`, :func:`await_with_timeout`, :data:`DEFAULT_TIMEOUT`):
+  an awaited call that times out is cancelled (its task gets ``CancelledError``, and
+  ``async with`` blocks, the limiter's included, unwind). Python cannot stop a sync call
+  from outside, so a timed sync call runs in a daemon thread of its own, which the caller
+  stops waiting for: the process can always exit, and the call's :class:`Cancellation` is
+  set. The package's own blocking points look at it and end the call there (a
+  :class:`ConcurrencyLimiter` wait, a local model's queue), and give back what the call
+  holds (a :func:`limit_concurrency` permit); other code runs on in its thread until it
+  returns, its result dropped.
 
 - :func:`limit_concurrency` wraps any expert runnable so that at most ``n`` of its calls run
   at once (threads and asyncio tasks alike; a FIFO :class:`ConcurrencyLimiter`).
@@ -13,17 +23,151 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.utils import Input, Output
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
+
+# --- timeouts -------------------------------------------------------------------------------
+
+DEFAULT_TIMEOUT = 300.0
+"""Seconds a model call may take before it is given up (experts, decomposer, aggregator).
+
+Generous for the embedded models on a loaded CPU (the slowest batched expert call measured
+took about a minute), and it still ends a run whose model server hangs. ``None`` waits
+forever."""
+
+
+class Cancellation:
+    """Set once the caller of a timed sync call stops waiting for it.
+
+    Code running inside the call finds it with :func:`current_cancellation` and can stop
+    early: check :attr:`cancelled`, :meth:`wait` on it, or register a callback.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the caller has given up."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until cancelled (True) or ``timeout`` seconds pass (False)."""
+        return self._event.wait(timeout)
+
+    def cancel(self) -> None:
+        """Set the cancellation and run the callbacks (once)."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def add_callback(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` when cancelled (now, if already)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def remove_callback(self, callback: Callable[[], object]) -> None:
+        """Forget ``callback`` (nothing happens if it was not registered or already ran)."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+
+_cancellation: contextvars.ContextVar[Cancellation | None] = contextvars.ContextVar(
+    "complm_cancellation", default=None
+)
+
+
+def current_cancellation() -> Cancellation | None:
+    """The :class:`Cancellation` of the timed sync call running now, if any."""
+    return _cancellation.get()
+
+
+def call_with_timeout(fn: Callable[[], T], timeout: float | None, what: str) -> T:
+    """``fn()``, given up after ``timeout`` seconds (None: no limit, called in this thread).
+
+    ``fn`` runs in a new daemon thread, in a copy of the caller's context (callbacks,
+    LangGraph's config, batch cohorts carry over). When the time is up the caller gets
+    ``TimeoutError`` naming ``what`` at once and the call's :class:`Cancellation` is set;
+    whatever ``fn`` still does finishes in the background and its result is dropped.
+    """
+    if timeout is None:
+        return fn()
+    cancellation = Cancellation()
+    future: Future[T] = Future()
+
+    def run() -> None:
+        _cancellation.set(cancellation)
+        try:
+            future.set_result(fn())
+        except BaseException as error:
+            future.set_exception(error)
+
+    context = contextvars.copy_context()
+    # A daemon thread: a call that never returns must not keep the process alive (the
+    # threads of a ThreadPoolExecutor are joined at exit).
+    worker = threading.Thread(target=context.run, args=(run,), name=f"complm {what}", daemon=True)
+    worker.start()
+    try:
+        return future.result(timeout)
+    except FutureTimeoutError:
+        raise TimeoutError(f"{what} did not finish within {timeout:g} s") from None
+    finally:
+        if not future.done():
+            cancellation.cancel()
+
+
+async def await_with_timeout(awaitable: Awaitable[T], timeout: float | None, what: str) -> T:
+    """``await awaitable``, cancelled after ``timeout`` seconds (None: no limit).
+
+    Raises:
+        TimeoutError: naming ``what`` (the built-in one, on every Python version).
+    """
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"{what} did not finish within {timeout:g} s") from None
+
+
+def result_unless_cancelled(future: Future[T]) -> T:
+    """``future.result()``, unless the current timed call is cancelled first: then the future
+    is cancelled too (work not started yet is dropped) and ``TimeoutError`` is raised."""
+    cancellation = current_cancellation()
+    if cancellation is None:
+        return future.result()
+    woken = threading.Event()
+    cancellation.add_callback(woken.set)
+    future.add_done_callback(lambda _: woken.set())
+    try:
+        woken.wait()
+    finally:
+        cancellation.remove_callback(woken.set)
+    if not future.done():
+        future.cancel()
+        raise TimeoutError("cancelled: the caller stopped waiting")
+    return future.result()
 
 
 # --- a FIFO semaphore for threads and asyncio tasks -----------------------------------------
@@ -47,8 +191,9 @@ class ConcurrencyLimiter:
 
     ``with limiter:`` and ``async with limiter:`` hold one of ``limit`` permits. Waiting
     asyncio tasks do not block their event loop, a cancelled task gives its place (or its
-    permit) back, and a released permit goes straight to the longest waiter, so no caller
-    starves. ``peak`` is the most permits ever held at once (for tests and benchmarks).
+    permit) back, so does a thread waiting inside a timed call that is cancelled, and a
+    released permit goes straight to the longest waiter, so no caller starves. ``peak`` is
+    the most permits ever held at once (for tests and benchmarks).
     """
 
     def __init__(self, limit: int) -> None:
@@ -73,7 +218,8 @@ class ConcurrencyLimiter:
         self.peak = max(self.peak, self._active)
 
     def acquire(self, timeout: float | None = None) -> bool:
-        """Take a permit, waiting up to ``timeout`` seconds (forever when None)."""
+        """Take a permit, waiting up to ``timeout`` seconds (forever when None); False when
+        the time is up, or when the timed call this runs in is cancelled meanwhile."""
         with self._lock:
             if self._active < self.limit and not self._waiters:
                 self._grant_locked()
@@ -82,10 +228,16 @@ class ConcurrencyLimiter:
             self._waiters.append(waiter)
             self.waits += 1
         assert waiter.event is not None
-        if waiter.event.wait(timeout):
-            return True
+        cancellation = current_cancellation()
+        if cancellation is not None:
+            cancellation.add_callback(waiter.event.set)
+        try:
+            waiter.event.wait(timeout)
+        finally:
+            if cancellation is not None:
+                cancellation.remove_callback(waiter.event.set)
         with self._lock:
-            if waiter.granted:  # granted between the timeout and the lock
+            if waiter.granted:  # also when granted between the wake-up and the lock
                 return True
             self._waiters.remove(waiter)
             return False
@@ -132,8 +284,34 @@ class ConcurrencyLimiter:
                 raise RuntimeError("ConcurrencyLimiter released more often than acquired")
             self._active -= 1
 
+    def _take(self) -> None:
+        if not self.acquire():
+            raise TimeoutError("stopped waiting for a permit: the call was cancelled")
+
+    @contextlib.contextmanager
+    def _permit(self) -> Iterator[None]:
+        """Hold a permit for one sync call. A call whose caller gave up (a timeout) gives it
+        back at once, as a cancelled task does: the limit counts the calls someone still
+        waits for, and a call stuck for good does not block the ones after it."""
+        self._take()
+        once = threading.Lock()
+
+        def give_back() -> None:
+            if once.acquire(blocking=False):
+                self.release()
+
+        cancellation = current_cancellation()
+        if cancellation is not None:
+            cancellation.add_callback(give_back)
+        try:
+            yield
+        finally:
+            if cancellation is not None:
+                cancellation.remove_callback(give_back)
+            give_back()
+
     def __enter__(self) -> ConcurrencyLimiter:
-        self.acquire()
+        self._take()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -158,7 +336,8 @@ class ConcurrencyLimitedRunnable(Runnable[Input, Output]):
 
     ``invoke``, ``ainvoke``, ``batch``/``abatch`` (one permit per input) and
     ``stream``/``astream`` (the permit is held until the stream ends) all go through the
-    limiter. Config and callbacks pass straight to ``bound``, so traces show the wrapped
+    limiter; a call given up by a timeout gives its permit back at once (see the module
+    docstring). Config and callbacks pass straight to ``bound``, so traces show the wrapped
     runnable's own runs and no extra level. Other attributes (``engine``, ``model_id``, ...)
     are read from ``bound``.
     """
@@ -197,7 +376,7 @@ class ConcurrencyLimitedRunnable(Runnable[Input, Output]):
         return self.bound.config_specs
 
     def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
-        with self.limiter:
+        with self.limiter._permit():
             return self.bound.invoke(input, config, **kwargs)
 
     async def ainvoke(
@@ -209,7 +388,7 @@ class ConcurrencyLimitedRunnable(Runnable[Input, Output]):
     def stream(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Output]:
-        with self.limiter:
+        with self.limiter._permit():
             yield from self.bound.stream(input, config, **kwargs)
 
     async def astream(
@@ -286,11 +465,17 @@ def device_lock(
 
 __all__ = [
     "DEFAULT_DEVICE_CONCURRENCY",
+    "DEFAULT_TIMEOUT",
+    "Cancellation",
     "ConcurrencyLimitedRunnable",
     "ConcurrencyLimiter",
+    "await_with_timeout",
+    "call_with_timeout",
+    "current_cancellation",
     "device_key",
     "device_limiter",
     "device_lock",
     "limit_concurrency",
+    "result_unless_cancelled",
     "set_device_concurrency",
 ]

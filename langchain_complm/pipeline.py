@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -12,6 +12,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.errors import EmptyInputError
 from langgraph.func import entrypoint
 from langgraph.pregel import Pregel
 from pydantic import BaseModel, Field, computed_field
@@ -26,7 +27,7 @@ from langchain_complm.execute.executor import (
     SubQueryResult,
 )
 from langchain_complm.experts import Expert, check_experts
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision, invalid_text
 from langchain_complm.route.router import EmbeddingRouter
 
 DEFAULT_MAX_QUERY_CHARS = 8000
@@ -84,8 +85,9 @@ def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) ->
     human message's text.
 
     Raises:
-        TypeError: for any other type.
-        ValueError: for an empty query or one longer than ``max_chars``.
+        TypeError: for any other type (``None`` included).
+        ValueError: for an empty query, one longer than ``max_chars``, or one that is not
+            valid Unicode text (a lone surrogate, which embeddings and tokenizers fail on).
     """
     if isinstance(value, dict):
         if "query" in value:
@@ -106,16 +108,45 @@ def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) ->
             raise ValueError("the messages contain no human message to answer")
         value = humans[-1].text
     if not isinstance(value, str):
-        raise TypeError(
-            "query must be a string, {'query': str}, or chat messages; "
-            f"got {type(value).__name__}"
-        )
+        raise _not_a_query(value)
     query = value.strip()
     if not query:
         raise ValueError("query is empty")
     if max_chars is not None and len(query) > max_chars:
         raise ValueError(f"query is {len(query)} characters long, over the limit of {max_chars}")
+    if (problem := invalid_text(query)) is not None:
+        raise ValueError(f"query has {problem}")
     return query
+
+
+def _not_a_query(value: Any) -> TypeError:
+    return TypeError(
+        f"query must be a string, {{'query': str}}, or chat messages; got {type(value).__name__}"
+    )
+
+
+class _CompLLMGraph(Pregel):
+    """The pipeline's graph. LangGraph reads ``None`` as "no input" and, on a thread with
+    no checkpoint to resume, fails with its own ``EmptyInputError``; here ``None`` gets the
+    error :func:`coerce_query` gives any other input that is not a query. ``invoke``,
+    ``batch`` and the event streams all go through these two methods."""
+
+    def stream(self, input: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            yield from super().stream(input, *args, **kwargs)
+        except EmptyInputError:
+            if input is not None:
+                raise
+            raise _not_a_query(input) from None
+
+    async def astream(self, input: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        try:
+            async for chunk in super().astream(input, *args, **kwargs):
+                yield chunk
+        except EmptyInputError:
+            if input is not None:
+                raise
+            raise _not_a_query(input) from None
 
 
 def create_comp_llm(
@@ -243,6 +274,7 @@ def _compile(
         emit({"type": "done", "data": output}, config)
         return output
 
+    comp_llm.__class__ = _CompLLMGraph  # the entrypoint builds a plain Pregel
     comp_llm.name = name
     comp_llm.stream_mode = "custom"
     return comp_llm

@@ -28,13 +28,18 @@ def braced_names(text: str) -> list[str]:
     return list(dict.fromkeys(_BRACED_NAME.findall(text)))
 
 
-def lone_surrogate(text: str) -> int | None:
-    """The position of the first lone surrogate in ``text`` (a code point that no encoding
-    can write, such as ``"\\ud800"``), or None when ``text`` is valid Unicode text."""
+def invalid_text(text: str) -> str | None:
+    """What makes ``text`` invalid Unicode text, or None when it is valid: a lone surrogate
+    (such as ``"\\ud800"``), which no encoding can write and on which embeddings and
+    tokenizers fail."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        return error.start
+        code = ord(text[error.start])
+        return (
+            f"a lone surrogate (U+{code:04X}) at position {error.start}, which is not valid "
+            "Unicode text"
+        )
     return None
 
 
@@ -172,13 +177,9 @@ class Plan(BaseModel):
             seen.add(sq.id)
             if not sq.question.strip():
                 raise PlanValidationError(f"sub-query {sq.id!r} has an empty question")
-            if (position := lone_surrogate(sq.question)) is not None:
-                # Embeddings and tokenizers cannot encode it: the plan could not be routed.
-                raise PlanValidationError(
-                    f"sub-query {sq.id!r} has a lone surrogate "
-                    f"(U+{ord(sq.question[position]):04X}) at position {position} of its "
-                    "question, which is not valid Unicode text"
-                )
+            if (problem := invalid_text(sq.question)) is not None:
+                # The router could not embed it.
+                raise PlanValidationError(f"the question of sub-query {sq.id!r} has {problem}")
         for sq in self.sub_queries:
             for dep in sq.depends_on:
                 if dep == sq.id:

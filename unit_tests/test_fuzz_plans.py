@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from langchain_complm import Plan, PlanValidationError
 from langchain_complm.decompose import SubQueryGenerator, parse_plan
 from langchain_complm.execute import QueryExecutor
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, braced_names, lone_surrogate
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, braced_names, invalid_text
 from langchain_complm.route import EmbeddingRouter
 
 settings.register_profile(
@@ -258,7 +258,7 @@ def _check_valid(plan: Plan, max_sub_queries: int) -> None:
     position = {sq_id: i for i, sq_id in enumerate(plan.topological_order())}
     for sq in plan.sub_queries:
         assert sq.id[0].isascii() and sq.id[0].isalpha()
-        assert sq.question.strip() and lone_surrogate(sq.question) is None
+        assert sq.question.strip() and invalid_text(sq.question) is None
         for dep in sq.depends_on:
             assert dep in position and dep != sq.id
             assert position[dep] < position[sq.id]
@@ -307,7 +307,7 @@ def test_parse_plan_on_deep_nesting_and_huge_numbers(reply: str) -> None:
 @given(
     st.lists(st.one_of(replies(), JSONISH), min_size=1, max_size=2),
     st.integers(1, DEFAULT_MAX_SUB_QUERIES),
-    st.one_of(st.just(QUERY), TEXT.filter(lambda q: q.strip() and lone_surrogate(q) is None)),
+    st.one_of(st.just(QUERY), TEXT.filter(lambda q: q.strip() and invalid_text(q) is None)),
 )
 def test_generator_gives_a_valid_plan_or_the_fallback(
     responses: list[str], cap: int, query: str

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from langchain_complm import Plan, PlanValidationError, RoutingDecision, SubQuery
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, lone_surrogate
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, invalid_text
 
 
 def sq(sq_id: str, question: str | None = None, *deps: str) -> SubQuery:
@@ -188,11 +188,11 @@ def test_braces_that_name_no_dependency_are_text() -> None:
 
 def test_lone_surrogates_are_rejected_with_their_position() -> None:
     with pytest.raises(
-        PlanValidationError, match=r"'q1' has a lone surrogate \(U\+D800\) at position 2"
+        PlanValidationError,
+        match=r"question of sub-query 'q1' has a lone surrogate \(U\+D800\) at position 2",
     ):
         plan(sq("q1", "ab\ud800c")).validate_dag()
-    assert lone_surrogate("ab\ud800c") == 2
-    assert lone_surrogate("a proper pair: \U0001f600") is None
+    assert invalid_text("a proper pair: \U0001f600") is None
 
 
 CHAIN = 3000

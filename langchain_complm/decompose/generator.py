@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForChainRun
@@ -17,8 +18,9 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from langchain_complm.concurrency import DEFAULT_TIMEOUT, await_with_timeout, call_with_timeout
 from langchain_complm.errors import PlanValidationError
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, invalid_text
 from langchain_complm.prompts import DECOMPOSE_PROMPT, DECOMPOSE_RETRY
 
 logger = logging.getLogger(__name__)
@@ -381,8 +383,9 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
 
     Uses structured output when the model supports tool calling, otherwise a few-shot prompt
     and a tolerant JSON parser. An invalid decomposition is retried once with the error
-    shown to the model; if it fails again (or the model raises), the generator falls back to
-    a single sub-query holding the whole query and records why in ``Plan.fallback_reason``.
+    shown to the model; if it fails again (or the model raises, or takes longer than
+    ``timeout``), the generator falls back to a single sub-query holding the whole query and
+    records why in ``Plan.fallback_reason``. The query itself must be non-empty text.
 
     Example:
         .. code-block:: python
@@ -403,6 +406,9 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
     """Plans with more sub-queries are invalid."""
     structured_output: bool | None = None
     """Force structured output on or off; ``None`` uses it when the model supports it."""
+    timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
+    """Seconds the model may take per reply (``None``: no limit); a slower reply is given up
+    (an async call is cancelled) and the query answered whole."""
     name: str | None = "SubQueryGenerator"
 
     def invoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> Plan:
@@ -439,6 +445,7 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
     def _decompose(
         self, query: str, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> Plan:
+        _check_query(query)
         model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
         messages = self._messages(query)
@@ -446,7 +453,8 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
         for attempt in range(2):
             reply = None
             try:
-                reply = model.invoke(messages, child)
+                call = partial(model.invoke, messages, child)
+                reply = call_with_timeout(call, self.timeout, _DECOMPOSER)
                 return self._to_plan(reply, query)
             except Exception as exc:
                 error = exc
@@ -456,6 +464,7 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
         return self._fallback(query, error)
 
     async def _adecompose(self, query: str, run_manager: Any, config: RunnableConfig) -> Plan:
+        _check_query(query)
         model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
         messages = self._messages(query)
@@ -463,7 +472,9 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
         for attempt in range(2):
             reply = None
             try:
-                reply = await model.ainvoke(messages, child)
+                reply = await await_with_timeout(
+                    model.ainvoke(messages, child), self.timeout, _DECOMPOSER
+                )
                 return self._to_plan(reply, query)
             except Exception as exc:
                 error = exc
@@ -486,6 +497,19 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
         reason = f"{type(error).__name__}: {_short(error)}"
         logger.warning("decomposition failed, answering the query whole (%s)", reason)
         return Plan.single(query, fallback_reason=reason)
+
+
+_DECOMPOSER = "the decomposer model"
+
+
+def _check_query(query: Any) -> None:
+    """The fallback answers the query whole, so it must be a valid sub-query's question."""
+    if not isinstance(query, str):
+        raise TypeError(f"the query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("the query is empty")
+    if (problem := invalid_text(query)) is not None:
+        raise ValueError(f"the query has {problem}")
 
 
 def _is_bad_output(error: Exception) -> bool:

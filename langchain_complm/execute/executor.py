@@ -9,12 +9,10 @@ dependents see their parents' answers.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeoutError
+from concurrent.futures import FIRST_COMPLETED, wait
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -31,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from typing_extensions import TypedDict
 
 from langchain_complm.batching import BatchCohort, batch_cohort
+from langchain_complm.concurrency import DEFAULT_TIMEOUT, await_with_timeout, call_with_timeout
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer, emit
 from langchain_complm.experts import Expert, check_experts
@@ -60,13 +59,20 @@ class FailurePolicy(BaseModel):
     If all fail, ``on_failure="continue"`` records the failure, skips the sub-queries that
     depend on it and lets the rest finish; ``"raise"`` stops starting new sub-queries and
     raises :class:`SubQueryExecutionError`, which still carries every result computed.
+
+    Each call gets ``timeout`` seconds (default :data:`~langchain_complm.concurrency.
+    DEFAULT_TIMEOUT`; ``None``: no limit). An async call that runs out is cancelled; a sync
+    call is abandoned and told so (see :mod:`langchain_complm.concurrency` for what that
+    stops): the attempt fails either way and the next one starts at once.
     """
 
     model_config = ConfigDict(frozen=True)
 
     max_retries: int = Field(default=0, ge=0)
     fallback_expert: str | None = None
-    timeout: float | None = Field(default=None, gt=0, description="Seconds per expert call.")
+    timeout: float | None = Field(
+        default=DEFAULT_TIMEOUT, gt=0, description="Seconds per expert call (None: no limit)."
+    )
     on_failure: Literal["continue", "raise"] = "continue"
 
 
@@ -361,9 +367,7 @@ class _Run:
 
         def start_ready(results: dict, running: dict, waiting: list[str]) -> None:
             ready = [
-                sq_id
-                for sq_id in waiting
-                if all(d in results for d in by_id[sq_id].depends_on)
+                sq_id for sq_id in waiting if all(d in results for d in by_id[sq_id].depends_on)
             ]
             if limit is not None:
                 ready = ready[: max(0, limit - len(running))]
@@ -487,7 +491,7 @@ class _Run:
         with batch_cohort(cohort):
             # The task created here copies the context, cohort included.
             call = asyncio.ensure_future(llm.ainvoke(messages, _expert_config(config, sq, expert)))
-        return await asyncio.wait_for(call, self.policy.timeout)
+        return await await_with_timeout(call, self.policy.timeout, f"expert {expert} on {sq.id}")
 
     def _call(
         self,
@@ -498,20 +502,9 @@ class _Run:
         cohort: BatchCohort | None,
     ) -> Any:
         llm = self.executor.experts[expert].llm
-        expert_config = _expert_config(config, sq, expert)
+        call = partial(llm.invoke, messages, _expert_config(config, sq, expert))
         with batch_cohort(cohort):
-            if self.policy.timeout is None:
-                return llm.invoke(messages, expert_config)
-            context = contextvars.copy_context()
-        # A sync call cannot be cancelled: on timeout the thread finishes in the background
-        # and its answer is dropped.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"complm-{sq.id}")
-        future = pool.submit(context.run, lambda: llm.invoke(messages, expert_config))
-        pool.shutdown(wait=False)
-        try:
-            return future.result(timeout=self.policy.timeout)
-        except FutureTimeoutError:
-            raise TimeoutError() from None
+            return call_with_timeout(call, self.policy.timeout, f"expert {expert} on {sq.id}")
 
     def _candidates(self, sq: SubQuery) -> list[tuple[str, BatchCohort | None]]:
         """The experts to try in turn, each with its batch cohort (first attempt only:

@@ -32,7 +32,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field
 
 from langchain_complm.batching import BatchCohort, current_cohort
-from langchain_complm.concurrency import device_lock
+from langchain_complm.concurrency import device_lock, result_unless_cancelled
 
 if TYPE_CHECKING:
     import torch
@@ -687,7 +687,9 @@ class ChatLocalHuggingFace(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return self._to_result(self._submit(messages, stop, kwargs).result())
+        # A call given up by its timeout stops waiting, and its request, if not started yet,
+        # leaves the queue.
+        return self._to_result(result_unless_cancelled(self._submit(messages, stop, kwargs)))
 
     async def _agenerate(
         self,

@@ -22,7 +22,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from pydantic import Field
 
-from langchain_complm.concurrency import device_key
+from langchain_complm.concurrency import device_key, result_unless_cancelled
 from langchain_complm.errors import MemoryBudgetError
 from langchain_complm.models.huggingface import (
     ChatLocalHuggingFace,
@@ -620,7 +620,7 @@ class ChatPooledHuggingFace(ChatLocalHuggingFace):
         **kwargs: Any,
     ) -> ChatResult:
         with self.pool.acquire(self.pool_key) as lease:
-            output = self._submit(messages, stop, kwargs, lease.engine).result()
+            output = result_unless_cancelled(self._submit(messages, stop, kwargs, lease.engine))
         return self._to_result(output, self._lease_metadata(lease.load_time_s, lease.evicted))
 
     async def _agenerate(
