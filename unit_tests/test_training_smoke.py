@@ -171,6 +171,70 @@ def test_resume_continues_where_it_stopped(
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)
 
 
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+def test_a_crash_while_saving_resumes_from_the_newest_complete_checkpoint(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tiny_base, tmp_path / "run", batch_size=2, save_every=1)
+    out = Path(config.out)
+    rename = Path.rename
+
+    def crash_between_the_renames(self: Path, target: Any) -> Any:
+        # The second save dies after moving the step-1 checkpoint aside, before putting
+        # the complete step-2 one in its place: no <out>/checkpoint at all.
+        if self.name == "checkpoint.tmp" and (out / "checkpoint.old").is_dir():
+            with (out / "checkpoint.old" / "state.json").open() as file:
+                if json.load(file)["step"] == 1:
+                    raise Crash
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash_between_the_renames)
+    with pytest.raises(Crash):
+        train_generator(config, pairs=pairs)
+    monkeypatch.undo()
+    assert not (out / "checkpoint").exists()
+    steps: list[int] = []
+    resumed = train_generator(
+        config, pairs=pairs, resume=True, on_step=lambda s, _: steps.append(s)
+    )
+    assert steps == [3]  # from step 2, not from 0
+    straight = train_generator(_config(tiny_base, tmp_path / "straight", batch_size=2), pairs=pairs)
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)
+    assert not (out / "checkpoint.tmp").exists() and not (out / "checkpoint.old").exists()
+
+
+class _RunsCode:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    import torch
+
+    config = _config(tiny_base, tmp_path / "run", batch_size=2, save_every=1)
+
+    def stop(step: int, loss: float) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        train_generator(config, pairs=pairs, on_step=stop)
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer": _RunsCode(marker)}, Path(config.out) / "checkpoint" / "optimizer.pt")
+    with pytest.raises(ValueError, match="holds more than tensors and plain values"):
+        train_generator(config, pairs=pairs, resume=True)
+    assert not marker.exists()
+
+
 def test_full_fine_tune_then_loader_returns_a_working_generator(
     tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
 ) -> None:

@@ -10,7 +10,10 @@ included). LoRA (peft) by default, a full fine-tune with ``lora_r=0``.
 The output folder holds the adapter (or the full model), the tokenizer and
 ``complm_generator.json`` (base model, data, steps, seed, losses). While training, the
 latest checkpoint (trainable weights, optimizer, scheduler, step) is kept in
-``<out>/checkpoint``; ``resume=True`` continues from it with the same data order.
+``<out>/checkpoint``; ``resume=True`` continues from it with the same data order. A
+checkpoint is written to a new folder, flushed to disk and swapped in by renames, so a crash
+while saving leaves a complete one to resume from; resuming reads only tensors and plain
+values (``torch.load(weights_only=True)``), never code.
 
 :func:`langchain_complm.models.trained.load_trained_generator` turns such a folder (or a Hub
 repo holding one) into a :class:`~langchain_complm.decompose.generator.SubQueryGenerator`.
@@ -21,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import pickle
 import random
 import shutil
 import time
@@ -216,7 +221,7 @@ def train_generator(
     step, losses = 0, list[float]()
     checkpoint = out / CHECKPOINT_DIR
     run_key = _run_key(config, len(examples), total_steps)
-    if resume and (checkpoint / "state.json").is_file():
+    if resume and _recover_checkpoint(checkpoint):
         step, losses = _load_checkpoint(checkpoint, model, optimizer, scheduler, device, run_key)
         logger.info("resumed from step %d", step)
 
@@ -383,11 +388,15 @@ def _save_checkpoint(
     losses: list[float],
     run_key: dict[str, Any],
 ) -> None:
-    """Trainable weights, optimizer, scheduler and step, written atomically (tmp + rename)."""
+    """Trainable weights, optimizer, scheduler and step, written to ``<folder>.tmp`` and
+    flushed to disk (``state.json`` last: it marks the folder complete), then swapped in:
+    the previous checkpoint moves to ``<folder>.old`` until the new one is in place. At
+    every moment one of the three folders holds a complete checkpoint
+    (:func:`_recover_checkpoint` finds it)."""
     import torch
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp, old = _swap_folders(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {
@@ -402,12 +411,49 @@ def _save_checkpoint(
     )
     state = {"step": step, "losses": losses, "run": run_key}
     (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
+    for path in (tmp / "trainable.safetensors", tmp / "optimizer.pt", tmp / "state.json", tmp):
+        _fsync(path)
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
+    _fsync(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap_folders(folder: Path) -> tuple[Path, Path]:
+    """Where a checkpoint is written before it is swapped in, and where the previous one
+    waits meanwhile."""
+    return folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk: a rename must not outlive the data.
+    (Where a folder cannot be opened, as on Windows, its entries are left to the system.)"""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _recover_checkpoint(folder: Path) -> bool:
+    """Whether there is a complete checkpoint to resume from, moving it to ``folder`` when a
+    crash while saving left it in ``<folder>.tmp`` (the newer) or ``<folder>.old``."""
+    if (folder / "state.json").is_file():
+        return True
+    for candidate in _swap_folders(folder):
+        if (candidate / "state.json").is_file():
+            logger.warning("resuming from %s, left there by an interrupted save", candidate)
+            shutil.rmtree(folder, ignore_errors=True)
+            candidate.rename(folder)
+            return True
+    return False
 
 
 def _load_checkpoint(
@@ -428,7 +474,14 @@ def _load_checkpoint(
     if missing:
         raise ValueError(f"checkpoint does not fit this model (e.g. {sorted(missing)[0]})")
     model.load_state_dict(weights, strict=False)
-    states = torch.load(folder / "optimizer.pt", map_location=device, weights_only=False)
+    try:
+        # Plain values and tensors only: whoever can write the folder must not run code here.
+        states = torch.load(folder / "optimizer.pt", map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"cannot resume: {folder / 'optimizer.pt'} holds more than tensors and plain "
+            f"values, which is refused ({str(error).splitlines()[0]})"
+        ) from None
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
     return int(state["step"]), [float(x) for x in state["losses"]]
