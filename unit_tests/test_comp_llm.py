@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from typing import Any
 from uuid import UUID
@@ -11,7 +13,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_complm import CompLLMOutput, FailurePolicy, create_comp_llm
-from langchain_complm.pipeline import coerce_query
+from langchain_complm.decompose import StructuralSubQueryGenerator
+from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS, coerce_query
 
 PLAN = plan_json(
     ("q1", "What is the sum of 2 and 3?", []),
@@ -82,6 +85,11 @@ def test_accepted_input_forms(value: Any) -> None:
         ({"question": "x"}, ValueError, "'query' or 'messages'"),
         ([SystemMessage("only system")], ValueError, "no human message"),
         ("x" * 101, ValueError, "101 characters long, over the limit of 100"),
+        (None, TypeError, "got NoneType"),
+        ("What is \ud800?", ValueError, r"lone surrogate \(U\+D800\) at position 8"),
+        ({"query": "a\udfffb"}, ValueError, "lone surrogate"),
+        ({"query": None}, TypeError, "got NoneType"),
+        ([HumanMessage("x"), 3], TypeError, "got list"),
     ],
 )
 def test_bad_queries_raise_clear_errors(value: Any, error: type, match: str) -> None:
@@ -89,6 +97,57 @@ def test_bad_queries_raise_clear_errors(value: Any, error: type, match: str) -> 
     with pytest.raises(error, match=match):
         comp.invoke(value)
     assert fakes["math"].calls == []
+
+
+async def test_none_is_rejected_by_every_entry_point_unless_it_resumes_a_thread() -> None:
+    comp, _ = build()
+    for call in (lambda: list(comp.stream(None)), lambda: comp.batch([None])):
+        with pytest.raises(TypeError, match="got NoneType"):
+            call()
+    with pytest.raises(TypeError, match="got NoneType"):
+        await comp.ainvoke(None)
+    with pytest.raises(TypeError, match="got NoneType"):
+        [e async for e in comp.astream_events(None, version="v2")]
+    # On a checkpointed thread None still means what LangGraph makes it mean.
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    saved, _ = build(checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "t"}}
+    with pytest.raises(TypeError, match="got NoneType"):
+        saved.invoke(None, thread)
+    first = saved.invoke("What is 2+3?", thread)
+    assert saved.invoke(None, thread).answer == first.answer
+
+
+# Adversarial input of the maximum length: each is refused or accepted in linear time.
+BOUNDARY_INPUTS = {
+    "over the limit": "x" * (10 * DEFAULT_MAX_QUERY_CHARS),
+    "surrogate at the end": "x" * (DEFAULT_MAX_QUERY_CHARS - 1) + "\ud800",
+    "whitespace": " \n\t" * DEFAULT_MAX_QUERY_CHARS,
+    "many messages": [SystemMessage("s")] * 100_000 + [HumanMessage("What is 2+3?")],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BOUNDARY_INPUTS))
+def test_adversarial_inputs_at_the_boundary_are_handled_in_linear_time(kind: str) -> None:
+    started = time.perf_counter()
+    with contextlib.suppress(ValueError):
+        coerce_query(BOUNDARY_INPUTS[kind])
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "question", ["What does f'{name}' print?", "Is {q1} a set? And what is {x} + 1 = 3?"]
+)
+def test_questions_with_braces_are_answered(question: str) -> None:
+    # Fallback (the question whole), a decomposition that keeps the braces, and the splitter.
+    braced = plan_json(("q1", question, []), ("q2", "What is 2+2?", []))
+    for generator in (fake_llm("no json", "none"), fake_llm(braced), StructuralSubQueryGenerator()):
+        comp, _ = build(generator=generator)
+        out = comp.invoke(question)
+        assert out.errors == {}
+        prompts = " ".join(r.prompt or "" for r in out.results.values())
+        assert all(braces in prompts for braces in re.findall(r"\{\w+\}", question))
 
 
 def test_bad_configuration_raises_at_construction() -> None:
