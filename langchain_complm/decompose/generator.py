@@ -522,8 +522,9 @@ def _is_bad_output(error: Exception) -> bool:
 
 
 def _reply_text(reply: Any) -> str:
+    text: str
     if isinstance(reply, BaseMessage):
-        text = reply.text
+        text = str(reply.text)
     elif isinstance(reply, BaseModel):
         text = reply.model_dump_json()
     else:
