@@ -2,6 +2,22 @@ from __future__ import annotations
 
 import pytest
 from fakes import KeywordEmbeddings
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (test_fuzz_plans.py): CI runs a fixed, derandomized set of cases, so a
+# failure reproduces; `pytest --hypothesis-profile=fuzz` explores many more, at random.
+settings.register_profile(
+    "ci",
+    max_examples=1200,
+    derandomize=True,
+    database=None,
+    deadline=None,  # each test bounds its cases' time itself, with room for a loaded machine
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz", parent=settings.get_profile("ci"), max_examples=20_000, derandomize=False
+)
+settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from fakes import KeywordEmbeddings, fake_llm, make_expert
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from langchain_complm import Plan, PlanValidationError
@@ -32,18 +32,9 @@ from langchain_complm.execute import QueryExecutor
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, braced_names, invalid_text
 from langchain_complm.route import EmbeddingRouter
 
-settings.register_profile(
-    "ci",
-    max_examples=1000,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "fuzz", parent=settings.get_profile("ci"), max_examples=20_000, derandomize=False
-)
-settings.load_profile("ci")
+# The profile (conftest.py: "ci", or --hypothesis-profile=fuzz) sets the total; each test
+# takes its share.
+EXAMPLES = settings.default.max_examples
 
 SECONDS_PER_CASE = 2.0
 """Parsing is linear in a reply of at most MAX_REPLY_CHARS: milliseconds, even under load."""
@@ -291,19 +282,19 @@ def test_parse_plan_on_written_out_plans(reply: str) -> None:
     _check_parse(reply)
 
 
-@settings(max_examples=600)
+@settings(max_examples=EXAMPLES // 2)
 @given(JSONISH)
 def test_parse_plan_on_json_like_text(reply: str) -> None:
     _check_parse(reply)
 
 
-@settings(max_examples=100)
+@settings(max_examples=EXAMPLES // 12)
 @given(NESTED)
 def test_parse_plan_on_deep_nesting_and_huge_numbers(reply: str) -> None:
     _check_parse(reply)
 
 
-@settings(max_examples=600)
+@settings(max_examples=EXAMPLES * 7 // 12)
 @given(
     st.lists(st.one_of(replies(), JSONISH), min_size=1, max_size=2),
     st.integers(1, DEFAULT_MAX_SUB_QUERIES),

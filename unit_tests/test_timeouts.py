@@ -101,10 +101,17 @@ def expert(llm: Any, name: str = "x") -> Expert:
     return Expert(name=name, description="anything", llm=llm)
 
 
+def timed_call_threads() -> list[threading.Thread]:
+    """The threads that timed sync calls run in (named by call_with_timeout)."""
+    return [t for t in threading.enumerate() if t.name.startswith("complm ")]
+
+
 def settles(expected: int, within: float = 10.0) -> bool:
-    """Whether the thread count comes down to ``expected`` within ``within`` seconds."""
+    """Whether, within ``within`` seconds, every timed call's thread has ended and the thread
+    count is down to ``expected`` (other tests' threads may end meanwhile, so the count
+    alone could be reached early)."""
     deadline = time.monotonic() + within
-    while threading.active_count() > expected:
+    while threading.active_count() > expected or timed_call_threads():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -182,7 +189,7 @@ def test_a_stuck_sync_expert_is_abandoned_in_daemon_threads_that_end_with_it(
     baseline = threading.active_count()
     for result in run_many(lambda: executor.invoke(PLAN)):
         assert_timed_out(result)
-    stuck = [t for t in threading.enumerate() if t.name.startswith("complm expert x")]
+    stuck = timed_call_threads()
     assert len(stuck) == RUNS and all(t.daemon for t in stuck)
     hang.release.set()  # the model finally answers: the answers are dropped
     assert settles(baseline)
