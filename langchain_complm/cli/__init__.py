@@ -10,7 +10,9 @@
 
 Progress (model loading, plan ready, each sub-query routed and answered) goes to stderr,
 results to stdout. Exit codes: 0 success, 1 failure while running, 2 bad usage or input,
-3 bad config, 4 model files missing, 130 interrupted.
+3 bad config, 4 model files missing, 130 interrupted; a served model's failure (whether it
+stopped the run or only failed some sub-queries) 5 server unreachable, 6 model not served,
+7 HTTP error, 8 timeout.
 
 Subcommands are :class:`Command` entries declared in one place, :data:`COMMANDS`: each module
 of this package (``ask``, ``bench``, ``train``) lists its own; :func:`build_parser` takes any
@@ -29,16 +31,21 @@ from langchain_complm.cli._common import (
     CONFIG_ENV,
     EXIT_CONFIG,
     EXIT_FAILURE,
+    EXIT_HTTP,
     EXIT_INTERRUPTED,
     EXIT_MODEL,
+    EXIT_NOT_SERVED,
     EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
+    SERVED_MODEL_EXIT_CODES,
     Command,
     Console,
     common_arguments,
 )
 from langchain_complm.cli.ask import describe_event, format_output
-from langchain_complm.errors import ConfigError, ModelNotFoundError, UsageError
+from langchain_complm.errors import ConfigError, ModelNotFoundError, RemoteModelError, UsageError
 
 COMMANDS: tuple[Command, ...] = (*ask.COMMANDS, *bench.COMMANDS, *train.COMMANDS)
 """The subcommands, in help order."""
@@ -53,7 +60,8 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
         description="Comp-LLM: answer a question with several small expert LLMs "
         "(decompose, route, run in parallel, aggregate).",
         epilog="exit codes: 0 ok, 1 failure, 2 bad usage or input, 3 bad config, "
-        "4 model files missing",
+        "4 model files missing; a served model: 5 server unreachable, 6 model not served, "
+        "7 HTTP error, 8 timeout",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_arguments()
@@ -86,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(console, args, exc, f"bad config: {exc}", EXIT_CONFIG)
     except ModelNotFoundError as exc:
         return _fail(console, args, exc, f"model files missing: {exc}", EXIT_MODEL)
+    except RemoteModelError as exc:
+        codes = (c for kind, c in SERVED_MODEL_EXIT_CODES.items() if isinstance(exc, kind))
+        code = next(codes, EXIT_FAILURE)
+        return _fail(console, args, exc, f"{type(exc).__name__}: {exc}", code)
     except KeyboardInterrupt:
         console.error("interrupted")
         return EXIT_INTERRUPTED
@@ -108,10 +120,15 @@ __all__ = [
     "CONFIG_ENV",
     "EXIT_CONFIG",
     "EXIT_FAILURE",
+    "EXIT_HTTP",
     "EXIT_INTERRUPTED",
     "EXIT_MODEL",
+    "EXIT_NOT_SERVED",
     "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "SERVED_MODEL_EXIT_CODES",
     "Command",
     "Console",
     "build_parser",

@@ -17,7 +17,14 @@ from langchain_complm.config import (
     default_config,
     load_config,
 )
-from langchain_complm.errors import UsageError
+from langchain_complm.errors import (
+    ModelNotServedError,
+    RemoteModelError,
+    ServerHTTPError,
+    ServerTimeoutError,
+    ServerUnreachableError,
+    UsageError,
+)
 from langchain_complm.pipeline import coerce_query
 
 EXIT_OK = 0
@@ -25,7 +32,19 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_MODEL = 4
+EXIT_UNREACHABLE = 5
+EXIT_NOT_SERVED = 6
+EXIT_HTTP = 7
+EXIT_TIMEOUT = 8
 EXIT_INTERRUPTED = 130
+
+SERVED_MODEL_EXIT_CODES: dict[type[RemoteModelError], int] = {
+    ServerUnreachableError: EXIT_UNREACHABLE,
+    ModelNotServedError: EXIT_NOT_SERVED,
+    ServerHTTPError: EXIT_HTTP,
+    ServerTimeoutError: EXIT_TIMEOUT,
+}
+"""Exit code per kind of served-model error (:mod:`langchain_complm.errors`)."""
 
 CONFIG_ENV = "COMPLM_CONFIG"
 """Environment variable naming the config file used when ``--config`` is not given."""

@@ -9,6 +9,7 @@ from typing import Any, get_args
 
 from langchain_complm.cli._common import (
     EXIT_OK,
+    SERVED_MODEL_EXIT_CODES,
     Command,
     Console,
     add_question_argument,
@@ -21,7 +22,8 @@ from langchain_complm.config import (
     build_comp_llm,
     build_planner,
 )
-from langchain_complm.execute.executor import ScheduleMode
+from langchain_complm.errors import RemoteModelError
+from langchain_complm.execute.executor import ScheduleMode, SubQueryResult
 from langchain_complm.pipeline import CompLLMOutput
 from langchain_complm.plan import Plan
 
@@ -66,15 +68,7 @@ def format_output(output: CompLLMOutput) -> str:
     count, depth = len(plan.sub_queries), len(plan.levels())
     lines = [f"Plan ({_plural(count, 'sub-query', 'sub-queries')}, {_plural(depth, 'level')}):"]
     lines += ["  " + row for row in plan.to_text().splitlines()]
-    lines += ["", "Sub-answers:"]
-    for sq_id, result in output.results.items():
-        took = f", {result.duration:.1f} s" if result.duration is not None else ""
-        head = f"  {sq_id} [{result.expert or '-'}{took}]"
-        if result.status == "ok":
-            body = " ".join((result.answer or "").split())
-        else:
-            body = f"{result.status.upper()}: {result.error or ''}"
-        lines.append(f"{head}: {body}")
+    lines += ["", "Sub-answers:", *_result_lines(output.results)]
     notes = output.fallbacks
     if notes:
         lines += ["", "Fallbacks:"] + [f"  {note}" for note in notes]
@@ -82,6 +76,19 @@ def format_output(output: CompLLMOutput) -> str:
     lines += ["", f"Timings: {timings}", "", "Plan drawing (Mermaid):", plan.to_mermaid()]
     lines += ["", "Answer:", output.answer]
     return "\n".join(lines)
+
+
+def _result_lines(results: dict[str, SubQueryResult]) -> list[str]:
+    lines = []
+    for sq_id, result in results.items():
+        took = f", {result.duration:.1f} s" if result.duration is not None else ""
+        head = f"  {sq_id} [{result.expert or '-'}{took}]"
+        if result.status == "ok":
+            body = " ".join((result.answer or "").split())
+        else:
+            body = f"{result.status.upper()}: {result.error or ''}"
+        lines.append(f"{head}: {body}")
+    return lines
 
 
 # --- ask --------------------------------------------------------------------------------------
@@ -109,33 +116,77 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ask(args: argparse.Namespace, console: Console) -> int:
-    """``complm ask``: answer a question with the full pipeline."""
+    """``complm ask``: answer a question with the full pipeline.
+
+    When a served model stops the run (the aggregator's server is down, say), the
+    sub-answers already computed are still printed before the error. When it only fails
+    some sub-queries, the answer is printed and the exit code names the first failure.
+    """
     config = load_cli_config(args)
     question = read_question(args, config)
     comp_llm = build_comp_llm(config, progress=console.progress)
     console.progress("Decomposing the question...")
-    output = _stream(comp_llm.stream(question), console)
+    answered: dict[str, SubQueryResult] = {}
+    try:
+        output = _stream(comp_llm.stream(question), console, answered)
+    except RemoteModelError as exc:
+        _print_answered(args, console, question, answered, exc)
+        raise
     if args.json:
         print_json(console, output.model_dump(mode="json"))
     elif args.show_plan:
         console.print(format_output(output))
     else:
         console.print(output.answer)
-    return EXIT_OK
+    return _served_failures(output, console)
 
 
-def _stream(events: Iterable[Any], console: Console) -> CompLLMOutput:
+def _stream(
+    events: Iterable[Any], console: Console, answered: dict[str, SubQueryResult]
+) -> CompLLMOutput:
+    """The run's output; ``answered`` collects each sub-answer as it comes."""
     output = None
     for event in events:
         if not isinstance(event, dict):
             continue
         if (line := describe_event(event)) is not None:
             console.progress(line)
+        if event.get("type") == "subquery_answer":
+            answered[event["sub_query_id"]] = event["data"]
         if event.get("type") == "done":
             output = event["data"]
     if not isinstance(output, CompLLMOutput):
         raise RuntimeError("the pipeline finished without a final output")
     return output
+
+
+def _print_answered(
+    args: argparse.Namespace,
+    console: Console,
+    question: str,
+    answered: dict[str, SubQueryResult],
+    error: RemoteModelError,
+) -> None:
+    """What a run stopped by ``error`` had computed: its sub-answers."""
+    if args.json:
+        failure = {"type": type(error).__name__, "message": str(error), "model": error.model}
+        results = {k: r.model_dump(mode="json") for k, r in answered.items()}
+        print_json(console, {"query": question, "error": failure, "results": results})
+    elif answered:
+        console.print("Sub-answers computed before the failure:")
+        console.print("\n".join(_result_lines(answered)))
+
+
+def _served_failures(output: CompLLMOutput, console: Console) -> int:
+    """Report sub-queries a served model failed; the exit code of the first, else 0."""
+    codes = {cls.__name__: code for cls, code in SERVED_MODEL_EXIT_CODES.items()}
+    first = None
+    for sq_id, result in output.results.items():
+        code = next((codes[a.error_type] for a in result.attempts if a.error_type in codes), None)
+        if code is not None and result.status == "failed":
+            console.error(f"sub-query {sq_id} failed: {result.error}")
+            first = first if first is not None else code
+    return first if first is not None else EXIT_OK
 
 
 # --- plan -------------------------------------------------------------------------------------

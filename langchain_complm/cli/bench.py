@@ -150,8 +150,10 @@ def run_bench(args: argparse.Namespace, console: Console) -> int:
         monolithic = None
         if args.model:
             tokens = config.models["default"].max_new_tokens
+            # A served default model may leave the limit to its server.
+            limit = {"max_new_tokens": tokens} if tokens is not None else {}
             monolithic = [
-                (Path(m).name, load_chat_model(m, ModelSpec(model_id=m, max_new_tokens=tokens)))
+                (Path(m).name, load_chat_model(m, ModelSpec(model_id=m, **limit)))
                 for m in args.model
             ]
         try:

@@ -81,6 +81,9 @@ class Attempt(BaseModel):
 
     expert: str
     error: str | None = None
+    error_type: str | None = Field(
+        default=None, description="Class name of the exception, e.g. 'ServerTimeoutError'."
+    )
     duration: float
     metadata: dict[str, Any] = Field(
         default_factory=dict,
@@ -473,7 +476,11 @@ class _Run:
             answer = _answer_text(outcome)
         except Exception as exc:
             error = _describe(exc, self.policy.timeout)
-            attempts.append(Attempt(expert=expert, error=error, duration=duration))
+            attempts.append(
+                Attempt(
+                    expert=expert, error=error, error_type=type(exc).__name__, duration=duration
+                )
+            )
             return None
         metadata = dict(getattr(outcome, "response_metadata", None) or {})
         attempts.append(Attempt(expert=expert, duration=duration, metadata=metadata))
