@@ -149,11 +149,10 @@ def run_bench(args: argparse.Namespace, console: Console) -> int:
         components = load_components(config, progress=console.progress)
         monolithic = None
         if args.model:
-            tokens = config.models["default"].max_new_tokens
             # A served default model may leave the limit to its server.
-            limit = {"max_new_tokens": tokens} if tokens is not None else {}
+            tokens = config.models["default"].max_new_tokens or ModelSpec().max_new_tokens
             monolithic = [
-                (Path(m).name, load_chat_model(m, ModelSpec(model_id=m, **limit)))
+                (Path(m).name, load_chat_model(m, ModelSpec(model_id=m, max_new_tokens=tokens)))
                 for m in args.model
             ]
         try:
