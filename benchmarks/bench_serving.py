@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 from bench_throughput import percentile
 from report import report_header
 
-from langchain_complm.testing import free_port, vllm_server, vllm_venv
+from langchain_complm.models.testing import free_port, vllm_server, vllm_venv
 
 SERVED_GRAPH = HERE / "serving"
 MARKER = re.compile(r"\[(u\d{4}r\d{3})\]")
@@ -360,7 +360,7 @@ def main() -> None:
         if args.setup == "floor":
             env["COMPLM_BENCH_GRAPH"] = "floor"
         if args.setup == "engine":
-            from langchain_complm.embedded import smollm2_path
+            from langchain_complm.models.embedded import smollm2_path
 
             engine = stack.enter_context(
                 vllm_server(smollm2_path(), venv=vllm_venv(REPO), log=work / "vllm.log")

@@ -19,11 +19,17 @@ from typing import Any
 import pytest
 
 from langchain_complm import cli
-from langchain_complm.embedded import smollm2_path, trained_generator_path
+from langchain_complm.decompose import SubQueryGenerator
 from langchain_complm.errors import ModelNotServedError
-from langchain_complm.generator import SubQueryGenerator
-from langchain_complm.models.remote import ChatRemote
-from langchain_complm.testing import VLLM_INSTALL, vllm_installed, vllm_server, vllm_venv
+from langchain_complm.models import ChatRemote
+from langchain_complm.models.embedded import smollm2_path, trained_generator_path
+from langchain_complm.models.testing import (
+    VLLM_INSTALL,
+    vllm_installed,
+    vllm_server,
+    vllm_venv,
+)
+from langchain_complm.prompts import TRAINED_DECOMPOSE_PROMPT
 
 pytestmark = pytest.mark.slow
 
@@ -122,12 +128,12 @@ def test_a_model_the_engine_does_not_serve_fails_only_its_sub_query(
 
 def test_the_sub_query_generator_adapter_decomposes_on_the_engine(engine: str) -> None:
     """Per-request LoRA on the CPU build: the shipped adapter, with its training prompt."""
-    from langchain_complm.training.train import trained_prompt
-
     lora = ChatRemote.from_model(
         "smollm2", base_url=engine, adapter=ADAPTER, temperature=0, max_tokens=160
     )
-    generator = SubQueryGenerator(llm=lora, prompt=trained_prompt(), structured_output=False)
+    generator = SubQueryGenerator(
+        llm=lora, prompt=TRAINED_DECOMPOSE_PROMPT, structured_output=False
+    )
     plan = generator.invoke("Who wrote Hamlet? What is the boiling point of water?")
     assert plan.fallback_reason is None
     assert [sq.question for sq in plan.sub_queries] == [

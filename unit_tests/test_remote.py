@@ -26,14 +26,14 @@ from langchain_complm.config import (
     connect_chat_model,
     load_config,
 )
+from langchain_complm.decompose.generator import PlanOutput, SubQueryGenerator
 from langchain_complm.errors import (
     ModelNotServedError,
     ServerHTTPError,
     ServerTimeoutError,
     ServerUnreachableError,
 )
-from langchain_complm.generator import PlanOutput, SubQueryGenerator
-from langchain_complm.models.remote import ChatRemote
+from langchain_complm.models import ChatRemote
 
 pytest.importorskip("langchain_openai")
 
@@ -54,7 +54,7 @@ def server() -> Any:
 def keyword_router(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI routes with keyword embeddings (no MiniLM to load)."""
     build = functools.partial(build_comp_llm, embeddings=KeywordEmbeddings())
-    monkeypatch.setattr(cli, "build_comp_llm", build)
+    monkeypatch.setattr(cli.ask, "build_comp_llm", build)
 
 
 def closed_port_url() -> str:

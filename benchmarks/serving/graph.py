@@ -38,13 +38,13 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from langchain_complm.aggregator import AggregationInput, ResponseAggregator
-from langchain_complm.comp_llm import coerce_query
-from langchain_complm.executor import QueryExecutor, SubQueryResult
+from langchain_complm.aggregate import AggregationInput, ResponseAggregator
+from langchain_complm.pipeline import coerce_query
+from langchain_complm.execute import QueryExecutor, SubQueryResult
 from langchain_complm.experts import Expert
-from langchain_complm.generator import SubQueryGenerator
+from langchain_complm.decompose import SubQueryGenerator
 from langchain_complm.plan import Plan
-from langchain_complm.router import EmbeddingRouter
+from langchain_complm.route import EmbeddingRouter
 
 LATENCY_ENV = "COMPLM_BENCH_LATENCY"
 CONFIG_ENV = "COMPLM_BENCH_CONFIG"
