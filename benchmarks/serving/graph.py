@@ -39,10 +39,10 @@ from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
 from langchain_complm.aggregate import AggregationInput, ResponseAggregator
-from langchain_complm.pipeline import coerce_query
+from langchain_complm.decompose import SubQueryGenerator
 from langchain_complm.execute import QueryExecutor, SubQueryResult
 from langchain_complm.experts import Expert
-from langchain_complm.decompose import SubQueryGenerator
+from langchain_complm.pipeline import coerce_query
 from langchain_complm.plan import Plan
 from langchain_complm.route import EmbeddingRouter
 

@@ -132,8 +132,6 @@ def vllm_server(
         RuntimeError: the server exited or did not serve within ``startup_timeout``; the
             message ends with its log.
     """
-    import httpx
-
     venv = venv or vllm_venv()
     if not vllm_installed(venv):
         raise FileNotFoundError(f"vLLM's CPU build is not installed in {venv}: {VLLM_INSTALL}")
@@ -156,26 +154,63 @@ def vllm_server(
     }
     # The package's own PYTHONPATH would shadow the engine venv's packages.
     env.pop("PYTHONPATH", None)
-    log = log or Path(os.devnull)
     url = f"http://127.0.0.1:{port}/v1"
+    with serve_process(
+        command,
+        name="vLLM",
+        ready_url=f"{url}/models",
+        env=env,
+        log=log,
+        startup_timeout=startup_timeout,
+    ) as process:
+        yield ServedEngine(url=url, pgid=process.pid)
+
+
+@contextmanager
+def serve_process(
+    command: list[str],
+    *,
+    name: str,
+    ready_url: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+    startup_timeout: float = 900.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the server ``name`` (``command``) in its own process group until ``ready_url``
+    answers 200; yields the process, and stops the whole group on exit (SIGTERM, then
+    SIGKILL).
+
+    Raises:
+        RuntimeError: it exited, or did not answer within ``startup_timeout``; the message
+            ends with its log.
+    """
+    import httpx
+
+    log = log or Path(os.devnull)
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {process.returncode}{_tail(log)}")
+                raise RuntimeError(f"{name} exited with {process.returncode}{_tail(log)}")
             try:
-                if httpx.get(f"{url}/models", timeout=5).status_code == 200:
+                if httpx.get(ready_url, timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM did not serve within {startup_timeout:g} s{_tail(log)}")
-            time.sleep(1)
-        yield ServedEngine(url=url, pgid=process.pid)
+                raise RuntimeError(f"{name} did not serve within {startup_timeout:g} s{_tail(log)}")
+            time.sleep(0.5)
+        yield process
     finally:
         _stop_group(process)
 
