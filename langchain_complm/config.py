@@ -203,17 +203,11 @@ class RemoteModelSpec(_Strict):
             )
         return value
 
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> RemoteModelSpec:
-        if self.adapter is not None and self.base_url is None:
-            raise ValueError("adapter needs base_url: adapters are served by an endpoint")
+        from langchain_complm.models.remote import check_endpoint
+
+        check_endpoint(self.base_url, self.adapter)
         if taken := sorted(set(self.options) & _CLIENT_SETTINGS):
             raise ValueError(
                 f"options: {', '.join(taken)} set by the model's own keys "

@@ -45,6 +45,18 @@ key to some other server."""
 _SERVE_EXTRA = 'pip install "langchain-complm[serve]"'
 
 
+def check_endpoint(base_url: str | None, adapter: str | None) -> None:
+    """Reject settings no server can serve.
+
+    Raises:
+        ValueError: ``base_url`` is not an http(s) URL, or ``adapter`` comes without one.
+    """
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+    if adapter is not None and base_url is None:
+        raise ValueError("adapter needs base_url: adapters are served by an endpoint")
+
+
 class ChatRemote(BaseChatModel):
     """A chat model on a server: the provider's chat model (``client``) with at most
     ``max_concurrency`` requests in flight and named errors.
@@ -125,8 +137,7 @@ class ChatRemote(BaseChatModel):
             from langchain.chat_models import init_chat_model
         except ImportError as exc:
             raise ImportError(f"served models need langchain: {_SERVE_EXTRA}") from exc
-        if adapter is not None and base_url is None:
-            raise ValueError("adapter needs base_url: adapters are served by an endpoint")
+        check_endpoint(base_url, adapter)
         served = adapter or model
         if provider is None and base_url is not None:
             provider = "openai"
@@ -351,4 +362,4 @@ class _Guarded(Runnable[Any, Any]):
         return f"{self.model.name}.with_structured_output({self.bound!r})"
 
 
-__all__ = ["NO_API_KEY", "ChatRemote"]
+__all__ = ["NO_API_KEY", "ChatRemote", "check_endpoint"]
