@@ -13,6 +13,8 @@ per-runnable limits, and per-device locks.
 
 - :func:`limit_concurrency` wraps any expert runnable so that at most ``n`` of its calls run
   at once (threads and asyncio tasks alike; a FIFO :class:`ConcurrencyLimiter`).
+- :class:`ExpertLoad` counts each expert's calls in flight: the executor counts, two-step
+  routing's least-loaded policy reads.
 - Device locks: a local generation engine holds its device's lock around every ``generate``
   call, so engines of *different* models on one device take turns instead of competing for the
   same cores or GPU (on by default, one ``generate`` per device; :func:`set_device_concurrency`
@@ -422,6 +424,35 @@ DEFAULT_DEVICE_CONCURRENCY = 1
 """``generate`` calls that may run at once on one device, unless set otherwise."""
 
 
+class ExpertLoad:
+    """Calls in flight per expert name, shared by the threads and tasks that make them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def track(self, expert: str) -> Iterator[None]:
+        """Count one call to ``expert`` for as long as the block runs."""
+        with self._lock:
+            self._in_flight[expert] = self._in_flight.get(expert, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[expert] -= 1
+
+    def __getitem__(self, expert: str) -> int:
+        """Calls to ``expert`` in flight now."""
+        with self._lock:
+            return self._in_flight.get(expert, 0)
+
+    def __repr__(self) -> str:
+        with self._lock:
+            busy = {k: v for k, v in self._in_flight.items() if v}
+        return f"ExpertLoad({busy})"
+
+
 def device_key(device: str | torch.device) -> str:
     """A device's canonical name: ``"cpu"``, ``"cuda:0"``, ``"mps:0"``, ..."""
     text = str(device)
@@ -469,6 +500,7 @@ __all__ = [
     "Cancellation",
     "ConcurrencyLimitedRunnable",
     "ConcurrencyLimiter",
+    "ExpertLoad",
     "await_with_timeout",
     "call_with_timeout",
     "current_cancellation",

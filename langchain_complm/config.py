@@ -53,6 +53,10 @@ from langchain_complm.experts import Expert, ExpertProfile
 from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL, EMBEDDED_EMBEDDINGS
 from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
+from langchain_complm.route.calibration import read_labelled
+from langchain_complm.route.router import BaseRouter, EmbeddingRouter
+from langchain_complm.route.strategies import CentroidStrategy, Strategy
+from langchain_complm.route.two_step import BudgetPolicy, Category, Policy, TwoStepRouter
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -61,7 +65,6 @@ if TYPE_CHECKING:
     from langgraph.pregel import Pregel
 
     from langchain_complm.plan import Plan
-    from langchain_complm.route.router import EmbeddingRouter
 
 try:  # Python 3.11+
     import tomllib
@@ -269,11 +272,52 @@ class ExpertSpec(ExpertProfile):
     system_prompt: str | None = None
 
 
-class RoutingConfig(_Strict):
-    """Sub-queries whose best similarity is under ``threshold`` go to ``fallback_expert``."""
+class CategorySpec(Category):
+    """One category of two-step routing: its profile and the names of its experts."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoutingConfig(_Strict):
+    """How sub-queries are routed.
+
+    One step (no ``categories``): to the expert that scores highest; two steps: to the
+    category that scores highest, then to one of its experts by ``policy``. Scores come from
+    ``strategy``, fitted on the profiles plus the labelled queries in ``examples``. A best
+    score under its threshold (the expert's or category's own, else ``threshold``) sends the
+    sub-query to ``fallback_expert`` (in two steps: the generalist).
+    """
+
+    strategy: Strategy = Field(default_factory=CentroidStrategy)
+    """``centroid``, ``knn`` or ``head``, or a mapping with ``kind`` and its settings."""
+    examples: str | None = None
+    """A file of labelled queries (JSON Lines ``{"text", "label"}``, or YAML ``label: [...]``)
+    to fit the strategy on, labels being expert (or category) names; relative paths are
+    relative to the config file. Embedded when the router is built."""
     threshold: float | None = Field(default=None, ge=-1, le=1)
     fallback_expert: str | None = None
+    categories: list[CategorySpec] | None = None
+    """Two-step routing: the categories and their experts."""
+    policy: Policy = Field(default_factory=BudgetPolicy)
+    """Two-step routing: how a category's expert is chosen (``budget`` or
+    ``least_loaded``)."""
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_kind(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_kind(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("categories")
+    @classmethod
+    def _some_categories(cls, value: list[CategorySpec] | None) -> list[CategorySpec] | None:
+        if value is not None and not value:
+            raise ValueError("two-step routing needs at least one category (or no categories)")
+        return value
 
 
 class ExecutionConfig(_Strict):
@@ -364,6 +408,13 @@ class CompLLMConfig(_Strict):
             name = getattr(self, role)
             if name is not None and name not in self.models:
                 raise ValueError(f"{role}: unknown model {name!r} (models: {known})")
+        for category in self.routing.categories or ():
+            unknown = [n for n in category.experts if n not in names]
+            if unknown:
+                raise ValueError(
+                    f"routing.categories ({category.name}): unknown experts "
+                    f"{', '.join(unknown)} (experts: {', '.join(names)})"
+                )
         for where, fallback in (
             ("routing.fallback_expert", self.routing.fallback_expert),
             ("execution.failure.fallback_expert", self.execution.failure.fallback_expert),
@@ -372,8 +423,22 @@ class CompLLMConfig(_Strict):
                 raise ValueError(
                     f"{where}: unknown expert {fallback!r} (experts: {', '.join(names)})"
                 )
-        if self.routing.threshold is not None and self.routing.fallback_expert is None:
-            raise ValueError("routing.threshold needs routing.fallback_expert to route to")
+        thresholded = [
+            where
+            for where, value in (
+                ("routing.threshold", self.routing.threshold),
+                *((f"experts ({e.name}).threshold", e.threshold) for e in self.experts),
+                *(
+                    (f"routing.categories ({c.name}).threshold", c.threshold)
+                    for c in self.routing.categories or ()
+                ),
+            )
+            if value is not None
+        ]
+        if thresholded and self.routing.fallback_expert is None:
+            raise ValueError(
+                f"{thresholded[0]} needs routing.fallback_expert to route low scores to"
+            )
         if self.decomposer == "trained" and not self.trained_generator_id:
             raise ValueError(_NO_TRAINED_GENERATOR)
         return self
@@ -395,6 +460,13 @@ class CompLLMConfig(_Strict):
         if self.trained_generator:
             return self.trained_generator
         return EMBEDDED_GENERATOR if trained_generator_path() is not None else None
+
+    @property
+    def route_names(self) -> list[str]:
+        """What the router ranks: the categories (two-step routing), else the experts."""
+        if self.routing.categories:
+            return [c.name for c in self.routing.categories]
+        return [e.name for e in self.experts]
 
     @property
     def aggregator_model(self) -> str:
@@ -490,6 +562,9 @@ def load_config(path: str | Path, *, check_paths: bool = True) -> CompLLMConfig:
     trained = data.get("trained_generator")
     if isinstance(trained, str) and trained.startswith("."):
         data["trained_generator"] = str((base / trained).resolve())
+    routing = data.get("routing")
+    if isinstance(routing, dict) and isinstance(routing.get("examples"), str):
+        routing["examples"] = str((base / Path(routing["examples"]).expanduser()).resolve())
     config = _validate(data, str(path))
     if check_paths and (missing := config.missing_model_paths()):
         raise ModelNotFoundError(
@@ -725,9 +800,8 @@ def build_experts(config: CompLLMConfig, pool: NamedModels) -> list[Expert]:
         llm = pool.get(spec.model)
         experts.append(
             Expert(
-                name=spec.name,
-                description=spec.description,
-                examples=spec.examples,
+                # A declared size wins; without one the Expert asks its model.
+                **{f: getattr(spec, f) for f in ExpertProfile.model_fields},
                 llm=llm,
                 system_prompt=spec.system_prompt,
             )
@@ -766,18 +840,15 @@ def build_comp_llm(
     generator = build_decomposer(config, pool)
     aggregator = pool.get(config.aggregator_model)
     experts = build_experts(config, pool)
-    if embeddings is None:
-        embeddings = load_embeddings(config.embeddings, progress)
+    router = build_router(config, experts, embeddings, progress)
     execution = config.execution
     kwargs: dict[str, Any] = {
         "generator": generator,
-        "router": embeddings,
+        "router": router,
         "aggregator": aggregator,
         "mode": execution.mode,
         "max_concurrency": execution.max_concurrency,
         "failure_policy": execution.failure,
-        "routing_threshold": config.routing.threshold,
-        "fallback_expert": config.routing.fallback_expert,
         "max_sub_queries": execution.max_sub_queries,
         "max_query_chars": execution.max_query_chars,
     } | overrides
@@ -811,20 +882,47 @@ def build_router(
     experts: Sequence[ExpertProfile],
     embeddings: Embeddings | None = None,
     progress: Progress | None = None,
-) -> EmbeddingRouter:
-    """The router of ``config`` over ``experts``; loads ``config.embeddings`` unless
-    ``embeddings`` are given."""
-    from langchain_complm.route.router import EmbeddingRouter
+) -> BaseRouter:
+    """The router of ``config`` over ``experts`` (one step, or two with categories), fitted
+    on ``routing.examples`` when set; loads ``config.embeddings`` unless ``embeddings`` are
+    given.
 
+    Raises:
+        ConfigError: the routing settings do not fit the experts (a budget on sizes some
+            expert does not declare, ...) or the examples file is unreadable or names
+            unknown routes.
+    """
     if embeddings is None:
         embeddings = load_embeddings(config.embeddings, progress)
     routing = config.routing
-    return EmbeddingRouter(
-        experts=list(experts),
-        embeddings=embeddings,
-        threshold=routing.threshold,
-        fallback_expert=routing.fallback_expert if routing.threshold is not None else None,
-    )
+    common: dict[str, Any] = {
+        "embeddings": embeddings,
+        "strategy": routing.strategy,
+        "threshold": routing.threshold,
+        "fallback_expert": routing.fallback_expert,
+    }
+    router: BaseRouter
+    try:
+        if routing.categories:
+            router = TwoStepRouter(
+                categories=routing.categories,
+                experts=list(experts),
+                policy=routing.policy,
+                **common,
+            )
+        else:
+            router = EmbeddingRouter(experts=list(experts), **common)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise ConfigError(f"routing: {problems}") from None
+    if routing.examples:
+        try:
+            items = read_labelled(routing.examples)
+            _say(progress, f"Fitting the router on {len(items)} labelled queries...")
+            router.fit([i.text for i in items], [i.label for i in items])
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"routing.examples: {exc}") from None
+    return router
 
 
 def build_decomposer(config: CompLLMConfig, pool: NamedModels) -> Runnable[str, Plan]:
@@ -908,6 +1006,7 @@ __all__ = [
     "EMBEDDED_CHAT_MODEL",
     "EMBEDDED_EMBEDDINGS",
     "AnyModelSpec",
+    "CategorySpec",
     "CompLLMConfig",
     "ConfigError",
     "Decomposer",

@@ -3,34 +3,59 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class ExpertProfile(BaseModel):
-    """What an expert is good at: the text the embedding router compares sub-queries to."""
+class RouteProfile(BaseModel):
+    """Something the router can send a sub-query to, described by text: an expert, or a
+    category of experts (two-step routing). Its profile texts are embedded as documents."""
 
     model_config = ConfigDict(frozen=True)
 
-    name: str = Field(description="Unique expert name, e.g. 'math'.")
+    noun: ClassVar[str] = "route"
+    """What this kind of route is called in error messages."""
+
+    name: str = Field(description="Unique name, e.g. 'math'.")
     description: str = Field(default="", description="One or two sentences on the domain.")
-    examples: tuple[str, ...] = Field(
-        default=(), description="Example questions this expert answers well."
+    examples: tuple[str, ...] = Field(default=(), description="Example questions of the domain.")
+    threshold: float | None = Field(
+        default=None,
+        description="Minimum router score for this route; under it the sub-query goes to "
+        "the fallback expert. Set by hand or by the router's calibrate().",
     )
 
     @field_validator("name")
     @classmethod
     def _name_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("expert name must not be empty")
+            raise ValueError(f"{cls.noun} name must not be empty")
         return value
 
     def profile_texts(self) -> list[str]:
-        """The texts whose embeddings, averaged, represent this expert."""
+        """The texts that represent this route to the router (the centroid strategy
+        averages their embeddings)."""
         texts = [t for t in (self.description, *self.examples) if t.strip()]
         return texts or [self.name]
+
+
+class ExpertProfile(RouteProfile):
+    """What an expert is good at (the text the router compares sub-queries to) and what it
+    costs (what two-step routing's selection policies compare)."""
+
+    noun: ClassVar[str] = "expert"
+
+    parameters: int | None = Field(
+        default=None,
+        ge=0,
+        description="Model size in parameters, when known; an Expert defaults it to its "
+        "model's own ``num_parameters`` when it reports one.",
+    )
+    cost: float | None = Field(
+        default=None, ge=0, description="Relative cost of one call, in any unit, when known."
+    )
 
 
 class Expert(ExpertProfile):
@@ -45,11 +70,6 @@ class Expert(ExpertProfile):
     llm: Runnable[Any, Any] = Field(description="The model that answers sub-queries.")
     system_prompt: str | None = Field(
         default=None, description="Optional system message sent with every sub-query."
-    )
-    parameters: int | None = Field(
-        default=None,
-        description="Model size in parameters, when known (for reports); default the "
-        "model's own ``num_parameters`` when it reports one.",
     )
 
     @model_validator(mode="after")
@@ -67,7 +87,7 @@ class Expert(ExpertProfile):
     @property
     def profile(self) -> ExpertProfile:
         """The routing profile of this expert."""
-        return ExpertProfile(name=self.name, description=self.description, examples=self.examples)
+        return ExpertProfile(**{f: getattr(self, f) for f in ExpertProfile.model_fields})
 
 
 def check_experts(experts: Iterable[Expert]) -> dict[str, Expert]:
@@ -89,4 +109,4 @@ def check_experts(experts: Iterable[Expert]) -> dict[str, Expert]:
     return by_name
 
 
-__all__ = ["Expert", "ExpertProfile", "check_experts"]
+__all__ = ["Expert", "ExpertProfile", "RouteProfile", "check_experts"]

@@ -28,7 +28,7 @@ from langchain_complm.execute.executor import (
 )
 from langchain_complm.experts import Expert, check_experts
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision, invalid_text
-from langchain_complm.route.router import EmbeddingRouter
+from langchain_complm.route.router import BaseRouter, EmbeddingRouter
 
 DEFAULT_MAX_QUERY_CHARS = 8000
 """Default limit on the length of a query, in characters."""
@@ -153,7 +153,7 @@ def create_comp_llm(
     experts: Iterable[Expert],
     *,
     generator: Runnable[str, Plan] | BaseChatModel,
-    router: EmbeddingRouter | Embeddings,
+    router: BaseRouter | Embeddings,
     aggregator: ResponseAggregator | BaseChatModel | None = None,
     mode: ScheduleMode = "superstep",
     max_concurrency: int | None = None,
@@ -173,15 +173,16 @@ def create_comp_llm(
             or any ``Runnable[str, Plan]`` (a configured :class:`SubQueryGenerator`, the
             :class:`~langchain_complm.decompose.StructuralSubQueryGenerator`, ...).
             :func:`~langchain_complm.config.build_comp_llm` fills in the embedded defaults.
-        router: An :class:`EmbeddingRouter`, or an embeddings model to build one over the
-            experts.
+        router: A router (an :class:`EmbeddingRouter`, a
+            :class:`~langchain_complm.route.TwoStepRouter`, ...), or an embeddings model to
+            build an :class:`EmbeddingRouter` over the experts.
         aggregator: A :class:`ResponseAggregator`, or a chat model to build one. ``None``
             uses the generator's chat model (required when the generator has none).
         mode: How sub-queries are scheduled (see :data:`ScheduleMode`).
         max_concurrency: At most this many experts run at once (default: unlimited).
         failure_policy: Retries, fallback expert, timeout and raise-or-continue for experts.
         routing_threshold: With ``fallback_expert``, sub-queries whose best routing score is
-            lower go to the fallback expert (ignored when ``router`` is an EmbeddingRouter).
+            lower go to the fallback expert (ignored when ``router`` is a router).
         fallback_expert: The expert for low-scoring sub-queries.
         max_sub_queries: Cap on sub-queries per plan (ignored when ``generator`` is a
             SubQueryGenerator, which has its own).
@@ -207,7 +208,7 @@ def create_comp_llm(
         )
     if isinstance(generator, BaseChatModel):
         generator = SubQueryGenerator(llm=generator, max_sub_queries=max_sub_queries)
-    if not isinstance(router, EmbeddingRouter):
+    if not isinstance(router, BaseRouter):
         router = EmbeddingRouter(
             experts=list(by_name.values()),
             embeddings=router,
@@ -230,13 +231,14 @@ def create_comp_llm(
         mode=mode,
         max_concurrency=max_concurrency,
         failure_policy=failure_policy or FailurePolicy(),
+        load=router.load,
     )
     return _compile(generator, router, executor, aggregator, max_query_chars, checkpointer, name)
 
 
 def _compile(
     generator: Runnable[str, Plan],
-    router: EmbeddingRouter,
+    router: BaseRouter,
     executor: QueryExecutor,
     aggregator: ResponseAggregator,
     max_query_chars: int | None,

@@ -43,19 +43,82 @@ def invalid_text(text: str) -> str | None:
     return None
 
 
+class CategoryChoice(BaseModel):
+    """Step one of a two-step routing decision: the category the router ranked first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="The best-scoring category.")
+    score: float = Field(description="Its score (every category's is in the decision's scores).")
+    threshold: float | None = Field(description="The category's minimum score, if any.")
+    uncertain: bool = Field(
+        description="True when the score was under the threshold: the generalist answers."
+    )
+
+
+class ExpertChoice(BaseModel):
+    """Step two of a two-step routing decision: how the expert was picked in its category."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: str = Field(description="'budget', 'least_loaded', or 'generalist'.")
+    measure: str = Field(
+        description="What the policy compared: 'parameters', 'cost', 'load' or 'order' "
+        "(no sizes known: the category's first expert)."
+    )
+    candidates: dict[str, float] = Field(
+        description="Each candidate expert and its value of the measure (order: position)."
+    )
+    within_budget: bool = Field(
+        default=True, description="False when no candidate fitted the budget."
+    )
+    reason: str = Field(description="Why this expert, in words.")
+
+
 class RoutingDecision(BaseModel):
-    """Where the router sent one sub-query, and why."""
+    """Where the router sent one sub-query, and why.
+
+    One-step routing ranks experts; two-step routing ranks categories, then picks an expert
+    of the best category (``category`` and ``selection`` record both steps).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     sub_query_id: str
     question: str
     expert: str = Field(description="The chosen expert.")
-    score: float = Field(description="Cosine similarity to the chosen expert's profile.")
-    scores: dict[str, float] = Field(description="Cosine similarity to every expert.")
-    fallback: bool = Field(
-        default=False, description="True when the best score was under the threshold."
+    score: float = Field(
+        description="The router's score for what it chose: the expert (one step; the fallback "
+        "expert's own score after a fallback) or the best category (two steps). Its scale is "
+        "the strategy's: cosine similarity (centroid), similarity-weighted votes (knn), "
+        "probability (head)."
     )
+    scores: dict[str, float] = Field(
+        description="The score of every expert (one step) or category (two steps)."
+    )
+    fallback: bool = Field(
+        default=False,
+        description="True when the best score was under its threshold and the fallback "
+        "expert (the generalist, in two steps) got the sub-query.",
+    )
+    strategy: str | None = Field(
+        default=None,
+        description="How the scores were computed: 'centroid', 'knn', 'head', or 'gold' for "
+        "gold routing (the label was given, not predicted).",
+    )
+    category: CategoryChoice | None = Field(
+        default=None, description="Two-step routing: the first step."
+    )
+    selection: ExpertChoice | None = Field(
+        default=None, description="Two-step routing: the second step."
+    )
+
+    @property
+    def routed_to(self) -> str:
+        """The route taken: the category (two steps, when it was certain), else the expert."""
+        if self.category is not None and not self.fallback:
+            return self.category.name
+        return self.expert
 
 
 class SubQuery(BaseModel):

@@ -24,18 +24,21 @@ KEYWORDS = {
 
 
 class KeywordEmbeddings(Embeddings):
-    """Bag-of-keywords vectors: texts sharing keywords are similar. Counts its calls."""
+    """Bag-of-keywords vectors: texts sharing keywords are similar. Records its calls:
+    ``calls`` the batches of documents, ``query_calls`` the queries."""
 
     def __init__(self) -> None:
         self.vocabulary = [w for words in KEYWORDS.values() for w in words]
         self.calls: list[list[str]] = []
+        self.query_calls: list[str] = []
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         self.calls.append(list(texts))
         return [self._vector(t) for t in texts]
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed_documents([text])[0]
+        self.query_calls.append(text)
+        return self._vector(text)
 
     def _vector(self, text: str) -> list[float]:
         lowered = text.lower()

@@ -100,6 +100,7 @@ def test_every_system_answers_every_item_kind(items_all: list[Item]) -> None:
         "route-only",
         "no-context",
         "oracle",
+        "gold-routing",
     ]
     for system in systems:
         for item in items_all:

@@ -28,6 +28,7 @@ from langchain_complm.config import (
     load_default_experts,
 )
 from langchain_complm.errors import ConfigError, ModelNotFoundError
+from langchain_complm.route import EmbeddingRouter
 
 DEFAULT_EXPERTS = ["math", "medicine", "science", "law", "computer_science", "history", "general"]
 
@@ -322,7 +323,9 @@ def test_experts_sharing_a_model_share_one_instance(tmp_path: Path) -> None:
     assert experts["math"].system_prompt == "Show your work."
     assert experts["math"].examples == ("What is the sum of 2 and 3?", "Multiply 4 by 5")
     assert captured["mode"] == "sequential" and captured["max_concurrency"] == 2
-    assert captured["routing_threshold"] == 0.1 and captured["fallback_expert"] == "history"
+    router = captured["router"]
+    assert isinstance(router, EmbeddingRouter) and router.expert_names == list(experts)
+    assert router.threshold == 0.1 and router.fallback_expert == "history"
     assert captured["failure_policy"].max_retries == 1
 
 

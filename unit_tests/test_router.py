@@ -129,17 +129,23 @@ def test_profile_without_text_uses_the_name(embeddings: KeywordEmbeddings) -> No
 # --- batching and caching -------------------------------------------------------------------
 
 
-def test_one_embedding_call_per_plan_and_profiles_once(embeddings: KeywordEmbeddings) -> None:
+def test_profiles_embedded_once_as_documents_and_sub_queries_as_queries(
+    embeddings: KeywordEmbeddings,
+) -> None:
     items = profiles()
     router = EmbeddingRouter(experts=items, embeddings=embeddings)
     plan = three_part_plan()
     for _ in range(3):
         router.invoke(plan)
-    questions = [sq.question for sq in plan.sub_queries]
-    profile_calls = [c for c in embeddings.calls if c == profile_texts(items)]
-    assert len(profile_calls) == 1
-    assert len(embeddings.calls) == 4  # profiles once + one batched call per invocation
-    assert [c for c in embeddings.calls if c != profile_texts(items)] == [questions] * 3
+    assert embeddings.calls == [profile_texts(items)]
+    assert embeddings.query_calls == [sq.question for sq in plan.sub_queries] * 3
+
+
+def test_a_repeated_question_is_embedded_once(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    decisions = router.route([QUESTIONS["math"], QUESTIONS["history"], QUESTIONS["math"]])
+    assert [d.expert for d in decisions] == ["math", "history", "math"]
+    assert embeddings.query_calls == [QUESTIONS["math"], QUESTIONS["history"]]
 
 
 def test_concurrent_first_calls_embed_profiles_once() -> None:
@@ -171,8 +177,8 @@ def test_concurrent_first_calls_embed_profiles_once() -> None:
     assert not errors
     assert len(results) == n
     assert all(r[0].expert == "medicine" for r in results)
-    assert sum(c == profile_texts(items) for c in embeddings.calls) == 1
-    assert len(embeddings.calls) == n + 1
+    assert embeddings.calls == [profile_texts(items)]
+    assert len(embeddings.query_calls) == n
 
 
 # --- thresholds -----------------------------------------------------------------------------
@@ -274,7 +280,7 @@ def test_construction_errors(
     with pytest.raises(ValueError) as info:
         EmbeddingRouter(**{"experts": profiles(), "embeddings": embeddings, **kwargs})
     assert message in str(info.value)
-    assert embeddings.calls == []
+    assert embeddings.calls == [] and embeddings.query_calls == []
 
 
 def test_expert_profile_name_must_not_be_blank() -> None:

@@ -18,6 +18,10 @@ has in all and how many it used for this item.
   question (``the answer to "..."``), so all sub-queries run independently, in parallel.
 * ``oracle``: Comp-LLM with the item's gold plan instead of the generator's (route, execute,
   aggregate); items without a gold plan (multi-hop) are answered whole, as one sub-query.
+* ``gold-routing``: ``oracle`` with gold routing too: every sub-query goes to the route of
+  its part's gold domain (:meth:`~langchain_complm.route.BaseRouter.route_gold`; in two-step
+  routing the category's policy still picks the expert). ``oracle`` against
+  ``gold-routing`` is the router's oracle gap on task accuracy.
 
 Parameters. A model is identified by its weights (chat models over one loaded model, such as
 every role of the embedded default, are one model), so a model shared by several roles
@@ -42,6 +46,7 @@ from pydantic import BaseModel, Field
 from langchain_complm.aggregate import AggregationInput, ResponseAggregator
 from langchain_complm.evaluation.metrics import match_sub_queries
 from langchain_complm.evaluation.multiexpertqa import Item
+from langchain_complm.evaluation.routing_data import DOMAIN_ALIASES, domain_expert_map
 from langchain_complm.execute.executor import (
     ExecutionResult,
     FailurePolicy,
@@ -51,7 +56,7 @@ from langchain_complm.execute.executor import (
 )
 from langchain_complm.experts import Expert
 from langchain_complm.plan import Plan, SubQuery
-from langchain_complm.route.router import EmbeddingRouter
+from langchain_complm.route.router import GOLD, BaseRouter
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -61,7 +66,13 @@ if TYPE_CHECKING:
     from langchain_complm.config import CompLLMConfig, Decomposer, ModelFactory, Progress
 
 SystemName = Literal[
-    "complm", "complm-sequential", "monolithic", "route-only", "no-context", "oracle"
+    "complm",
+    "complm-sequential",
+    "monolithic",
+    "route-only",
+    "no-context",
+    "oracle",
+    "gold-routing",
 ]
 SYSTEM_NAMES: tuple[str, ...] = (
     "complm",
@@ -70,40 +81,14 @@ SYSTEM_NAMES: tuple[str, ...] = (
     "route-only",
     "no-context",
     "oracle",
+    "gold-routing",
 )
 """Every system, in report order."""
-
-DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
-    "math": ("math", "mathematics"),
-    "medicine": ("medicine", "medical", "health"),
-    "law": ("law", "legal"),
-    "computer_science": ("computer_science", "cs", "programming", "computing"),
-    "physics": ("physics", "science"),
-    "history": ("history",),
-    "general": ("general",),
-}
-"""Expert names that serve each benchmark domain, in order of preference (the default expert
-set has ``science`` for physics)."""
 
 MONOLITHIC_SYSTEM = (
     "Answer the user's question. If it has several parts, answer every part, in order."
 )
 """System message of the monolithic baseline."""
-
-
-def domain_expert_map(expert_names: Iterable[str]) -> dict[str, str]:
-    """Benchmark domain -> the expert that should answer it: an expert named like the domain
-    or one of its :data:`DOMAIN_ALIASES`, else ``general`` when there is one. Domains without
-    a suitable expert are left out (routing accuracy then ignores them)."""
-    names = list(expert_names)
-    mapping = {}
-    for domain, aliases in DOMAIN_ALIASES.items():
-        match = next((a for a in aliases if a in names), None)
-        if match is None and "general" in names:
-            match = "general"
-        if match is not None:
-            mapping[domain] = match
-    return mapping
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -174,7 +159,7 @@ class Components:
 
     experts: list[Expert]
     generator: Runnable[str, Plan]
-    router: EmbeddingRouter
+    router: BaseRouter
     aggregator: ResponseAggregator
     mode: ScheduleMode = "superstep"
     max_concurrency: int | None = None
@@ -183,8 +168,9 @@ class Components:
 
     @property
     def domain_experts(self) -> dict[str, str]:
-        """Benchmark domain -> expert name (see :func:`domain_expert_map`)."""
-        return domain_expert_map(e.name for e in self.experts)
+        """Benchmark domain -> route name: expert, or category in two-step routing (see
+        :func:`domain_expert_map`)."""
+        return domain_expert_map(self.router.route_names)
 
     def generator_info(self) -> ModelInfo | None:
         """The generator's model, or None for a rule-based generator."""
@@ -210,6 +196,7 @@ class Components:
             mode=mode or self.mode,
             max_concurrency=self.max_concurrency,
             failure_policy=self.failure_policy,
+            load=self.router.load,
         )
 
 
@@ -425,7 +412,9 @@ class CompLLMSystem(_ComponentSystem):
 
     The stages are the pipeline's own objects, run in the order and with the timings of
     :func:`~langchain_complm.pipeline.create_comp_llm`; ``plan_source="gold"`` skips the
-    generator and ``drop_context`` runs the plan through :func:`drop_dependencies`.
+    generator, ``gold_routing`` (with the gold plan) routes by the parts' gold domains
+    (:func:`route_gold_plan`), and ``drop_context`` runs the plan through
+    :func:`drop_dependencies`.
     """
 
     def __init__(
@@ -435,11 +424,15 @@ class CompLLMSystem(_ComponentSystem):
         *,
         mode: ScheduleMode | None = None,
         plan_source: Literal["generator", "gold"] = "generator",
+        gold_routing: bool = False,
         drop_context: bool = False,
     ) -> None:
+        if gold_routing and plan_source != "gold":
+            raise ValueError("gold routing needs the gold plan (plan_source='gold')")
         super().__init__(components, name)
         self.executor = components.executor(mode)
         self.plan_source = plan_source
+        self.gold_routing = gold_routing
         self.drop_context = drop_context
         self._generator = components.generator_info() if plan_source == "generator" else None
         self._aggregator = components.aggregator_info()
@@ -465,14 +458,20 @@ class CompLLMSystem(_ComponentSystem):
         else:
             plan = components.generator.invoke(query)
         lap("decompose")
-        plan = components.router.invoke(plan)
+        if self.gold_routing:
+            plan = route_gold_plan(components.router, plan, item, components.domain_experts)
+        else:
+            plan = components.router.invoke(plan)
         lap("route")
         execution = self.executor.invoke(drop_dependencies(plan) if self.drop_context else plan)
         lap("execute")
         results = list(execution.results.values())
         answer = components.aggregator.invoke(AggregationInput(query=query, results=results))
         lap("aggregate")
-        used = [self._router, *self._executed(execution)]
+        used = self._executed(execution)
+        # Gold decisions embed nothing: the router is active only if it scored something.
+        if any(sq.route and sq.route.strategy != GOLD for sq in plan.sub_queries):
+            used.append(self._router)
         if self._generator is not None:
             used.append(self._generator)
         if not _passes_through(results):
@@ -489,6 +488,34 @@ class CompLLMSystem(_ComponentSystem):
             timings=timings,
             error="; ".join(errors) or None,
         )
+
+
+def route_gold_plan(
+    router: BaseRouter, plan: Plan, item: Item, domain_routes: Mapping[str, str]
+) -> Plan:
+    """``plan`` (the item's gold plan, or its one-sub-query plan) routed by gold domains:
+    each sub-query whose part's domain has a route in ``domain_routes`` takes that route
+    (:meth:`~langchain_complm.route.BaseRouter.route_gold`); any other is routed by the
+    router."""
+    domains = {part.id: part.domain for part in item.parts}
+    known = {
+        sq.id: domain_routes[domains[sq.id]]
+        for sq in plan.sub_queries
+        if domains.get(sq.id) in domain_routes
+    }
+    gold = router.route_gold(
+        [plan.by_id[i].question for i in known], list(known.values()), list(known)
+    )
+    rest = [sq for sq in plan.sub_queries if sq.id not in known]
+    routed = router.route([sq.question for sq in rest], [sq.id for sq in rest]) if rest else []
+    decisions = {d.sub_query_id: d for d in [*gold, *routed]}
+    return plan.model_copy(
+        update={
+            "sub_queries": tuple(
+                sq.model_copy(update={"route": decisions[sq.id]}) for sq in plan.sub_queries
+            )
+        }
+    )
 
 
 def _passes_through(results: Sequence[SubQueryResult]) -> bool:
@@ -535,6 +562,8 @@ def build_systems(
             systems.append(CompLLMSystem(components, name, drop_context=True))
         elif name == "oracle":
             systems.append(CompLLMSystem(components, name, plan_source="gold"))
+        elif name == "gold-routing":
+            systems.append(CompLLMSystem(components, name, plan_source="gold", gold_routing=True))
         elif name == "route-only":
             systems.append(RouteOnlySystem(components, name))
         elif name == "monolithic":
@@ -566,5 +595,6 @@ __all__ = [
     "load_components",
     "match_part_answers",
     "model_info",
+    "route_gold_plan",
     "sum_parameters",
 ]

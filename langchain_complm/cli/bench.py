@@ -136,7 +136,7 @@ def run_bench(args: argparse.Namespace, console: Console) -> int:
         items = build_dataset(args.dataset, args.split, args.n, args.seed, data_dir=args.data_dir)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(f"cannot build the dataset: {exc}") from None
-    domain_experts = domain_expert_map(e.name for e in config.experts)
+    domain_experts = domain_expert_map(config.route_names)
     notes = [
         f"dataset {args.dataset}, split {args.split}, seed {args.seed}, {len(items)} items",
         f"decomposer: {config.resolved_decomposer}",

@@ -432,10 +432,11 @@ def routing_accuracy(
     gold_domains: Mapping[str, str],
     domain_experts: Mapping[str, str],
 ) -> float | None:
-    """Share of matched sub-queries whose expert is the one for their gold domain (an
-    unrouted sub-query counts as wrong). Only sub-queries whose gold domain has an expert in
-    ``domain_experts`` are judged; None when there is none. Score the gold plan routed by
-    the router to measure the router alone."""
+    """Share of matched sub-queries routed to the route of their gold domain (an unrouted
+    sub-query counts as wrong). A route is an expert, or in two-step routing a category
+    (:attr:`~langchain_complm.plan.RoutingDecision.routed_to`). Only sub-queries whose gold
+    domain has a route in ``domain_experts`` are judged; None when there is none. Score the
+    gold plan routed by the router to measure the router alone."""
     expected = {
         m.predicted_id: domain_experts[gold_domains[m.gold_id]]
         for m in matches
@@ -443,7 +444,8 @@ def routing_accuracy(
     }
     if not expected:
         return None
-    hits = sum(predicted.by_id[sq_id].expert == expert for sq_id, expert in expected.items())
+    routes = {sq.id: sq.route.routed_to if sq.route else None for sq in predicted.sub_queries}
+    hits = sum(routes[sq_id] == route for sq_id, route in expected.items())
     return hits / len(expected)
 
 

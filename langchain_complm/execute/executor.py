@@ -29,7 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from typing_extensions import TypedDict
 
 from langchain_complm.batching import BatchCohort, batch_cohort
-from langchain_complm.concurrency import DEFAULT_TIMEOUT, await_with_timeout, call_with_timeout
+from langchain_complm.concurrency import (
+    DEFAULT_TIMEOUT,
+    ExpertLoad,
+    await_with_timeout,
+    call_with_timeout,
+)
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer, emit
 from langchain_complm.experts import Expert, check_experts
@@ -168,6 +173,8 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
     mode: ScheduleMode = "superstep"
     context_template: str = SUBQUERY_WITH_CONTEXT
     """How parents' answers are given to a dependent sub-query (``context``, ``question``)."""
+    load: ExpertLoad = Field(default_factory=ExpertLoad)
+    """Counts each expert's calls in flight (share one with a least-loaded router)."""
     name: str | None = "QueryExecutor"
 
     @field_validator("experts", mode="before")
@@ -447,7 +454,8 @@ class _Run:
     def _attempt(self, attempts: list[Attempt], expert: str, call: Callable[[], Any]) -> str | None:
         t0 = time.perf_counter()
         try:
-            output = call()
+            with self.executor.load.track(expert):
+                output = call()
         except GraphBubbleUp:
             raise
         except Exception as exc:
@@ -459,7 +467,8 @@ class _Run:
     ) -> str | None:
         t0 = time.perf_counter()
         try:
-            output = await call
+            with self.executor.load.track(expert):
+                output = await call
         except GraphBubbleUp:
             raise
         except Exception as exc:

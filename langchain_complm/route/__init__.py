@@ -1,5 +1,49 @@
-"""Stage 2, the embedding router: each sub-query goes to the expert whose profile is nearest."""
+"""Stage 2, routing: each sub-query goes to the expert (or, in two steps, the category and
+then the expert) whose labelled texts it is nearest to, by a pluggable scoring strategy."""
 
-from langchain_complm.route.router import EmbeddingRouter
+from langchain_complm.route.calibration import (
+    LabelledQuery,
+    RoutingEvaluation,
+    calibrate_thresholds,
+    read_labelled,
+    write_labelled,
+)
+from langchain_complm.route.router import BaseRouter, EmbeddingRouter
+from langchain_complm.route.strategies import (
+    CentroidStrategy,
+    KNNStrategy,
+    LinearHeadStrategy,
+    RoutingStrategy,
+    Strategy,
+    make_strategy,
+)
+from langchain_complm.route.two_step import (
+    BudgetPolicy,
+    Category,
+    LeastLoadedPolicy,
+    Policy,
+    SelectionPolicy,
+    TwoStepRouter,
+)
 
-__all__ = ["EmbeddingRouter"]
+__all__ = [
+    "BaseRouter",
+    "BudgetPolicy",
+    "Category",
+    "CentroidStrategy",
+    "EmbeddingRouter",
+    "KNNStrategy",
+    "LabelledQuery",
+    "LeastLoadedPolicy",
+    "LinearHeadStrategy",
+    "Policy",
+    "RoutingEvaluation",
+    "RoutingStrategy",
+    "SelectionPolicy",
+    "Strategy",
+    "TwoStepRouter",
+    "calibrate_thresholds",
+    "make_strategy",
+    "read_labelled",
+    "write_labelled",
+]
