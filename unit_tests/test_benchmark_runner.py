@@ -30,6 +30,7 @@ from langchain_complm.benchmarks.systems import (
     domain_expert_map,
     drop_dependencies,
     load_components,
+    route_gold_plan,
 )
 from langchain_complm.config import CompLLMConfig, ModelSpec
 from langchain_complm.decompose.generator import SubQueryGenerator
@@ -178,6 +179,44 @@ def test_oracle_uses_the_gold_plan_and_maps_part_answers(items_p: list[Item]) ->
     assert prediction.part_answers is not None
     assert set(prediction.part_answers) == {p.id for p in item.parts}
     assert "decompose" in prediction.timings and "aggregate" in prediction.timings
+
+
+def test_gold_routing_sends_every_part_to_its_domain_expert(items_all: list[Item]) -> None:
+    components = make_components()
+    # A threshold nothing reaches: the router alone would send everything to general.
+    components.router = EmbeddingRouter(
+        experts=components.experts,
+        embeddings=SizedEmbeddings(),
+        threshold=1.01,
+        fallback_expert="general",
+    )
+    oracle, gold = build_systems(["oracle", "gold-routing"], components)
+    expected = components.domain_experts
+    for item in items_all:
+        routed = gold.predict(item)
+        assert routed.plan is not None
+        decisions = {sq.id: sq.route for sq in routed.plan.sub_queries}
+        assert {i: d.expert for i, d in decisions.items() if d} == {
+            p.id: expected[p.domain] for p in item.parts if p.id in decisions
+        }
+        assert all(d and d.strategy == "gold" and not d.fallback for d in decisions.values())
+        assert "router" not in routed.active_models
+        by_router = oracle.predict(item)
+        assert by_router.plan is not None and "router" in by_router.active_models
+        assert {sq.expert for sq in by_router.plan.sub_queries} == {"general"}
+    with pytest.raises(ValueError, match="gold routing needs the gold plan"):
+        CompLLMSystem(components, "x", gold_routing=True)
+
+
+def test_gold_routing_leaves_parts_without_a_route_to_the_router(items_p: list[Item]) -> None:
+    components = make_components()
+    item = items_p[0]
+    assert item.gold_plan is not None
+    only = {item.parts[0].domain: "history"}
+    routed = route_gold_plan(components.router, item.gold_plan, item, only)
+    first, *rest = routed.sub_queries
+    assert first.route is not None and (first.expert, first.route.strategy) == ("history", "gold")
+    assert rest and all(sq.route is not None and sq.route.strategy == "centroid" for sq in rest)
 
 
 def test_no_context_drops_dependencies_and_placeholders() -> None:

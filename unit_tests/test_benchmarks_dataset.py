@@ -15,6 +15,7 @@ from langchain_complm.evaluation.multiexpertqa import (
     load_items,
     save_items,
 )
+from langchain_complm.evaluation.routing_data import build_routing_data, domain_expert_map
 from langchain_complm.evaluation.sources import (
     MMLU_DOMAIN_SUBJECTS,
     load_gsm8k,
@@ -23,6 +24,7 @@ from langchain_complm.evaluation.sources import (
     load_multihop,
     resolve_data_dir,
 )
+from langchain_complm.route import LabelledQuery
 
 
 def _data_dir() -> Path | None:
@@ -241,3 +243,43 @@ def test_jsonl_round_trip(tmp_path, all_test) -> None:
     save_items(all_test, path)
     assert load_items(path) == all_test
     assert len(path.read_text().splitlines()) == len(all_test)
+
+
+# --- labelled routing data ------------------------------------------------------------------
+
+DEFAULT_ROUTES = domain_expert_map(
+    ["math", "medicine", "science", "law", "computer_science", "history", "general"]
+)
+
+
+def test_routing_data_labels_every_domain_by_its_source() -> None:
+    items = build_routing_data("train", DEFAULT_ROUTES, per_domain=12)
+    by_label: dict[str, list[LabelledQuery]] = {}
+    for item in items:
+        by_label.setdefault(item.label, []).append(item)
+    assert {k: len(v) for k, v in by_label.items()} == dict.fromkeys(DEFAULT_ROUTES.values(), 12)
+    assert {i.source for i in by_label["math"]} == {"gsm8k"}
+    assert {i.source for i in by_label["medicine"]} == {"medqa", "medmcqa", "pubmedqa"}
+    assert {i.source for i in by_label["general"]} == {"bamboogle", "hotpotqa", "musique"}
+    # Physics questions label the science expert; MMLU questions keep their options.
+    science = by_label["science"][0]
+    assert science.source == "mmlu" and "\nA) " in science.text
+    assert build_routing_data("train", DEFAULT_ROUTES, per_domain=12) == items
+
+
+def test_routing_data_splits_are_those_of_the_benchmark() -> None:
+    train = {i.source_id for i in build_routing_data("train", DEFAULT_ROUTES)}
+    test = build_routing_data("test", DEFAULT_ROUTES)
+    assert not train & {i.source_id for i in test}
+    # Every part of a test benchmark item is a labelled test query, with its gold route.
+    labelled = {(i.source_id, i.text): i.label for i in test}
+    for item in build_dataset("multiexpertqa-p", "test", 30, seed=0):
+        for part in item.parts:
+            assert labelled[(part.source_id, part.prompt)] == DEFAULT_ROUTES[part.domain]
+
+
+def test_routing_data_keeps_only_the_mapped_domains() -> None:
+    items = build_routing_data("dev", {"law": "legal"}, per_domain=5)
+    assert {i.label for i in items} == {"legal"} and len(items) == 5
+    with pytest.raises(ValueError, match="routes map no benchmark domain"):
+        build_routing_data("dev", {"cooking": "chef"})

@@ -21,6 +21,7 @@ from langchain_complm.config import (
     ModelSpec,
     build_comp_llm,
     build_planner,
+    build_router,
     default_config,
     default_experts_path,
     load_chat_model,
@@ -196,6 +197,31 @@ def test_relative_local_model_path_is_relative_to_the_file(tmp_path: Path) -> No
         ("policy.yaml", "execution: {failure: {retries: 2}}\n", "unknown failure policy keys"),
         ("no_experts.yaml", "experts: []\n", "at least one expert"),
         ("blank.yaml", "experts: [{name: ' '}]\n", "expert name must not be empty"),
+        (
+            "expert_threshold.yaml",
+            "experts: [{name: math, threshold: 0.4}]\n",
+            "experts (math).threshold needs routing.fallback_expert",
+        ),
+        (
+            "category_expert.yaml",
+            "experts: [{name: math}]\nrouting: {categories: [{name: m, experts: [maths]}]}\n",
+            "routing.categories (m): unknown experts maths (experts: math)",
+        ),
+        (
+            "category_threshold.yaml",
+            "experts: [{name: math}]\n"
+            "routing: {categories: [{name: m, experts: [math], threshold: 0.2}]}\n",
+            "routing.categories (m).threshold needs routing.fallback_expert",
+        ),
+        ("no_categories.yaml", "routing: {categories: []}\n", "at least one category"),
+        ("strategy.yaml", "routing: {strategy: svm}\n", "routing.strategy: Input tag 'svm'"),
+        ("knn.yaml", "routing: {strategy: {kind: knn, k: 0}}\n", "routing.strategy.knn.k"),
+        ("policy_kind.yaml", "routing: {policy: random}\n", "routing.policy: Input tag"),
+        (
+            "negative_size.yaml",
+            "experts: [{name: math, parameters: -3}]\n",
+            "experts.0.parameters: Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_config_errors_name_file_and_problem(
@@ -413,3 +439,127 @@ def test_trained_decomposer_needs_a_generator_that_exists(tmp_path: Path) -> Non
     unchecked = default_config().model_copy(update={"decomposer": "trained"})
     with pytest.raises(ConfigError, match="trained_generator"):
         build_planner(unchecked, embeddings=KeywordEmbeddings())
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+TWO_STEP_CONFIG = """\
+models:
+  planner: org/planner
+  small: org/small
+  large: org/large
+generator: planner
+experts:
+  - {name: math-small, model: small, parameters: 135000000}
+  - {name: math-large, model: large, parameters: 1700000000}
+  - {name: medicine-small, model: small, parameters: 135000000}
+  - {name: medicine-large, model: large, parameters: 1700000000}
+  - {name: general, description: Everything else.}
+routing:
+  strategy: {kind: knn, k: 3}
+  examples: ./routing.yaml
+  fallback_expert: general
+  policy: {kind: budget, max_parameters: 500000000}
+  categories:
+    - name: math
+      description: Arithmetic, sums and equations.
+      examples: ["What is the sum of 2 and 3?", "Add 4 plus 5"]
+      experts: [math-small, math-large]
+    - name: medicine
+      description: Drugs, diseases and patients.
+      experts: [medicine-small, medicine-large]
+      threshold: 0.3
+"""
+ROUTING_EXAMPLES = """\
+math:
+  - Multiply the number 7 by 8
+medicine:
+  - Which symptom does this disease cause in a patient?
+"""
+
+
+def test_two_step_routing_from_a_config_file(tmp_path: Path) -> None:
+    write(tmp_path, "routing.yaml", ROUTING_EXAMPLES)
+    config = load_config(write(tmp_path, "complm.yaml", TWO_STEP_CONFIG))
+    assert config.routing.examples == str((tmp_path / "routing.yaml").resolve())
+    assert config.route_names == ["math", "medicine"]
+    progress: list[str] = []
+    embeddings = KeywordEmbeddings()
+    planner = build_planner(
+        config,
+        model_factory=Factory({"planner": [PLAN]}),
+        embeddings=embeddings,
+        progress=progress.append,
+    )
+    plan = planner.invoke("What is 2+3, and which drug treats it?")
+    math, medicine = (sq.route for sq in plan.sub_queries)
+    assert math is not None and medicine is not None
+    # The budget admits only the 135M experts; the strategy is the configured kNN.
+    assert (math.expert, math.category.name, math.strategy) == ("math-small", "math", "knn")
+    assert math.selection is not None and math.selection.reason.startswith("the largest")
+    assert medicine.category is not None and medicine.category.threshold == 0.3
+    assert medicine.category.score > 0.3 and medicine.expert == "medicine-small"
+    assert "Fitting the router on 2 labelled queries..." in progress
+    # The examples were embedded as documents with the category profiles.
+    assert "Multiply the number 7 by 8" in embeddings.calls[0]
+    # An uncertain medicine score goes to the generalist.
+    router = build_router(config, config.experts, KeywordEmbeddings())
+    (unsure,) = router.route(["A drug"])
+    assert unsure.category is not None and unsure.category.name == "medicine"
+    assert unsure.category.score < 0.3 and (unsure.expert, unsure.fallback) == ("general", True)
+
+
+def test_a_strategy_and_policy_may_be_named_by_kind(tmp_path: Path) -> None:
+    text = TWO_STEP_CONFIG.replace("{kind: knn, k: 3}", "head").replace(
+        "{kind: budget, max_parameters: 500000000}", "least_loaded"
+    )
+    config = load_config(
+        write(tmp_path, "c.yaml", text.replace("  examples: ./routing.yaml\n", ""))
+    )
+    assert config.routing.strategy.kind == "head" and config.routing.policy.kind == "least_loaded"
+
+
+def test_routing_problems_found_when_building_are_config_errors(tmp_path: Path) -> None:
+    text = TWO_STEP_CONFIG.replace(", parameters: 1700000000", "")
+    config = load_config(write(tmp_path, "c.yaml", text))
+    with pytest.raises(ConfigError, match=r"routing: .*a parameters budget needs the parameters"):
+        build_planner(config, model_factory=Factory({}), embeddings=KeywordEmbeddings())
+    config = load_config(write(tmp_path, "complm.yaml", TWO_STEP_CONFIG))  # no examples file
+    with pytest.raises(ConfigError, match=r"routing\.examples: .*routing\.yaml"):
+        build_planner(config, model_factory=Factory({}), embeddings=KeywordEmbeddings())
+    write(tmp_path, "routing.yaml", "law:\n  - Sue them\n")
+    with pytest.raises(ConfigError, match=r"routing\.examples: labels that are not routes: law"):
+        build_planner(config, model_factory=Factory({}), embeddings=KeywordEmbeddings())
+
+
+def test_expert_sizes_and_thresholds_reach_the_experts(tmp_path: Path) -> None:
+    text = """\
+decomposer: structural
+experts:
+  - {name: math, description: sums, threshold: 0.2, parameters: 1000, cost: 2.5}
+  - {name: history, description: kings}
+routing: {fallback_expert: history}
+"""
+    factory = Factory({"default": [PLAN]})
+    captured: dict[str, Any] = {}
+
+    def fake_create(experts: Any, **kwargs: Any) -> str:
+        captured.update(kwargs, experts=list(experts))
+        return "runnable"
+
+    import langchain_complm.pipeline as pipeline
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(pipeline, "create_comp_llm", fake_create)
+    try:
+        build_comp_llm(
+            write(tmp_path, "c.yaml", text),
+            model_factory=factory,
+            embeddings=KeywordEmbeddings(),
+        )
+    finally:
+        monkey.undo()
+    math = captured["experts"][0]
+    assert (math.threshold, math.parameters, math.cost) == (0.2, 1000, 2.5)
+    assert captured["router"].threshold_of("math") == 0.2
+    assert captured["router"].threshold_of("history") is None

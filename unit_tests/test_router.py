@@ -13,7 +13,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from langchain_complm import Expert, ExpertProfile, Plan, RoutingDecision, SubQuery
 from langchain_complm.events import PROGRESS_EVENT
-from langchain_complm.route import EmbeddingRouter
+from langchain_complm.route import EmbeddingRouter, KNNStrategy
 
 NAMES = list(KEYWORDS)  # math, medicine, history
 
@@ -364,3 +364,141 @@ def test_invoke_emits_fallback_decisions(embeddings: KeywordEmbeddings) -> None:
 def test_invoke_without_callbacks_does_not_fail(embeddings: KeywordEmbeddings) -> None:
     router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
     assert router.invoke(Plan.single(QUESTIONS["history"])).sub_queries[0].expert == "history"
+
+
+# --- strategies, fitting, calibration, evaluation -------------------------------------------
+
+# "patient" is a medicine keyword and "king" a history one; only history's profile examples
+# have either ("A king question"), so on profiles alone history wins.
+AMBIGUOUS = "Did the patient, a patient king, rest?"
+LABELLED = [
+    ("Was the patient, a patient king, tired?", "medicine"),
+    ("Which patient, a patient king, slept?", "medicine"),
+    ("What dose treats the patient?", "medicine"),
+    ("Add the numbers 3 plus 4", "math"),
+]
+
+
+@pytest.mark.parametrize("strategy", ["centroid", "knn", "head"])
+def test_every_strategy_routes_clear_questions_from_profiles(
+    strategy: str, embeddings: KeywordEmbeddings
+) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings, strategy=strategy)
+    decisions = router.route(list(QUESTIONS.values()))
+    assert [d.expert for d in decisions] == NAMES
+    assert {d.strategy for d in decisions} == {strategy}
+
+
+def test_fit_on_labelled_queries_changes_routing(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings, strategy="knn")
+    assert router.route([AMBIGUOUS])[0].expert == "history"
+    texts, labels = zip(*LABELLED, strict=True)
+    assert router.fit(texts, labels) is router
+    assert router.route([AMBIGUOUS])[0].expert == "medicine"
+    # Profiles and examples are embedded as documents, in one call.
+    assert embeddings.calls[-1] == [*profile_texts(profiles()), *texts]
+
+
+def test_fit_without_profiles_needs_an_example_of_every_expert(
+    embeddings: KeywordEmbeddings,
+) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    with pytest.raises(ValueError, match="no examples for history"):
+        router.fit(["Add 3 plus 4", "A dose"], ["math", "medicine"], include_profiles=False)
+    with pytest.raises(ValueError, match="labels that are not routes: law"):
+        router.fit(["Sue them"], ["law"])
+    with pytest.raises(ValueError, match="2 examples but 1 labels"):
+        router.fit(["a", "b"], ["math"])
+
+
+def test_a_given_strategy_instance_is_not_fitted_in_place(embeddings: KeywordEmbeddings) -> None:
+    mine = KNNStrategy(k=2)
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings, strategy=mine)
+    router.route([QUESTIONS["math"]])
+    assert router.strategy.fitted and not mine.fitted and router.strategy.k == 2
+
+
+def test_evaluate_reports_accuracy_confusion_and_oracle_gap(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    texts = [*QUESTIONS.values(), "Which disease did the king have in the war?"]
+    labels = [*NAMES, "medicine"]
+    result = router.evaluate(texts, labels)
+    assert result.strategy == "centroid" and result.n == 4
+    assert result.accuracy == 0.75 and result.oracle_gap == 0.25
+    assert result.confusion["medicine"]["history"] == 1
+    assert [(m.gold, m.predicted) for m in result.misses] == [("medicine", "history")]
+    # Outcomes: how each expert answered; only medicine knew the last one.
+    outcomes = [{n: float(n == g) for n in NAMES} for g in labels]
+    scored = router.evaluate(texts, labels, outcomes=outcomes)
+    assert (scored.routed_score, scored.gold_score, scored.oracle_score) == (0.75, 1.0, 1.0)
+    assert scored.gold_gap == 0.25 and scored.oracle_gap == 0.25
+
+
+def test_calibrate_stores_thresholds_on_the_experts(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(
+        experts=profiles(), embeddings=embeddings, threshold=0.99, fallback_expert="history"
+    )
+    jokes = ["Tell me a joke about cats", "Sing a song about dogs"]
+    texts = [*QUESTIONS.values(), *jokes]
+    labels = [*NAMES, "history", "history"]
+    thresholds = router.calibrate(texts, labels)
+    assert set(thresholds) == {"math", "medicine"}
+    stored = {e.name: e.threshold for e in router.experts}
+    assert stored == {
+        "math": thresholds["math"],
+        "medicine": thresholds["medicine"],
+        "history": None,
+    }
+    assert router.threshold is None and router.thresholds == {}
+    assert router.evaluate(texts, labels).accuracy == 1.0
+    clear, joke = router.route([QUESTIONS["math"], "Tell a joke about birds"])
+    assert (clear.expert, clear.fallback) == ("math", False)
+    assert (joke.expert, joke.fallback) == ("history", True)
+
+
+def test_calibrate_needs_a_fallback(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(experts=profiles(), embeddings=embeddings)
+    with pytest.raises(ValueError, match="needs a fallback expert"):
+        router.calibrate(["a"], ["math"])
+
+
+def test_an_expert_threshold_needs_a_fallback(embeddings: KeywordEmbeddings) -> None:
+    experts = [*profiles()[:2], ExpertProfile(name="history", threshold=0.5)]
+    with pytest.raises(ValueError, match="a routing threshold needs a fallback_expert"):
+        EmbeddingRouter(experts=experts, embeddings=embeddings)
+    router = EmbeddingRouter(experts=experts, embeddings=embeddings, fallback_expert="math")
+    assert router.threshold_of("history") == 0.5 and router.threshold_of("math") is None
+
+
+def test_route_gold_takes_the_label_and_embeds_nothing(embeddings: KeywordEmbeddings) -> None:
+    router = EmbeddingRouter(
+        experts=profiles(), embeddings=embeddings, threshold=1.01, fallback_expert="math"
+    )
+    decisions = router.route_gold(["anything", "else"], ["history", "medicine"], ["q1", "q2"])
+    assert [(d.sub_query_id, d.expert, d.fallback) for d in decisions] == [
+        ("q1", "history", False),
+        ("q2", "medicine", False),
+    ]
+    assert {d.strategy for d in decisions} == {"gold"}
+    assert embeddings.calls == [] and embeddings.query_calls == []
+    with pytest.raises(ValueError, match="labels that are not routes: law"):
+        router.route_gold(["x"], ["law"])
+
+
+async def test_aroute_matches_route_and_uses_async_embeddings(
+    embeddings: KeywordEmbeddings,
+) -> None:
+    class AsyncOnly(KeywordEmbeddings):
+        def embed_query(self, text: str) -> list[float]:
+            raise AssertionError("aroute must not call the sync embed_query")
+
+        async def aembed_query(self, text: str) -> list[float]:
+            return KeywordEmbeddings.embed_query(self, text)
+
+        async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+            return self.embed_documents(texts)
+
+    router = EmbeddingRouter(experts=profiles(), embeddings=AsyncOnly(), strategy="knn")
+    decisions = await router.aroute(list(QUESTIONS.values()))
+    expected = EmbeddingRouter(experts=profiles(), embeddings=embeddings, strategy="knn")
+    assert decisions == expected.route(list(QUESTIONS.values()))

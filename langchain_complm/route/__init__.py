@@ -24,6 +24,7 @@ from langchain_complm.route.two_step import (
     Policy,
     SelectionPolicy,
     TwoStepRouter,
+    make_policy,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Strategy",
     "TwoStepRouter",
     "calibrate_thresholds",
+    "make_policy",
     "make_strategy",
     "read_labelled",
     "write_labelled",

@@ -41,7 +41,10 @@ def read_labelled(path: str | os.PathLike[str]) -> list[LabelledQuery]:
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict) or not all(
             isinstance(v, list) and all(isinstance(q, str) for q in v) for v in data.values()
         ):

@@ -24,10 +24,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from langchain_complm.concurrency import ExpertLoad
 from langchain_complm.experts import ExpertProfile, RouteProfile
@@ -85,6 +85,8 @@ class BudgetPolicy(SelectionPolicy):
     prefer: Literal["largest", "smallest"] = "largest"
 
     def check(self, category: str, candidates: Sequence[ExpertProfile]) -> None:
+        if len(candidates) < 2:
+            return  # nothing to choose: the only expert answers, whatever its size
         for field, limit in (("parameters", self.max_parameters), ("cost", self.max_cost)):
             missing = [
                 c.name for c in candidates if limit is not None and getattr(c, field) is None
@@ -101,7 +103,9 @@ class BudgetPolicy(SelectionPolicy):
         measure, sizes = _measure(candidates)
         fits = [c.name for c in candidates if self._fits(c)]
         budget = self._describe()
-        if not fits:
+        if len(candidates) == 1:
+            pick, reason = candidates[0].name, "the category's only expert"
+        elif not fits:
             # Never fail a sub-query for want of budget: the cheapest expert answers.
             pick = self._smallest(measure, sizes, [c.name for c in candidates])
             reason = f"no expert within {budget}: the smallest"
@@ -120,6 +124,7 @@ class BudgetPolicy(SelectionPolicy):
         )
 
     def _fits(self, expert: ExpertProfile) -> bool:
+        # An unknown size (only possible for a category's only expert) does not exceed.
         if self.max_parameters is not None and (expert.parameters or 0) > self.max_parameters:
             return False
         return self.max_cost is None or (expert.cost or 0.0) <= self.max_cost
@@ -160,7 +165,28 @@ class LeastLoadedPolicy(SelectionPolicy):
 
 
 Policy = Annotated[BudgetPolicy | LeastLoadedPolicy, Field(discriminator="kind")]
-"""Any built-in selection policy, chosen by its ``kind``."""
+"""Any built-in selection policy, chosen by its ``kind`` (how config files name one)."""
+
+_POLICIES: dict[str, type[SelectionPolicy]] = {
+    "budget": BudgetPolicy,
+    "least_loaded": LeastLoadedPolicy,
+}
+
+
+def make_policy(spec: SelectionPolicy | str | Mapping[str, Any]) -> SelectionPolicy:
+    """A policy from an instance (any :class:`SelectionPolicy`, kept as is), a kind
+    (``"least_loaded"``) or a mapping with ``kind`` and settings.
+
+    Raises:
+        ValueError: an unknown kind or setting.
+    """
+    if isinstance(spec, SelectionPolicy):
+        return spec
+    data = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    kind = data.get("kind")
+    if kind not in _POLICIES:
+        raise ValueError(f"unknown selection policy {kind!r} (policies: budget, least_loaded)")
+    return _POLICIES[kind].model_validate(data)
 
 
 class TwoStepRouter(BaseRouter):
@@ -177,13 +203,19 @@ class TwoStepRouter(BaseRouter):
     categories: Sequence[Category]
     experts: Sequence[ExpertProfile]
     """Every expert the categories name (``Expert`` objects work too)."""
-    policy: Policy = Field(default_factory=BudgetPolicy)
-    """How the expert of a category is chosen."""
+    policy: SelectionPolicy = Field(default_factory=BudgetPolicy)
+    """How the expert of a category is chosen: a policy, or its kind (``"budget"``,
+    ``"least_loaded"``)."""
     threshold: float | None = None
     """Minimum category score for categories without a threshold of their own."""
     fallback_expert: str | None = None
     """The generalist: answers sub-queries whose category is uncertain."""
     name: str | None = "TwoStepRouter"
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _make_policy(cls, value: Any) -> SelectionPolicy:
+        return make_policy(value)
 
     @model_validator(mode="after")
     def _check(self) -> TwoStepRouter:
@@ -298,4 +330,5 @@ __all__ = [
     "Policy",
     "SelectionPolicy",
     "TwoStepRouter",
+    "make_policy",
 ]
