@@ -29,7 +29,7 @@ from langchain_complm.config import (
     load_default_experts,
 )
 from langchain_complm.errors import ConfigError, ModelNotFoundError
-from langchain_complm.route import EmbeddingRouter
+from langchain_complm.route import BudgetPolicy, EmbeddingRouter, TwoStepRouter
 
 DEFAULT_EXPERTS = ["math", "medicine", "science", "law", "computer_science", "history", "general"]
 
@@ -563,3 +563,19 @@ routing: {fallback_expert: history}
     assert (math.threshold, math.parameters, math.cost) == (0.2, 1000, 2.5)
     assert captured["router"].threshold_of("math") == 0.2
     assert captured["router"].threshold_of("history") is None
+
+
+def test_the_shipped_two_step_example_config() -> None:
+    path = Path(__file__).resolve().parent.parent / "examples" / "coe-two-sizes.yaml"
+    config = load_config(path)
+    assert config.route_names == DEFAULT_EXPERTS
+    assert config.routing.fallback_expert == "general-small"
+    router = build_router(config, config.experts, KeywordEmbeddings())
+    assert isinstance(router, TwoStepRouter)
+    assert all(len(c.experts) == 2 for c in router.categories)
+    (decision,) = router.route(["Add the sum of the numbers 3 plus 4"])
+    assert decision.category is not None and decision.category.name == "math"
+    assert decision.expert == "math-large"  # 362M: within the 2B budget
+    router.policy = BudgetPolicy(max_parameters=200_000_000)
+    (small,) = router.route(["Add the sum of the numbers 3 plus 4"])
+    assert small.expert == "math-small" and small.selection.within_budget

@@ -16,11 +16,11 @@ from langchain_complm.route import (
     LinearHeadStrategy,
     RoutingStrategy,
     calibrate_thresholds,
-    make_strategy,
     read_labelled,
     write_labelled,
 )
 from langchain_complm.route.calibration import summarize
+from langchain_complm.route.strategies import make_strategy
 
 STRATEGIES = [CentroidStrategy, KNNStrategy, LinearHeadStrategy]
 

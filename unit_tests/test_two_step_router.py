@@ -190,10 +190,11 @@ def test_policies_by_kind_and_a_custom_policy(embeddings: KeywordEmbeddings) -> 
         ({"categories": [*categories(), categories()[0]]}, "duplicate category names: math"),
         ({"experts": experts()[1:]}, "'math' names unknown experts: math-small"),
         ({"fallback_expert": "nobody"}, "fallback expert 'nobody' is not one of the experts"),
-        ({"threshold": 0.3}, "a category threshold needs a fallback_expert"),
-        ({"categories": categories(threshold=0.3)}, "a category threshold needs a fallback"),
+        ({"threshold": 0.3}, "a routing threshold needs a fallback_expert"),
+        ({"categories": categories(threshold=0.3)}, "a routing threshold needs a fallback"),
+        ({"experts": []}, "TwoStepRouter needs at least one expert"),
     ],
-    ids=["none", "duplicate", "unknown-expert", "unknown-fallback", "global", "own"],
+    ids=["none", "duplicate", "unknown-expert", "unknown-fallback", "global", "own", "no-experts"],
 )
 def test_construction_errors(
     kwargs: dict[str, Any], message: str, embeddings: KeywordEmbeddings

@@ -38,7 +38,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
@@ -74,15 +74,7 @@ SystemName = Literal[
     "oracle",
     "gold-routing",
 ]
-SYSTEM_NAMES: tuple[str, ...] = (
-    "complm",
-    "complm-sequential",
-    "monolithic",
-    "route-only",
-    "no-context",
-    "oracle",
-    "gold-routing",
-)
+SYSTEM_NAMES: tuple[str, ...] = get_args(SystemName)
 """Every system, in report order."""
 
 MONOLITHIC_SYSTEM = (

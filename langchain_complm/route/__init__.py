@@ -1,5 +1,6 @@
 """Stage 2, routing: each sub-query goes to the expert (or, in two steps, the category and
-then the expert) whose labelled texts it is nearest to, by a pluggable scoring strategy."""
+then the expert) whose labelled texts it is nearest to, by a pluggable scoring strategy.
+See docs/routing.md."""
 
 from langchain_complm.route.calibration import (
     LabelledQuery,
@@ -14,17 +15,13 @@ from langchain_complm.route.strategies import (
     KNNStrategy,
     LinearHeadStrategy,
     RoutingStrategy,
-    Strategy,
-    make_strategy,
 )
 from langchain_complm.route.two_step import (
     BudgetPolicy,
     Category,
     LeastLoadedPolicy,
-    Policy,
     SelectionPolicy,
     TwoStepRouter,
-    make_policy,
 )
 
 __all__ = [
@@ -37,15 +34,11 @@ __all__ = [
     "LabelledQuery",
     "LeastLoadedPolicy",
     "LinearHeadStrategy",
-    "Policy",
     "RoutingEvaluation",
     "RoutingStrategy",
     "SelectionPolicy",
-    "Strategy",
     "TwoStepRouter",
     "calibrate_thresholds",
-    "make_policy",
-    "make_strategy",
     "read_labelled",
     "write_labelled",
 ]

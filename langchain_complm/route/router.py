@@ -55,11 +55,18 @@ class BaseRouter(RunnableSerializable[Plan, Plan], ABC):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
+    experts: Sequence[ExpertProfile]
+    """Every expert a decision can name (``Expert`` objects work too)."""
     embeddings: Embeddings
     """Any LangChain embeddings model."""
     strategy: RoutingStrategy = Field(default_factory=CentroidStrategy)
     """How sub-queries are scored: a strategy, or its kind (``"centroid"``, ``"knn"``,
     ``"head"``). A given instance is copied, so fitting never changes the caller's."""
+    threshold: float | None = None
+    """Minimum score for every route without a threshold of its own."""
+    fallback_expert: str | None = None
+    """Expert that receives sub-queries under their threshold (in two steps: the
+    generalist)."""
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _load: ExpertLoad = PrivateAttr(default_factory=ExpertLoad)
@@ -69,6 +76,24 @@ class BaseRouter(RunnableSerializable[Plan, Plan], ABC):
     def _make_strategy(cls, value: Any) -> RoutingStrategy:
         return make_strategy(value)
 
+    @model_validator(mode="after")
+    def _check_experts(self) -> Self:
+        names = self.expert_names
+        if not names:
+            raise ValueError(f"{type(self).__name__} needs at least one expert")
+        _check_unique("expert", names)
+        if self.fallback_expert is not None and self.fallback_expert not in names:
+            raise ValueError(
+                f"fallback expert {self.fallback_expert!r} is not one of the experts "
+                f"({', '.join(names)})"
+            )
+        if self._has_threshold() and self.fallback_expert is None:
+            raise ValueError("a routing threshold needs a fallback_expert to route to")
+        return self
+
+    def _has_threshold(self) -> bool:
+        return self.threshold is not None or any(r.threshold is not None for r in self.routes)
+
     # --- what a router routes to (defined by subclasses) --------------------------------
 
     @property
@@ -77,9 +102,9 @@ class BaseRouter(RunnableSerializable[Plan, Plan], ABC):
         """The labels the strategy scores (experts, or categories), in score order."""
 
     @property
-    @abstractmethod
     def expert_names(self) -> list[str]:
         """Every expert a decision can name."""
+        return [e.name for e in self.experts]
 
     @property
     @abstractmethod
@@ -101,6 +126,30 @@ class BaseRouter(RunnableSerializable[Plan, Plan], ABC):
     @abstractmethod
     def _store_thresholds(self, thresholds: Mapping[str, float | None]) -> None:
         """Put calibrated thresholds on the routes, replacing every other threshold."""
+
+    def _decision(
+        self,
+        sq_id: str,
+        question: str,
+        row: np.ndarray,
+        expert: str,
+        score: float,
+        *,
+        fallback: bool,
+        gold: bool,
+        **steps: Any,
+    ) -> RoutingDecision:
+        """A decision with the whole score row; ``steps`` are the two-step records."""
+        return RoutingDecision(
+            sub_query_id=sq_id,
+            question=question,
+            expert=expert,
+            score=score,
+            scores={n: float(s) for n, s in zip(self.route_names, row, strict=True)},
+            fallback=fallback,
+            strategy=GOLD if gold else self.strategy.kind,
+            **steps,
+        )
 
     @property
     def route_names(self) -> list[str]:
@@ -339,47 +388,23 @@ class EmbeddingRouter(BaseRouter):
     own ``threshold`` (what :meth:`calibrate` sets), else the global ``threshold``.
     """
 
-    experts: Sequence[ExpertProfile]
-    """Expert profiles (``Expert`` objects work too)."""
-    threshold: float | None = None
-    """Minimum score for every expert without a threshold of its own."""
     thresholds: Mapping[str, float] = Field(default_factory=dict)
     """Per-expert minimum scores (over the experts' own)."""
-    fallback_expert: str | None = None
-    """Expert that receives sub-queries under their threshold."""
     name: str | None = "EmbeddingRouter"
 
     @model_validator(mode="after")
-    def _check(self) -> EmbeddingRouter:
-        names = [e.name for e in self.experts]
-        if not names:
-            raise ValueError("EmbeddingRouter needs at least one expert")
-        _check_unique("expert", names)
-        if self.fallback_expert is not None and self.fallback_expert not in names:
-            raise ValueError(
-                f"fallback expert {self.fallback_expert!r} is not one of the experts "
-                f"({', '.join(names)})"
-            )
-        unknown = sorted(set(self.thresholds) - set(names))
+    def _check_thresholds(self) -> EmbeddingRouter:
+        unknown = sorted(set(self.thresholds) - set(self.expert_names))
         if unknown:
             raise ValueError(f"thresholds name unknown experts: {', '.join(unknown)}")
-        has_threshold = (
-            self.threshold is not None
-            or self.thresholds
-            or any(e.threshold is not None for e in self.experts)
-        )
-        if has_threshold and self.fallback_expert is None:
-            raise ValueError("a routing threshold needs a fallback_expert to route to")
         return self
+
+    def _has_threshold(self) -> bool:
+        return bool(self.thresholds) or super()._has_threshold()
 
     @property
     def routes(self) -> Sequence[ExpertProfile]:
         return self.experts
-
-    @property
-    def expert_names(self) -> list[str]:
-        """Expert names in score order."""
-        return [e.name for e in self.experts]
 
     @property
     def fallback_route(self) -> str | None:
@@ -413,19 +438,11 @@ class EmbeddingRouter(BaseRouter):
             floor = None if gold else minimum[expert]
             fallback = floor is not None and score < floor
             if fallback:
-                assert self.fallback_expert is not None  # enforced by _check
+                assert self.fallback_expert is not None  # enforced by _check_experts
                 expert = self.fallback_expert
                 score = float(row[names.index(expert)])
             decisions.append(
-                RoutingDecision(
-                    sub_query_id=sq_id,
-                    question=question,
-                    expert=expert,
-                    score=score,
-                    scores={n: float(s) for n, s in zip(names, row, strict=True)},
-                    fallback=fallback,
-                    strategy=GOLD if gold else self.strategy.kind,
-                )
+                self._decision(sq_id, question, row, expert, score, fallback=fallback, gold=gold)
             )
         return decisions
 

@@ -17,9 +17,9 @@ Strategies are pydantic models, so a config file names one by ``kind`` with its 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -213,7 +213,7 @@ _STRATEGIES: dict[str, type[RoutingStrategy]] = {
 }
 
 
-def make_strategy(spec: RoutingStrategy | str | dict[str, Any]) -> RoutingStrategy:
+def make_strategy(spec: RoutingStrategy | str | Mapping[str, Any]) -> RoutingStrategy:
     """A strategy from an instance (copied, so fitting never touches the caller's), a kind
     (``"knn"``) or a mapping with ``kind`` and settings.
 
@@ -222,11 +222,26 @@ def make_strategy(spec: RoutingStrategy | str | dict[str, Any]) -> RoutingStrate
     """
     if isinstance(spec, RoutingStrategy):
         return spec.model_copy(deep=True)
+    return from_kind(_STRATEGIES, spec, "routing strategy")
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def from_kind(
+    registry: Mapping[str, type[Model]], spec: str | Mapping[str, Any], noun: str
+) -> Model:
+    """The model of ``registry`` that ``spec`` names: a kind, or a mapping with ``kind`` and
+    settings (how config files name strategies and policies).
+
+    Raises:
+        ValueError: an unknown kind (naming the known ones) or an invalid setting.
+    """
     data = {"kind": spec} if isinstance(spec, str) else dict(spec)
     kind = data.get("kind")
-    if kind not in _STRATEGIES:
-        raise ValueError(f"unknown routing strategy {kind!r} (strategies: centroid, knn, head)")
-    return _STRATEGIES[kind].model_validate(data)
+    if not isinstance(kind, str) or kind not in registry:
+        raise ValueError(f"unknown {noun} {kind!r} ({noun} kinds: {', '.join(registry)})")
+    return registry[kind].model_validate(data)
 
 
 def normalize(matrix: np.ndarray) -> np.ndarray:

@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from langchain_complm.concurrency import ExpertLoad
 from langchain_complm.experts import ExpertProfile, RouteProfile
 from langchain_complm.plan import CategoryChoice, ExpertChoice, RoutingDecision
-from langchain_complm.route.router import GOLD, BaseRouter, _check_unique
+from langchain_complm.route.router import BaseRouter, _check_unique
+from langchain_complm.route.strategies import from_kind
 
 
 class Category(RouteProfile):
@@ -182,34 +183,24 @@ def make_policy(spec: SelectionPolicy | str | Mapping[str, Any]) -> SelectionPol
     """
     if isinstance(spec, SelectionPolicy):
         return spec
-    data = {"kind": spec} if isinstance(spec, str) else dict(spec)
-    kind = data.get("kind")
-    if kind not in _POLICIES:
-        raise ValueError(f"unknown selection policy {kind!r} (policies: budget, least_loaded)")
-    return _POLICIES[kind].model_validate(data)
+    return from_kind(_POLICIES, spec, "selection policy")
 
 
 class TwoStepRouter(BaseRouter):
     """Routes each sub-query to a category, then to one of the category's experts.
 
     ``categories`` are what the strategy scores (their profiles, and :meth:`fit` labels, are
-    category names); ``experts`` are every expert the categories name, with the
-    ``parameters`` or ``cost`` the policy compares. A best-category score under the
+    category names); ``experts`` are every expert the categories name (and the generalist),
+    with the ``parameters`` or ``cost`` the policy compares. A best-category score under the
     category's ``threshold`` (else the global ``threshold``) is uncertain and goes to
     ``fallback_expert``, the generalist. :meth:`calibrate` stores thresholds on the
     categories.
     """
 
     categories: Sequence[Category]
-    experts: Sequence[ExpertProfile]
-    """Every expert the categories name (``Expert`` objects work too)."""
     policy: SelectionPolicy = Field(default_factory=BudgetPolicy)
     """How the expert of a category is chosen: a policy, or its kind (``"budget"``,
     ``"least_loaded"``)."""
-    threshold: float | None = None
-    """Minimum category score for categories without a threshold of their own."""
-    fallback_expert: str | None = None
-    """The generalist: answers sub-queries whose category is uncertain."""
     name: str | None = "TwoStepRouter"
 
     @field_validator("policy", mode="before")
@@ -218,12 +209,11 @@ class TwoStepRouter(BaseRouter):
         return make_policy(value)
 
     @model_validator(mode="after")
-    def _check(self) -> TwoStepRouter:
+    def _check_categories(self) -> TwoStepRouter:
         if not self.categories:
             raise ValueError("TwoStepRouter needs at least one category")
         _check_unique("category", [c.name for c in self.categories])
-        names = [e.name for e in self.experts]
-        _check_unique("expert", names)
+        names = self.expert_names
         for category in self.categories:
             unknown = [n for n in category.experts if n not in names]
             if unknown:
@@ -232,25 +222,11 @@ class TwoStepRouter(BaseRouter):
                     f"(experts: {', '.join(names)})"
                 )
             self.policy.check(category.name, self._candidates(category))
-        if self.fallback_expert is not None and self.fallback_expert not in names:
-            raise ValueError(
-                f"fallback expert {self.fallback_expert!r} is not one of the experts "
-                f"({', '.join(names)})"
-            )
-        has_threshold = self.threshold is not None or any(
-            c.threshold is not None for c in self.categories
-        )
-        if has_threshold and self.fallback_expert is None:
-            raise ValueError("a category threshold needs a fallback_expert (the generalist)")
         return self
 
     @property
     def routes(self) -> Sequence[Category]:
         return self.categories
-
-    @property
-    def expert_names(self) -> list[str]:
-        return [e.name for e in self.experts]
 
     @property
     def fallback_route(self) -> str | None:
@@ -289,7 +265,7 @@ class TwoStepRouter(BaseRouter):
             floor = category.threshold if category.threshold is not None else self.threshold
             uncertain = not gold and floor is not None and score < floor
             if uncertain:
-                assert self.fallback_expert is not None  # enforced by _check
+                assert self.fallback_expert is not None  # enforced by _check_experts
                 expert = self.fallback_expert
                 selection = ExpertChoice(
                     policy="generalist",
@@ -301,18 +277,19 @@ class TwoStepRouter(BaseRouter):
                 in_flight = _in_flight(self.load, category.experts, given)
                 expert, selection = self.policy.select(self._candidates(category), in_flight)
             given[expert] += 1
+            step_one = CategoryChoice(
+                name=category.name, score=score, threshold=floor, uncertain=uncertain
+            )
             decisions.append(
-                RoutingDecision(
-                    sub_query_id=sq_id,
-                    question=question,
-                    expert=expert,
-                    score=score,
-                    scores={n: float(s) for n, s in zip(names, row, strict=True)},
+                self._decision(
+                    sq_id,
+                    question,
+                    row,
+                    expert,
+                    score,
                     fallback=uncertain,
-                    strategy=GOLD if gold else self.strategy.kind,
-                    category=CategoryChoice(
-                        name=category.name, score=score, threshold=floor, uncertain=uncertain
-                    ),
+                    gold=gold,
+                    category=step_one,
                     selection=selection,
                 )
             )
