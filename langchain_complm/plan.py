@@ -386,12 +386,17 @@ class Plan(BaseModel):
                 sq = by_id[sq_id]
                 deps = f"  <- {', '.join(sq.depends_on)}" if sq.depends_on else ""
                 expert = ""
-                if sq.expert:
-                    expert = f"  [{sq.expert}" + (
-                        f" {sq.score:.2f}]" if sq.score is not None else "]"
-                    )
+                if sq.route:
+                    expert = f"  [{sq.expert} {sq.route.score:.2f}{_category_note(sq.route)}]"
                 rows.append(f"{'  ' * depth}{sq.id}: {sq.question}{expert}{deps}")
         return "\n".join(rows)
+
+
+def _category_note(route: RoutingDecision) -> str:
+    """Two-step routing's first step, for drawings: the category, or that it was uncertain."""
+    if route.category is None:
+        return ""
+    return f" {'uncertain ' if route.category.uncertain else 'via '}{route.category.name}"
 
 
 def _mermaid_id(sq_id: str) -> str:

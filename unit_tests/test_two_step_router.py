@@ -301,3 +301,20 @@ def test_routed_plan_keeps_both_steps_through_json(embeddings: KeywordEmbeddings
     routed = router(embeddings).invoke(plan)
     again = Plan.model_validate_json(routed.model_dump_json())
     assert again == routed and again.sub_queries[0].route.category.name == "history"
+
+
+def test_plan_drawing_names_the_category(embeddings: KeywordEmbeddings) -> None:
+    two_step = router(embeddings, categories=categories(threshold=0.65), fallback_expert="general")
+    plan = Plan(
+        query="q",
+        sub_queries=(
+            SubQuery(id="q1", question=QUESTIONS["math"]),
+            SubQuery(id="q2", question="Tell me a joke about cats"),
+        ),
+    )
+    routed = two_step.invoke(plan)
+    top = routed.by_id["q2"].route.category.name
+    assert routed.to_text().splitlines() == [
+        f"q1: {QUESTIONS['math']}  [math-large {routed.by_id['q1'].score:.2f} via math]",
+        f"q2: Tell me a joke about cats  [general {routed.by_id['q2'].score:.2f} uncertain {top}]",
+    ]
