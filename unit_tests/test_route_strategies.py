@@ -243,6 +243,4 @@ def test_summary_without_outcomes_measures_the_gap_to_gold_routing() -> None:
     )
     assert result.accuracy == 0.0 and result.oracle_gap == 1.0 and result.routed_score is None
     with pytest.raises(ValueError, match="at least one labelled query"):
-        summarize(
-            strategy="x", texts=[], gold=[], predicted=[], scores=[], fallbacks=[], labels=[]
-        )
+        summarize(strategy="x", texts=[], gold=[], predicted=[], scores=[], fallbacks=[], labels=[])
