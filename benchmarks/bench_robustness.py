@@ -1,4 +1,5 @@
-"""Parse time against reply size, and splitter time against query size, on adversarial input.
+"""Parse time against reply size, and splitter time against query size, on adversarial input;
+and what a timeout costs a call that does not time out.
 
 For every kind of adversarial text in :mod:`langchain_complm.evaluation.adversarial` (bracket
 runs, deep nesting, unterminated strings, quotes, Python literals, long valid plans, ...) and a
@@ -8,6 +9,11 @@ range of sizes, it times :func:`~langchain_complm.decompose.parse_plan` on repli
 size, plus the worst kind per size. Linear work shows as times that grow with the size (and stop
 growing past the 64 K characters a reply is read to); the quadratic and exponential code this
 replaced took seconds on a few hundred characters.
+
+Timeouts: a timed sync call runs in a thread of its own. The last table is the median wall time
+of calls that finish in time, with the default timeout and with none: a bare
+:func:`~langchain_complm.concurrency.call_with_timeout`, a decomposition by a fake model, and a
+fan-out of 4 mock experts (no latency) through the executor.
 
 Writes a Markdown report::
 
@@ -24,16 +30,22 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.runnables import RunnableLambda
 from report import report_header
 
-from langchain_complm.decompose import parse_plan
+from langchain_complm import Expert, FailurePolicy, Plan, RoutingDecision, SubQuery
+from langchain_complm.concurrency import DEFAULT_TIMEOUT, call_with_timeout
+from langchain_complm.decompose import SubQueryGenerator, parse_plan
 from langchain_complm.decompose.generator import MAX_REPLY_CHARS
 from langchain_complm.decompose.structural import split_query
 from langchain_complm.evaluation.adversarial import adversarial_queries, adversarial_replies
+from langchain_complm.execute import QueryExecutor
 from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 
 REPLY_SIZES = (1_000, 4_000, 16_000, MAX_REPLY_CHARS, 4 * MAX_REPLY_CHARS)
@@ -86,6 +98,45 @@ def markdown(
     return lines
 
 
+def timeout_overhead(repeats: int) -> list[str]:
+    """Markdown rows: ms per call without a timeout and with the default one."""
+    names = ("a", "b", "c", "d")
+    experts = [Expert(name=n, description=n, llm=RunnableLambda(lambda _: "ok")) for n in names]
+    plan = Plan(
+        query="q",
+        sub_queries=tuple(
+            SubQuery(
+                id=f"q{i}",
+                question="Q?",
+                route=RoutingDecision(
+                    sub_query_id=f"q{i}", question="Q?", expert=n, score=1, scores={}
+                ),
+            )
+            for i, n in enumerate(names, start=1)
+        ),
+    )
+    reply = '{"sub_queries": [{"id": "q1", "question": "A?"}, {"id": "q2", "question": "B?"}]}'
+    calls: dict[str, Callable[[float | None], Callable[[], object]]] = {
+        "call_with_timeout (a call that returns at once)": lambda t: partial(
+            call_with_timeout, int, t, "noop"
+        ),
+        "SubQueryGenerator.invoke (fake model)": lambda t: partial(
+            SubQueryGenerator(llm=FakeListChatModel(responses=[reply]), timeout=t).invoke, "Q?"
+        ),
+        "QueryExecutor.invoke, fan-out 4 (mock experts)": lambda t: partial(
+            QueryExecutor(experts=experts, failure_policy=FailurePolicy(timeout=t)).invoke, plan
+        ),
+    }
+    rows = [
+        f"| call | no timeout (ms) | timeout {DEFAULT_TIMEOUT:g} s (ms) |",
+        "| --- | ---: | ---: |",
+    ]
+    for label, make in calls.items():
+        untimed, timed = (median_ms(make(t), repeats) for t in (None, DEFAULT_TIMEOUT))
+        rows.append(f"| {label} | {untimed:.3f} | {timed:.3f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repeat")
@@ -100,6 +151,7 @@ def main() -> None:
     started = time.perf_counter()
     replies = measure(adversarial_replies, lambda t: parse_plan(t, "q"), reply_sizes, args.repeats)
     queries = measure(adversarial_queries, split_query, query_sizes, args.repeats)
+    overhead = timeout_overhead(20 if args.quick else 200)
     out = [
         *report_header(
             "Benchmarks: parser and splitter time on adversarial input",
@@ -111,6 +163,10 @@ def main() -> None:
         *markdown("parse_plan: time against reply size", "reply", replies, reply_sizes),
         "",
         *markdown("split_query: time against query size", "query", queries, query_sizes),
+        "",
+        "## What a timeout costs a call that finishes in time",
+        "",
+        *overhead,
     ]
     report = "\n".join(out) + "\n"
     print(report)

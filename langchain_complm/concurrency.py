@@ -8,8 +8,9 @@ per-runnable limits, and per-device locks.
   stops waiting for: the process can always exit, and the call's :class:`Cancellation` is
   set. The package's own blocking points look at it and end the call there (a
   :class:`ConcurrencyLimiter` wait, a local model's queue), and give back what the call
-  holds (a :func:`limit_concurrency` permit); other code runs on in its thread until it
-  returns, its result dropped.
+  holds (a permit taken with :meth:`ConcurrencyLimiter.permit`, as :func:`limit_concurrency`
+  and served models' ``max_concurrency`` take theirs); other code runs on in its thread until
+  it returns, its result dropped.
 
 - :func:`limit_concurrency` wraps any expert runnable so that at most ``n`` of its calls run
   at once (threads and asyncio tasks alike; a FIFO :class:`ConcurrencyLimiter`).
@@ -290,27 +291,15 @@ class ConcurrencyLimiter:
         if not self.acquire():
             raise TimeoutError("stopped waiting for a permit: the call was cancelled")
 
-    @contextlib.contextmanager
-    def _permit(self) -> Iterator[None]:
-        """Hold a permit for one sync call. A call whose caller gave up (a timeout) gives it
-        back at once, as a cancelled task does: the limit counts the calls someone still
-        waits for, and a call stuck for good does not block the ones after it."""
-        self._take()
-        once = threading.Lock()
+    def permit(self) -> _Permit:
+        """One permit for one call: ``with limiter.permit():`` or ``async with ...``.
 
-        def give_back() -> None:
-            if once.acquire(blocking=False):
-                self.release()
-
-        cancellation = current_cancellation()
-        if cancellation is not None:
-            cancellation.add_callback(give_back)
-        try:
-            yield
-        finally:
-            if cancellation is not None:
-                cancellation.remove_callback(give_back)
-            give_back()
+        Unlike ``with limiter:``, a sync call given up by its timeout (see
+        :func:`call_with_timeout`) gives the permit back at once, as a cancelled task does:
+        the limit counts the calls someone still waits for, and a call stuck for good does not
+        keep the ones after it out.
+        """
+        return _Permit(self)
 
     def __enter__(self) -> ConcurrencyLimiter:
         self._take()
@@ -328,6 +317,39 @@ class ConcurrencyLimiter:
 
     def __repr__(self) -> str:
         return f"ConcurrencyLimiter(limit={self.limit}, active={self._active})"
+
+
+class _Permit:
+    """A single-use permit of a :class:`ConcurrencyLimiter` (see :meth:`~ConcurrencyLimiter.
+    permit`)."""
+
+    def __init__(self, limiter: ConcurrencyLimiter) -> None:
+        self._limiter = limiter
+        self._once = threading.Lock()
+        self._cancellation: Cancellation | None = None
+
+    def _give_back(self) -> None:
+        if self._once.acquire(blocking=False):
+            self._limiter.release()
+
+    def __enter__(self) -> _Permit:
+        self._limiter._take()
+        self._cancellation = current_cancellation()
+        if self._cancellation is not None:
+            self._cancellation.add_callback(self._give_back)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cancellation is not None:
+            self._cancellation.remove_callback(self._give_back)
+        self._give_back()
+
+    async def __aenter__(self) -> _Permit:
+        await self._limiter.aacquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._give_back()
 
 
 # --- per-expert concurrency limit -------------------------------------------------------------
@@ -378,25 +400,25 @@ class ConcurrencyLimitedRunnable(Runnable[Input, Output]):
         return self.bound.config_specs
 
     def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
-        with self.limiter._permit():
+        with self.limiter.permit():
             return self.bound.invoke(input, config, **kwargs)
 
     async def ainvoke(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Output:
-        async with self.limiter:
+        async with self.limiter.permit():
             return await self.bound.ainvoke(input, config, **kwargs)
 
     def stream(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Output]:
-        with self.limiter._permit():
+        with self.limiter.permit():
             yield from self.bound.stream(input, config, **kwargs)
 
     async def astream(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Output]:
-        async with self.limiter:
+        async with self.limiter.permit():
             async for chunk in self.bound.astream(input, config, **kwargs):
                 yield chunk
 

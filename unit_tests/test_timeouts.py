@@ -245,6 +245,21 @@ def test_callers_waiting_for_a_stuck_permit_leave_the_queue_at_their_timeout(
     assert settles(baseline)
 
 
+def test_a_served_model_stuck_on_a_request_frees_its_slot_at_the_timeout() -> None:
+    pytest.importorskip("langchain_openai")
+    from scripted_openai import Behaviour, ScriptedOpenAIServer
+
+    from langchain_complm.models import ChatRemote
+
+    with ScriptedOpenAIServer(script={"echo": Behaviour(delay=3.0)}) as server:
+        model = ChatRemote.from_model("echo", base_url=server.base_url, max_concurrency=1)
+        executor = QueryExecutor(experts=[expert(model)], failure_policy=FailurePolicy(timeout=0.3))
+        assert executor.invoke(PLAN).results["q1"].status == "failed"  # the server hangs
+        server.script["echo"] = Behaviour()  # and is healthy again: the slot must be free
+        answer = executor.invoke(PLAN).results["q1"]
+        assert answer.status == "ok" and answer.answer == "echo says: What is 2+2?"
+
+
 def test_a_hung_local_model_releases_its_callers_and_drops_their_requests() -> None:
     pytest.importorskip("transformers")
     from langchain_complm.models.huggingface import ChatLocalHuggingFace

@@ -238,8 +238,10 @@ class ChatRemote(BaseChatModel):
     # --- the cap and the names ---------------------------------------------------------------
 
     def _slot(self) -> Any:
-        """Hold while a request is in flight: ``with`` in threads, ``async with`` in tasks."""
-        return self._limiter if self._limiter is not None else contextlib.nullcontext()
+        """Hold while a request is in flight: ``with`` in threads, ``async with`` in tasks.
+        A request given up by its caller's timeout frees its slot at once (see
+        :meth:`~langchain_complm.concurrency.ConcurrencyLimiter.permit`)."""
+        return self._limiter.permit() if self._limiter is not None else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def _named_errors(self) -> Iterator[None]:
