@@ -363,11 +363,6 @@ def overhead(shapes: dict[str, Shape], repeats: int) -> dict[str, dict[str, floa
             executor.invoke(plan)  # warm-up
             wall = median_wall(partial(executor.invoke, plan), repeats)
             out.setdefault(shape_name, {})[mode] = 1000 * wall / len(shape)
-        # Where the time goes: compiling the plan's graph is paid on every invoke.
-        plan = build_plan(shapes.get("fan-out 4") or next(iter(shapes.values())))
-        out.setdefault("compile_plan only (fan-out 4, ms per plan)", {})[mode] = 1000 * median_wall(
-            partial(executor.compile_plan, plan), repeats
-        )
     return out
 
 
@@ -632,7 +627,7 @@ def main() -> None:
         "## Orchestration overhead",
         "",
         f"Mock experts that answer at once (model time 0), median of {args.overhead_repeats} "
-        "runs: wall time per sub-query in ms (compile, LangGraph scheduling, prompts, trace).",
+        "runs: wall time per sub-query in ms (LangGraph tasks, scheduling, prompts, trace).",
         "",
         "| shape | " + " | ".join(MODES) + " |",
         "| --- |" + " --- |" * len(MODES),

@@ -15,10 +15,15 @@ from typing import Any, Literal
 from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.callbacks.manager import dispatch_custom_event
 from langchain_core.runnables import RunnableConfig
+from langgraph.constants import TAG_NOSTREAM
 from typing_extensions import NotRequired, TypedDict
 
 PROGRESS_EVENT = "complm_progress"
 """Name of the LangChain custom event carrying a :class:`ProgressEvent`."""
+
+STREAM_ALL_TOKENS = "stream_all_tokens"
+"""``config["configurable"]`` key: when true, ``stream_mode="messages"`` also carries the
+decomposer's and the experts' tokens, not only the final answer's."""
 
 EventType = Literal[
     "plan",  # the generator produced the plan
@@ -72,6 +77,15 @@ def emit(
         return
     with suppress(RuntimeError):  # no parent run to attach the event to
         dispatch_custom_event(PROGRESS_EVENT, event, config=config)
+
+
+def quiet(config: RunnableConfig) -> RunnableConfig:
+    """``config`` for a model call whose tokens are not the answer (the plan, the experts'
+    sub-answers): tagged so LangGraph's ``messages`` stream skips them, unless the run asks
+    for every token with :data:`STREAM_ALL_TOKENS`."""
+    if (config.get("configurable") or {}).get(STREAM_ALL_TOKENS):
+        return config
+    return {**config, "tags": [*(config.get("tags") or ()), TAG_NOSTREAM]}
 
 
 def _has_custom_event_handlers(config: RunnableConfig | None) -> bool:

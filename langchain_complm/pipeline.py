@@ -264,7 +264,7 @@ def _compile(
         emit({"type": "plan", "data": plan}, config)
         plan = router.invoke(plan, config)
         lap("route")
-        execution = executor.invoke(plan, config)
+        execution = executor.run(plan, config)
         lap("execute")
         results = list(execution.results.values())
         answer = aggregator.invoke(AggregationInput(query=query, results=results), config)

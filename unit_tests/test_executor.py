@@ -115,13 +115,32 @@ def test_sequential_mode_same_answers_no_overlap() -> None:
     assert not overlaps(*fake.calls)
 
 
-def test_compiled_graph_mirrors_plan() -> None:
-    math, _ = make_expert("math")
+class _RunTree(BaseCallbackHandler):
+    """Records every chain run's name and parent."""
+
+    def __init__(self) -> None:
+        self.names: dict[Any, str] = {}
+        self.parents: dict[Any, Any] = {}
+
+    def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+        self.names[kwargs["run_id"]] = kwargs.get("name") or ""
+        self.parents[kwargs["run_id"]] = kwargs.get("parent_run_id")
+
+    def parent_name(self, name: str) -> str:
+        run_id = next(r for r, n in self.names.items() if n == name)
+        return self.names.get(self.parents[run_id], "")
+
+
+@pytest.mark.parametrize("mode", ["superstep", "eager", "sequential"])
+def test_each_sub_query_is_a_task_named_by_its_id(mode: str) -> None:
+    math, fake = make_expert("math")
     plan = routed(("q1", "one", "math", ()), ("q2", "two {q1}", "math", ("q1",)))
-    graph = QueryExecutor(experts=[math]).compile_plan(plan).get_graph()
-    assert {"q1", "q2"} <= set(graph.nodes)
-    edges = {(e.source, e.target) for e in graph.edges}
-    assert ("__start__", "q1") in edges and ("q1", "q2") in edges and ("q2", "__end__") in edges
+    tree = _RunTree()
+    result = QueryExecutor(experts=[math], mode=mode).invoke(plan, {"callbacks": [tree]})
+    assert tree.parent_name("q1") == tree.parent_name("q2") == "execute"
+    assert tree.parent_name("expert:math") in {"q1", "q2"}
+    assert result.results["q2"].started_at >= result.results["q1"].ended_at
+    assert fake.calls[1]["prompt"].endswith("two math answer to <one>")
 
 
 def test_retry_then_success() -> None:

@@ -1,5 +1,12 @@
-"""Stage 3, the Query Executor: a routed plan becomes a LangGraph graph whose nodes ask the
-experts, in parallel wherever the dependencies allow."""
+"""Stage 3, the Query Executor: each sub-query of a routed plan is a LangGraph task that asks
+its expert, in parallel wherever the dependencies allow.
+
+Three separate units: :mod:`~langchain_complm.execute._schedule` decides which sub-queries
+start when (superstep, eager, sequential, within ``max_concurrency``);
+:mod:`~langchain_complm.execute._attempts` is one sub-query's attempt loop (retries, fallback,
+timeout, per-attempt records), written once for sync and async; :mod:`.executor` turns them
+into LangGraph tasks.
+"""
 
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.execute.executor import (

@@ -1,0 +1,231 @@
+"""One sub-query's attempts: its prompt, the experts tried in turn, and its result.
+
+The loop is written once, as a generator that yields each expert call to make and is sent
+the call's output (or has the call's exception thrown in); :func:`run_sync` and
+:func:`run_async` are the only code that differs between ``invoke`` and ``ainvoke``: how one
+expert call is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable, Generator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import merge_configs
+from langgraph.errors import GraphBubbleUp
+
+from langchain_complm.batching import BatchCohort, batch_cohort
+from langchain_complm.events import emit, quiet
+from langchain_complm.execute._schedule import Start
+from langchain_complm.execute.results import Attempt, FailurePolicy, SubQueryResult
+from langchain_complm.experts import Expert
+from langchain_complm.plan import SubQuery
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    """What the sub-queries of one plan run share."""
+
+    experts: Mapping[str, Expert]
+    policy: FailurePolicy
+    context_template: str
+    writer: Callable[[Any], None] | None
+    """The stream writer of the run the user reads (see
+    :func:`~langchain_complm.events.current_writer`)."""
+
+
+@dataclass(frozen=True)
+class ExpertCall:
+    """One call the loop asks its driver to make."""
+
+    llm: Runnable[Any, Any]
+    messages: list[BaseMessage]
+    config: RunnableConfig
+    cohort: BatchCohort | None
+    timeout: float | None
+
+
+Attempts = Generator[ExpertCall, Any, SubQueryResult]
+
+
+def attempts(run: PlanRun, sq: SubQuery, start: Start, config: RunnableConfig) -> Attempts:
+    """The attempt loop of ``sq``: the routed expert ``1 + max_retries`` times, then the
+    fallback expert, until one answers; returns the sub-query's result (skipped when
+    ``start`` says so or a parent did not succeed)."""
+    reason = start.skip_reason
+    parents = [] if reason else [start.parents[d] for d in sq.depends_on]
+    if bad := [p.id for p in parents if p.status != "ok"]:
+        reason = f"not run: depends on {', '.join(bad)}, which did not succeed"
+    if reason is not None:
+        emit({"type": "subquery_error", "sub_query_id": sq.id, "error": reason}, config, run.writer)
+        return SubQueryResult(
+            id=sq.id,
+            question=sq.question,
+            depends_on=sq.depends_on,
+            expert=sq.expert,
+            status="skipped",
+            error=reason,
+        )
+    prompt = question = sq.render({p.id: p.answer or "" for p in parents})
+    if parents:
+        context = "\n".join(f"- {p.question} -> {(p.answer or '').strip()}" for p in parents)
+        prompt = run.context_template.format(context=context, question=question)
+    assert sq.expert is not None  # the executor checks the plan is routed
+    messages: list[BaseMessage] = [HumanMessage(content=prompt)]
+    if system_prompt := run.experts[sq.expert].system_prompt:
+        messages.insert(0, SystemMessage(content=system_prompt))
+    emit({"type": "subquery_start", "sub_query_id": sq.id, "expert": sq.expert}, config, run.writer)
+
+    tried: list[Attempt] = []
+    started = time.time()
+    answer = None
+    for expert, cohort in _candidates(sq.expert, start.cohort, run.policy):
+        t0 = time.perf_counter()
+        try:
+            output = yield ExpertCall(
+                llm=run.experts[expert].llm,
+                messages=messages,
+                config=_expert_config(config, sq.id, expert),
+                cohort=cohort,
+                timeout=run.policy.timeout,
+            )
+            answer = _answer_text(output)
+        except Exception as exc:
+            error = _describe(exc, run.policy.timeout)
+            tried.append(Attempt(expert=expert, error=error, duration=time.perf_counter() - t0))
+            continue
+        metadata = dict(getattr(output, "response_metadata", None) or {})
+        tried.append(Attempt(expert=expert, duration=time.perf_counter() - t0, metadata=metadata))
+        break
+
+    ok = answer is not None
+    result = SubQueryResult(
+        id=sq.id,
+        question=sq.question,
+        depends_on=sq.depends_on,
+        expert=tried[-1].expert,
+        prompt=prompt,
+        answer=answer,
+        status="ok" if ok else "failed",
+        error=None if ok else "; ".join(f"{a.expert}: {a.error}" for a in tried),
+        attempts=tried,
+        started_at=started,
+        ended_at=time.time(),
+    )
+    if ok:
+        event = {
+            "type": "subquery_answer",
+            "sub_query_id": sq.id,
+            "expert": result.expert or "",
+            "answer": answer or "",
+            "data": result,
+        }
+    else:
+        event = {"type": "subquery_error", "sub_query_id": sq.id, "error": result.error or ""}
+    emit(event, config, run.writer)  # type: ignore[arg-type]
+    return result
+
+
+def run_sync(loop: Attempts) -> SubQueryResult:
+    """Drive ``loop`` with blocking expert calls."""
+    try:
+        call = next(loop)
+        while True:
+            try:
+                output = _call_sync(call)
+            except GraphBubbleUp:
+                loop.close()
+                raise
+            except Exception as exc:
+                call = loop.throw(exc)
+            else:
+                call = loop.send(output)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def run_async(loop: Attempts) -> SubQueryResult:
+    """Drive ``loop`` with awaited expert calls (no thread is held while an expert works)."""
+    try:
+        call = next(loop)
+        while True:
+            try:
+                output = await _call_async(call)
+            except GraphBubbleUp:
+                loop.close()
+                raise
+            except Exception as exc:
+                call = loop.throw(exc)
+            else:
+                call = loop.send(output)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def _call_async(call: ExpertCall) -> Any:
+    with batch_cohort(call.cohort):
+        # The task created here copies the context, cohort included.
+        pending = asyncio.ensure_future(call.llm.ainvoke(call.messages, call.config))
+    return await asyncio.wait_for(pending, call.timeout)
+
+
+def _call_sync(call: ExpertCall) -> Any:
+    with batch_cohort(call.cohort):
+        if call.timeout is None:
+            return call.llm.invoke(call.messages, call.config)
+        context = contextvars.copy_context()
+    # A sync call cannot be cancelled: on timeout the thread finishes in the background
+    # and its answer is dropped.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="complm-expert")
+    future = pool.submit(context.run, lambda: call.llm.invoke(call.messages, call.config))
+    pool.shutdown(wait=False)
+    try:
+        return future.result(timeout=call.timeout)
+    except FutureTimeoutError:
+        raise TimeoutError() from None
+
+
+def _candidates(
+    expert: str, cohort: BatchCohort | None, policy: FailurePolicy
+) -> list[tuple[str, BatchCohort | None]]:
+    """The experts to try in turn, each with its batch cohort (first attempt only: retries
+    never wait for others)."""
+    order = [expert] * (1 + policy.max_retries)
+    if policy.fallback_expert is not None and policy.fallback_expert != expert:
+        order.append(policy.fallback_expert)
+    return [(name, cohort if i == 0 else None) for i, name in enumerate(order)]
+
+
+def _expert_config(config: RunnableConfig, sq_id: str, expert: str) -> RunnableConfig:
+    return quiet(
+        merge_configs(
+            config,
+            {
+                "run_name": f"expert:{expert}",
+                "tags": [f"complm:sub_query:{sq_id}", f"complm:expert:{expert}"],
+                "metadata": {"complm_sub_query_id": sq_id, "complm_expert": expert},
+            },
+        )
+    )
+
+
+def _answer_text(output: Any) -> str:
+    """An expert's output as text; an empty answer counts as a failure."""
+    text = output.text if isinstance(output, BaseMessage) else str(output)
+    if not text.strip():
+        raise ValueError("the expert returned an empty answer")
+    return text.strip()
+
+
+def _describe(error: BaseException, timeout: float | None) -> str:
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        return f"timed out after {timeout:g} s"
+    return f"{type(error).__name__}: {error}"
