@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from langchain_complm.concurrency import (
-    DEFAULT_TIMEOUT,
-    await_with_timeout,
-    call_with_timeout,
-    current_cancellation,
-)
+from langchain_complm.concurrency import Steps, arun_steps, run_steps
 from langchain_complm.events import emit
-from langchain_complm.execute.executor import SubQueryResult
+from langchain_complm.execute.results import SubQueryResult
 from langchain_complm.prompts import AGGREGATE_PROMPT
-
-logger = logging.getLogger(__name__)
-
-_AGGREGATOR = "the aggregator model"
 
 
 class AggregationInput(BaseModel):
@@ -35,16 +26,14 @@ class AggregationInput(BaseModel):
     results: Sequence[SubQueryResult]
 
 
-class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
+class ResponseAggregator(RunnableSerializable[AggregationInput, AIMessage]):
     """Synthesizes the final answer from (sub-query, expert, answer) triples with an LLM.
 
     With a single successful sub-query and nothing failed, its answer passes through
     unchanged (no LLM call). The LLM's output is streamed, so its tokens reach
     ``stream_mode="messages"``, ``astream_events`` and the progress events as they come.
-
-    When the LLM takes longer than ``timeout`` it is given up (an async stream is
-    cancelled), and the answer lists the experts' answers as the prompt shows them
-    (:meth:`format_answers`), so the work already done is not lost; a warning is logged.
+    Returns the answer as an ``AIMessage`` with the id its streamed chunks carried, so a
+    stream consumer that saw the tokens recognizes the final message.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -52,18 +41,16 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
     llm: BaseChatModel
     prompt: ChatPromptTemplate = AGGREGATE_PROMPT
     """Prompt with ``query`` and ``answers`` variables."""
-    timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
-    """Seconds the LLM may take to write the answer (``None``: no limit)."""
     name: str | None = "ResponseAggregator"
 
     def invoke(
         self, input: AggregationInput, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> str:
+    ) -> AIMessage:
         return self._call_with_config(self._aggregate, input, config, run_type="chain", **kwargs)
 
     async def ainvoke(
         self, input: AggregationInput, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> str:
+    ) -> AIMessage:
         return await self._acall_with_config(
             self._aaggregate, input, config, run_type="chain", **kwargs
         )
@@ -76,74 +63,65 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
             lines.append(f"- [{r.expert}] {r.question}\n  {answer}")
         return "\n".join(lines)
 
-    def _passthrough(self, data: AggregationInput, config: RunnableConfig) -> str | None:
-        if len(data.results) != 1 or data.results[0].answer is None:
-            return None
-        answer = data.results[0].answer
-        emit({"type": "token", "content": answer}, config)
-        return answer
-
-    def _messages(self, data: AggregationInput) -> list[BaseMessage]:
-        return self.prompt.format_messages(
-            query=data.query, answers=self.format_answers(data.results)
-        )
-
     def _aggregate(
         self,
         data: AggregationInput,
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
-    ) -> str:
-        if (answer := self._passthrough(data, config)) is not None:
-            return answer
-        child = _llm_config(config, run_manager)
-
-        def write() -> str:
-            cancellation = current_cancellation()
-            parts = []
-            for chunk in self.llm.stream(self._messages(data), child):
-                if cancellation is not None and cancellation.cancelled:
-                    break  # given up: no more tokens after the fallback answer's
-                parts.append(chunk.text)
-                emit({"type": "token", "content": chunk.text}, config)
-            return "".join(parts).strip()
-
-        try:
-            return call_with_timeout(write, self.timeout, _AGGREGATOR)
-        except TimeoutError as error:
-            return self._timed_out(data, error, config)
+    ) -> AIMessage:
+        return run_steps(self._steps(data, run_manager, config), _stream)
 
     async def _aaggregate(
         self, data: AggregationInput, run_manager: Any, config: RunnableConfig
-    ) -> str:
-        if (answer := self._passthrough(data, config)) is not None:
-            return answer
-        child = _llm_config(config, run_manager)
+    ) -> AIMessage:
+        return await arun_steps(self._steps(data, run_manager, config), _astream)
 
-        async def write() -> str:
-            parts = []
-            async for chunk in self.llm.astream(self._messages(data), child):
-                parts.append(chunk.text)
-                emit({"type": "token", "content": chunk.text}, config)
-            return "".join(parts).strip()
-
-        try:
-            return await await_with_timeout(write(), self.timeout, _AGGREGATOR)
-        except TimeoutError as error:
-            return self._timed_out(data, error, config)
-
-    def _timed_out(
-        self, data: AggregationInput, error: TimeoutError, config: RunnableConfig
-    ) -> str:
-        logger.warning("%s; the answer lists the experts' answers instead", error)
-        answer = self.format_answers(data.results)
-        emit({"type": "token", "content": answer}, config)
-        return answer
+    def _steps(
+        self, data: AggregationInput, run_manager: Any, config: RunnableConfig
+    ) -> Steps[_Stream, AIMessage]:
+        if len(data.results) == 1 and (answer := data.results[0].answer) is not None:
+            emit({"type": "token", "content": answer}, config)
+            return AIMessage(content=answer)
+        messages = self.prompt.format_messages(
+            query=data.query, answers=self.format_answers(data.results)
+        )
+        # The tag lets stream consumers tell the final answer's tokens from other model calls.
+        child: RunnableConfig = {**config, "callbacks": run_manager.get_child("complm:aggregate")}
+        reply: BaseMessage = yield _Stream(self.llm, messages, child, config)
+        return AIMessage(
+            content=reply.text.strip(),
+            id=reply.id,
+            response_metadata=reply.response_metadata,
+            usage_metadata=getattr(reply, "usage_metadata", None),
+        )
 
 
-def _llm_config(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
-    # The tag lets stream consumers tell the final answer's tokens from other model calls.
-    return {**config, "callbacks": run_manager.get_child("complm:aggregate")}
+@dataclass(frozen=True)
+class _Stream:
+    """Stream ``llm``'s reply, reporting each chunk as a ``token`` progress event."""
+
+    llm: BaseChatModel
+    messages: list[BaseMessage]
+    child: RunnableConfig
+    config: RunnableConfig
+
+    def add(self, reply: BaseMessageChunk | None, chunk: BaseMessageChunk) -> BaseMessageChunk:
+        emit({"type": "token", "content": chunk.text}, self.config)
+        return chunk if reply is None else reply + chunk
+
+
+def _stream(call: _Stream) -> BaseMessageChunk | None:
+    reply = None
+    for chunk in call.llm.stream(call.messages, call.child):
+        reply = call.add(reply, chunk)
+    return reply
+
+
+async def _astream(call: _Stream) -> BaseMessageChunk | None:
+    reply = None
+    async for chunk in call.llm.astream(call.messages, call.child):
+        reply = call.add(reply, chunk)
+    return reply
 
 
 __all__ = ["AggregationInput", "ResponseAggregator"]

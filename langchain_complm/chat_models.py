@@ -2,32 +2,72 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
     CallbackManager,
     CallbackManagerForLLMRun,
+    UsageMetadataCallbackHandler,
 )
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
-from pydantic import ConfigDict, Field
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool
+from langgraph.constants import TAG_NOSTREAM
+from pydantic import BaseModel, ConfigDict, Field
 
 from langchain_complm.events import ProgressEvent
-from langchain_complm.pipeline import CompLLMOutput
+from langchain_complm.execute.executor import FAILURE_POLICY, MAX_CONCURRENCY
+from langchain_complm.pipeline import CompLLMGraph, CompLLMOutput
+
+_CALLER = "complm_caller_config"
+"""Keyword through which ``invoke``/``stream`` hand the caller's config down to ``_generate``
+and ``_stream`` (a chat model's run does not otherwise see its config)."""
+
+_SUB_ANSWER_CHARS = 200
+"""Sub-answers in the summary trace are cut to this many characters."""
+
+
+@dataclass(frozen=True)
+class _CallerConfig:
+    """What a chat-model call forwards to the pipeline from its caller's config: the
+    ``configurable`` values (thread id, checkpoint namespace, ...) and the limits."""
+
+    configurable: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: RunnableConfig | None) -> _CallerConfig:
+        # ensure_config also reads the config of the runnable or graph node we run inside.
+        config = ensure_config(config)
+        limits: dict[str, Any] = {
+            k: v for k in ("recursion_limit", "max_concurrency") if (v := config.get(k)) is not None
+        }
+        return cls(dict(config.get("configurable") or {}), limits)
+
+    def __repr__(self) -> str:  # shown in traces as an invocation parameter
+        return f"CallerConfig(thread_id={self.configurable.get('thread_id')!r})"
 
 
 class ChatCompLLM(BaseChatModel):
     """Comp-LLM as a chat model, to drop into any chain or agent.
 
-    It answers the last human message of the conversation with the wrapped Comp-LLM
-    runnable. The reply's ``response_metadata["complm"]`` holds the full trace (plan,
-    routing, sub-answers, timings) as JSON-ready data; streaming yields the aggregator's
-    tokens as they come.
+    It answers the last human message with the wrapped Comp-LLM runnable; the decomposer
+    also sees the conversation before it (system messages and earlier turns). The caller's
+    config reaches the runnable (so a checkpointed runnable gets its thread id); the reply's
+    ``usage_metadata`` sums every model call of the pipeline, and
+    ``response_metadata["complm"]`` holds a small trace (plan, experts, statuses, timings;
+    ``trace="full"`` for everything, ``"none"`` for nothing). Streaming yields the final
+    answer's tokens only.
+
+    It does not call tools; to let an agent use Comp-LLM, give the agent
+    :meth:`as_tool` (a tool that returns the answer).
 
     Example:
         .. code-block:: python
@@ -41,8 +81,8 @@ class ChatCompLLM(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     comp_llm: Runnable[Any, Any]
-    """A runnable from :func:`~langchain_complm.create_comp_llm` (its ``invoke`` returns a
-    :class:`~langchain_complm.CompLLMOutput`, its custom stream yields progress events)."""
+    """A runnable from :func:`~langchain_complm.create_comp_llm` (its ``invoke`` returns the
+    output state, its custom stream yields progress events)."""
     model_name: str = Field(default="comp-llm", alias="model")
     """Name reported to tracing."""
     stop: list[str] | None = None
@@ -51,6 +91,9 @@ class ChatCompLLM(BaseChatModel):
     """Seconds allowed per expert call (overrides the runnable's failure policy timeout)."""
     max_retries: int | None = None
     """Retries per expert call (overrides the runnable's failure policy)."""
+    trace: Literal["summary", "full", "none"] = "summary"
+    """What ``response_metadata["complm"]`` holds: a summary that keeps checkpoints and
+    agent state small, the whole :class:`~langchain_complm.CompLLMOutput`, or nothing."""
 
     @property
     def _llm_type(self) -> str:
@@ -70,28 +113,91 @@ class ChatCompLLM(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
+    # --- the caller's config ----------------------------------------------------------------
+
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        kwargs[_CALLER] = _CallerConfig.of(config)
+        return super().invoke(input, config, stop=stop, **kwargs)
+
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        kwargs[_CALLER] = _CallerConfig.of(config)
+        return await super().ainvoke(input, config, stop=stop, **kwargs)
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        kwargs[_CALLER] = _CallerConfig.of(config)
+        return super().stream(input, config, stop=stop, **kwargs)
+
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        kwargs[_CALLER] = _CallerConfig.of(config)
+        return super().astream(input, config, stop=stop, **kwargs)
+
     def _config(
-        self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
+        self,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        usage: UsageMetadataCallbackHandler,
+        caller: _CallerConfig | None,
     ) -> RunnableConfig:
+        caller = caller or _CallerConfig.of(None)
+        configurable = dict(caller.configurable)
         overrides = {
             key: value
             for key, value in (("timeout", self.timeout), ("max_retries", self.max_retries))
             if value is not None
         }
-        config: RunnableConfig = {"callbacks": _child_callbacks(run_manager)}
         if overrides:
-            config["configurable"] = {"failure_policy": overrides}
+            configurable[FAILURE_POLICY] = overrides
+        if "max_concurrency" in caller.limits:
+            configurable.setdefault(MAX_CONCURRENCY, caller.limits["max_concurrency"])
+        config: RunnableConfig = {
+            "callbacks": _child_callbacks(run_manager, usage),
+            "configurable": configurable,
+        }
+        if "recursion_limit" in caller.limits:
+            config["recursion_limit"] = caller.limits["recursion_limit"]
         return config
 
-    def _result(self, output: CompLLMOutput, stop: list[str] | None) -> ChatResult:
-        message = AIMessage(
-            content=_cut(output.answer, stop or self.stop),
-            response_metadata={
-                "model_name": self.model_name,
-                "complm": output.model_dump(mode="json"),
-            },
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+    # --- answering --------------------------------------------------------------------------
+
+    def _reply(
+        self, output: CompLLMOutput, usage: UsageMetadataCallbackHandler, content: str
+    ) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"model_name": self.model_name}
+        if self.trace != "none":
+            metadata["complm"] = (
+                output.model_dump(mode="json") if self.trace == "full" else _summary(output)
+            )
+        fields: dict[str, Any] = {"content": content, "response_metadata": metadata}
+        if total := _total_usage(usage):
+            fields["usage_metadata"] = total
+        return fields
 
     def _generate(
         self,
@@ -100,7 +206,10 @@ class ChatCompLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return self._result(self.comp_llm.invoke(messages, self._config(run_manager)), stop)
+        usage = UsageMetadataCallbackHandler()
+        config = self._config(run_manager, usage, kwargs.get(_CALLER))
+        output = CompLLMOutput.model_validate(self.comp_llm.invoke(messages, config))
+        return self._result(output, usage, stop)
 
     async def _agenerate(
         self,
@@ -109,8 +218,16 @@ class ChatCompLLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        output = await self.comp_llm.ainvoke(messages, self._config(run_manager))
-        return self._result(output, stop)
+        usage = UsageMetadataCallbackHandler()
+        config = self._config(run_manager, usage, kwargs.get(_CALLER))
+        output = CompLLMOutput.model_validate(await self.comp_llm.ainvoke(messages, config))
+        return self._result(output, usage, stop)
+
+    def _result(
+        self, output: CompLLMOutput, usage: UsageMetadataCallbackHandler, stop: list[str] | None
+    ) -> ChatResult:
+        fields = self._reply(output, usage, _cut(output.answer, stop or self.stop))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(**fields))])
 
     def _stream(
         self,
@@ -119,11 +236,11 @@ class ChatCompLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        usage = UsageMetadataCallbackHandler()
+        config = self._config(run_manager, usage, kwargs.get(_CALLER))
         cutter = _StopCutter(stop or self.stop)
-        for event in self.comp_llm.stream(
-            messages, self._config(run_manager), stream_mode="custom"
-        ):
-            if chunk := self._chunk(event, cutter):
+        for event in self.comp_llm.stream(messages, config, stream_mode="custom"):
+            if chunk := self._chunk(event, cutter, usage):
                 if run_manager and chunk.text:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
@@ -135,52 +252,115 @@ class ChatCompLLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        usage = UsageMetadataCallbackHandler()
+        config = self._config(run_manager, usage, kwargs.get(_CALLER))
         cutter = _StopCutter(stop or self.stop)
-        async for event in self.comp_llm.astream(
-            messages, self._config(run_manager), stream_mode="custom"
-        ):
-            if chunk := self._chunk(event, cutter):
+        async for event in self.comp_llm.astream(messages, config, stream_mode="custom"):
+            if chunk := self._chunk(event, cutter, usage):
                 if run_manager and chunk.text:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
 
-    def _chunk(self, event: ProgressEvent, cutter: _StopCutter) -> ChatGenerationChunk | None:
+    def _chunk(
+        self, event: ProgressEvent, cutter: _StopCutter, usage: UsageMetadataCallbackHandler
+    ) -> ChatGenerationChunk | None:
         if event["type"] == "token":
             text = cutter.feed(event.get("content", ""))
             return ChatGenerationChunk(message=AIMessageChunk(content=text)) if text else None
         if event["type"] == "done":
-            output: CompLLMOutput = event["data"]
-            metadata = {"model_name": self.model_name, "complm": output.model_dump(mode="json")}
-            return ChatGenerationChunk(
-                message=AIMessageChunk(content=cutter.flush(), response_metadata=metadata)
-            )
+            fields = self._reply(event["data"], usage, cutter.flush())
+            return ChatGenerationChunk(message=AIMessageChunk(**fields))
         return None
+
+    # --- tools ------------------------------------------------------------------------------
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[Any, Any]:
+        raise NotImplementedError(
+            "ChatCompLLM answers with its experts and does not call tools. To let an agent "
+            "use Comp-LLM, give it Comp-LLM as a tool: tools=[chat.as_tool()] (a tool that "
+            "takes a question and returns the answer), with another chat model as the agent's."
+        )
+
+    def as_tool(  # type: ignore[override]
+        self,
+        args_schema: type[BaseModel] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        arg_types: dict[str, type] | None = None,
+    ) -> BaseTool:
+        """A tool that takes a ``query`` and returns the answer text."""
+        if not isinstance(self.comp_llm, CompLLMGraph):
+            raise TypeError("as_tool() needs comp_llm to be a runnable from create_comp_llm")
+        return self.comp_llm.as_tool(args_schema, name=name, description=description)
 
 
 def _child_callbacks(
     run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
-) -> CallbackManager | AsyncCallbackManager | None:
+    usage: UsageMetadataCallbackHandler,
+) -> CallbackManager | AsyncCallbackManager:
     """Callbacks that nest the pipeline's runs under this chat model's run.
 
     LLM run managers have no ``get_child`` (model runs are usually leaves); this builds the
     same child manager a chain run would, so traces show the stages inside the model call.
+    ``usage`` sees every model call of the pipeline. The pipeline's own model runs are not
+    streamed to a ``stream_mode="messages"`` consumer around this model: its answer tokens
+    come from this model's run.
     """
+    is_async = isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+    cls = AsyncCallbackManager if is_async else CallbackManager
     if run_manager is None:
-        return None
-    cls = (
-        AsyncCallbackManager
-        if isinstance(run_manager, AsyncCallbackManagerForLLMRun)
-        else CallbackManager
-    )
+        return cls(handlers=[usage], inheritable_handlers=[usage], inheritable_tags=[TAG_NOSTREAM])
+    handlers = [*run_manager.inheritable_handlers, usage]
+    tags = [*run_manager.inheritable_tags, TAG_NOSTREAM]
     return cls(
-        handlers=run_manager.inheritable_handlers,
-        inheritable_handlers=run_manager.inheritable_handlers,
+        handlers=handlers,
+        inheritable_handlers=handlers,
         parent_run_id=run_manager.run_id,
-        tags=run_manager.inheritable_tags,
-        inheritable_tags=run_manager.inheritable_tags,
+        tags=tags,
+        inheritable_tags=tags,
         metadata=run_manager.inheritable_metadata,
         inheritable_metadata=run_manager.inheritable_metadata,
     )
+
+
+def _total_usage(usage: UsageMetadataCallbackHandler) -> UsageMetadata | None:
+    total: UsageMetadata | None = None
+    for model_usage in usage.usage_metadata.values():
+        total = model_usage if total is None else add_usage(total, model_usage)
+    return total
+
+
+def _summary(output: CompLLMOutput) -> dict[str, Any]:
+    """The trace without prompts, attempts and routing scores: what an agent's state or a
+    checkpoint can carry on every turn."""
+    return {
+        "query": output.query,
+        "answer": output.answer,
+        "plan": {
+            "sub_queries": [
+                {
+                    "id": sq.id,
+                    "question": sq.question,
+                    "depends_on": list(sq.depends_on),
+                    "expert": sq.expert,
+                }
+                for sq in output.plan.sub_queries
+            ]
+        },
+        "results": {
+            k: {
+                "expert": r.expert,
+                "status": r.status,
+                "answer": (r.answer or "")[:_SUB_ANSWER_CHARS],
+                "error": r.error,
+            }
+            for k, r in output.results.items()
+        },
+        "timings": output.timings,
+        "errors": output.errors,
+        "fallbacks": output.fallbacks,
+    }
 
 
 def _cut(text: str, stop: list[str] | None) -> str:

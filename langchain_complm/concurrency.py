@@ -1,5 +1,9 @@
-"""Concurrency primitives: timeouts, a FIFO limiter for threads and asyncio tasks,
-per-runnable limits, and per-device locks.
+"""Concurrency primitives: one implementation for sync and async callers, timeouts, a FIFO
+limiter for threads and asyncio tasks, per-runnable limits, and per-device locks.
+
+- :func:`run_steps` / :func:`arun_steps`: code that must run both under ``invoke`` and
+  ``ainvoke`` is written once, as a generator that yields each call it needs; only the
+  driver differs (a blocking call, or an awaited one).
 
 - Timeouts (:func:`call_with_timeout`, :func:`await_with_timeout`, :data:`DEFAULT_TIMEOUT`):
   an awaited call that times out is cancelled (its task gets ``CancelledError``, and
@@ -29,7 +33,7 @@ import contextlib
 import contextvars
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
@@ -37,11 +41,59 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.utils import Input, Output
+from langgraph.errors import GraphBubbleUp
 
 if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
+
+# --- one implementation for sync and async callers ------------------------------------------
+
+C = TypeVar("C")
+
+Steps = Generator[C, Any, T]
+"""Work that yields the calls it needs (``C``), is sent each call's result or has its
+exception thrown in, and returns ``T``."""
+
+
+def run_steps(steps: Steps[C, T], call: Callable[[C], Any]) -> T:
+    """Drive ``steps`` with blocking calls: ``call(c)`` for each call ``c`` it yields."""
+    try:
+        request = next(steps)
+        while True:
+            try:
+                result = call(request)
+            except GraphBubbleUp:  # LangGraph's control flow (an interrupt) is not an error
+                raise
+            except Exception as exc:
+                request = steps.throw(exc)
+            else:
+                request = steps.send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    finally:
+        steps.close()  # its cleanup runs however the driving stopped
+
+
+async def arun_steps(steps: Steps[C, T], call: Callable[[C], Awaitable[Any]]) -> T:
+    """Drive ``steps`` with awaited calls: ``await call(c)`` for each call ``c`` it yields."""
+    try:
+        request = next(steps)
+        while True:
+            try:
+                result = await call(request)
+            except GraphBubbleUp:
+                raise
+            except Exception as exc:
+                request = steps.throw(exc)
+            else:
+                request = steps.send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    finally:
+        steps.close()
+
 
 # --- timeouts -------------------------------------------------------------------------------
 
@@ -523,6 +575,8 @@ __all__ = [
     "ConcurrencyLimitedRunnable",
     "ConcurrencyLimiter",
     "ExpertLoad",
+    "Steps",
+    "arun_steps",
     "await_with_timeout",
     "call_with_timeout",
     "current_cancellation",
@@ -531,5 +585,6 @@ __all__ = [
     "device_lock",
     "limit_concurrency",
     "result_unless_cancelled",
+    "run_steps",
     "set_device_concurrency",
 ]

@@ -40,6 +40,20 @@ class SubQueryExecutionError(CompLLMError, RuntimeError):
         self.result = result
 
 
+class AggregationError(CompLLMError, RuntimeError):
+    """The aggregator failed; ``output`` still holds the plan and every sub-answer (a
+    :class:`~langchain_complm.pipeline.CompLLMOutput` with an empty ``answer``)."""
+
+    def __init__(self, message: str, output: Any) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+class PlanReviewError(CompLLMError, ValueError):
+    """A reviewer's answer to the plan-review interrupt is not a valid approval, edit or
+    replacement; the message names the problem, and the run still waits for a valid one."""
+
+
 class ConfigError(CompLLMError, ValueError):
     """A config file or object is invalid; the message names the file and the problem."""
 
@@ -109,11 +123,13 @@ class ServerTimeoutError(RemoteModelError, ModelTimeoutError):
 
 
 __all__ = [
+    "AggregationError",
     "CompLLMError",
     "ConfigError",
     "MemoryBudgetError",
     "ModelNotFoundError",
     "ModelNotServedError",
+    "PlanReviewError",
     "PlanValidationError",
     "RemoteModelError",
     "ServerHTTPError",

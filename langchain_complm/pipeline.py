@@ -1,48 +1,95 @@
-"""The Comp-LLM runnable: decompose -> route -> execute -> aggregate, as a LangGraph graph."""
+"""The Comp-LLM pipeline: the paper's four stages as the nodes of a LangGraph ``StateGraph``.
+
+``decompose -> route -> [review] -> execute -> aggregate``: each node runs one stage as a
+named child run and writes its output to the graph state, so with a checkpointer every
+stage's result is saved as it finishes, and ``execute`` runs each sub-query as a task of its
+own (see :mod:`langchain_complm.execute`). Sync nodes run under ``invoke``/``stream``, async
+nodes under ``ainvoke``/``astream``; each node is written once (a generator of the stage
+calls it needs) and driven either way.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any, cast
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    convert_to_messages,
+)
+from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableGenerator,
+    RunnableLambda,
+    RunnableSequence,
+)
+from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import EmptyInputError
-from langgraph.func import entrypoint
-from langgraph.pregel import Pregel
-from pydantic import BaseModel, Field, computed_field
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, interrupt
+from pydantic import BaseModel, Field, ValidationError, computed_field
+from typing_extensions import TypedDict
 
 from langchain_complm.aggregate import AggregationInput, ResponseAggregator
-from langchain_complm.decompose.generator import SubQueryGenerator
-from langchain_complm.events import emit
+from langchain_complm.concurrency import Steps, arun_steps, run_steps
+from langchain_complm.decompose.generator import DecompositionInput, SubQueryGenerator
+from langchain_complm.errors import AggregationError, PlanReviewError, PlanValidationError
+from langchain_complm.events import emit, quiet
 from langchain_complm.execute.executor import (
+    Attempt,
     FailurePolicy,
     QueryExecutor,
     ScheduleMode,
     SubQueryResult,
+    langgraph_config,
 )
 from langchain_complm.experts import Expert, check_experts
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision, invalid_text
-from langchain_complm.route.router import BaseRouter, EmbeddingRouter
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision, SubQuery
+from langchain_complm.route.router import EmbeddingRouter
 
 DEFAULT_MAX_QUERY_CHARS = 8000
 """Default limit on the length of a query, in characters."""
 
+PLAN_REVIEW = "plan_review"
+"""``type`` of the interrupt value a run with ``review_plan=True`` pauses with."""
+
+CHECKPOINT_TYPES: frozenset[tuple[str, str]] = frozenset(
+    (cls.__module__, cls.__name__)
+    for cls in (Plan, SubQuery, RoutingDecision, SubQueryResult, Attempt)
+)
+"""The package's types a run's checkpoints hold. A checkpointer whose serializer allows them,
+``serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES)``, loads them without
+LangGraph's "unregistered type" warning and loads no other custom type."""
+
 
 class CompLLMOutput(BaseModel):
-    """The final answer and the full trace of how it was reached."""
+    """The final answer and the full trace of how it was reached.
+
+    ``CompLLMOutput.model_validate(comp.invoke(...))`` reads the runnable's output state.
+    """
 
     query: str
     answer: str
     plan: Plan = Field(description="The plan, with every sub-query's routing decision.")
     results: dict[str, SubQueryResult] = Field(description="Per sub-query results, plan order.")
     timings: dict[str, float] = Field(
-        description="Seconds per stage: decompose, route, execute, aggregate, total."
+        description="Seconds per stage (decompose, route, execute, aggregate; a stage given "
+        "its result, such as a plan, only takes it) and their total."
     )
 
     @computed_field  # type: ignore[prop-decorator]
@@ -77,17 +124,50 @@ class CompLLMOutput(BaseModel):
         return notes
 
 
+# --- the graph's state ----------------------------------------------------------------------
+
+
+class CompLLMInput(TypedDict, total=False):
+    """What a run takes: a question, a conversation ending with one, or a plan to run."""
+
+    query: str
+    """The question (default: the last human message of ``messages``)."""
+    messages: Annotated[list[AnyMessage], add_messages]
+    """The conversation; a run appends the question (if not there yet) and the answer."""
+    plan: Plan | None
+    """A plan to run instead of decomposing the question; a routed one is not routed again."""
+
+
+class CompLLMOutputState(TypedDict):
+    """What a run returns (read it with :class:`CompLLMOutput` for attribute access)."""
+
+    query: str
+    answer: str
+    plan: Plan
+    results: dict[str, SubQueryResult]
+    timings: dict[str, float]
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+class CompLLMState(CompLLMInput, total=False):
+    """The graph's state: the input, then each stage's output."""
+
+    answer: str
+    results: dict[str, SubQueryResult]
+    timings: dict[str, float]
+
+
 def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) -> str:
     """The query text from any accepted input form.
 
     Accepts a string, ``{"query": str}``, ``{"messages": [...]}`` (as in a LangGraph agent's
-    state), a list of messages, a single message or a prompt value; messages yield the last
+    state), a list of messages (objects, ``{"role": ..., "content": ...}`` dicts or
+    ``(role, content)`` tuples), a single message or a prompt value; messages yield the last
     human message's text.
 
     Raises:
-        TypeError: for any other type (``None`` included).
-        ValueError: for an empty query, one longer than ``max_chars``, or one that is not
-            valid Unicode text (a lone surrogate, which embeddings and tokenizers fail on).
+        TypeError: for any other type.
+        ValueError: for an empty query or one longer than ``max_chars``.
     """
     if isinstance(value, dict):
         if "query" in value:
@@ -98,62 +178,497 @@ def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) ->
             raise ValueError(
                 f"input dict needs a 'query' or 'messages' key, got keys {sorted(value)}"
             )
-    if isinstance(value, PromptValue):
-        value = value.to_messages()
-    if isinstance(value, BaseMessage):
-        value = [value]
-    if isinstance(value, list) and all(isinstance(m, BaseMessage) for m in value):
-        humans = [m for m in value if isinstance(m, HumanMessage)]
-        if not humans:
-            raise ValueError("the messages contain no human message to answer")
-        value = humans[-1].text
+    if _is_messages(value):
+        value = _question(_messages(value))
     if not isinstance(value, str):
-        raise _not_a_query(value)
+        raise TypeError(
+            "query must be a string, {'query': str}, or chat messages; "
+            f"got {type(value).__name__}"
+        )
     query = value.strip()
     if not query:
         raise ValueError("query is empty")
     if max_chars is not None and len(query) > max_chars:
         raise ValueError(f"query is {len(query)} characters long, over the limit of {max_chars}")
-    if (problem := invalid_text(query)) is not None:
-        raise ValueError(f"query has {problem}")
     return query
 
 
-def _not_a_query(value: Any) -> TypeError:
-    return TypeError(
-        f"query must be a string, {{'query': str}}, or chat messages; got {type(value).__name__}"
+def coerce_input(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) -> CompLLMInput:
+    """The graph input for any accepted input form (see :func:`coerce_query`), a plan
+    (``{"plan": ...}``, or a :class:`Plan`) included.
+
+    The result always names the question (``query``) and ends ``messages`` with it, and has
+    ``plan`` set (``None`` unless one was given, so a thread's previous plan is not reused).
+
+    Raises:
+        TypeError, ValueError: as :func:`coerce_query`; ``ValueError`` for an invalid plan.
+    """
+    if isinstance(value, Plan):
+        value = {"plan": value}
+    elif not isinstance(value, Mapping):
+        value = {"messages": value} if _is_messages(value) else {"query": value}
+    plan = value.get("plan")
+    if plan is not None and not isinstance(plan, Plan):
+        try:
+            plan = Plan.model_validate(plan)
+        except ValidationError as exc:
+            raise ValueError(f"invalid plan: {exc}") from None
+    messages = _messages(value.get("messages") or [])
+    if value.get("query") is not None:
+        query = coerce_query(value["query"], max_chars)
+    elif plan is not None:
+        query = coerce_query(plan.query, max_chars)
+    elif messages:
+        query = coerce_query(messages, max_chars)
+    else:
+        raise ValueError(
+            f"input dict needs a 'query', 'messages' or 'plan' key, got keys {sorted(value)}"
+        )
+    if plan is not None:
+        plan.validate_dag(max_sub_queries=None)
+    if not messages or _question(messages) != query:
+        messages = [*messages, HumanMessage(query)]
+    return {"query": query, "messages": cast("list[AnyMessage]", messages), "plan": plan}
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, (PromptValue, BaseMessage)) or (
+        isinstance(value, list) and bool(value) and not isinstance(value[0], str)
     )
 
 
-class _CompLLMGraph(Pregel):
-    """The pipeline's graph. LangGraph reads ``None`` as "no input" and, on a thread with
-    no checkpoint to resume, fails with its own ``EmptyInputError``; here ``None`` gets the
-    error :func:`coerce_query` gives any other input that is not a query. ``invoke``,
-    ``batch`` and the event streams all go through these two methods."""
+def _messages(value: Any) -> list[BaseMessage]:
+    if isinstance(value, PromptValue):
+        return value.to_messages()
+    if isinstance(value, BaseMessage):
+        return [value]
+    try:
+        return list(convert_to_messages(value))
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise TypeError(f"messages must be chat messages, dicts or tuples: {exc}") from None
 
-    def stream(self, input: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+
+def _question(messages: list[BaseMessage]) -> str:
+    humans = [m for m in messages if isinstance(m, HumanMessage)]
+    if not humans:
+        raise ValueError("the messages contain no human message to answer")
+    return humans[-1].text.strip()
+
+
+def _history(messages: list[AnyMessage]) -> list[BaseMessage]:
+    """The conversation before the question: every message before its last human message."""
+    last = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=0)
+    return list(messages[:last])
+
+
+# --- the stages as nodes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A stage call a node needs, as a blocking and as an awaitable call."""
+
+    sync: Callable[[], Any]
+    asynchronous: Callable[[], Awaitable[Any]]
+
+
+def _stage(runnable: Runnable[Any, Any], input: Any, config: RunnableConfig) -> _Call:
+    return _Call(partial(runnable.invoke, input, config), partial(runnable.ainvoke, input, config))
+
+
+def _node(steps: Callable[[CompLLMState, RunnableConfig], Steps[_Call, Any]], name: str) -> Any:
+    """A graph node running ``steps`` with blocking calls under ``invoke`` and awaited ones
+    under ``ainvoke``."""
+
+    def run(state: CompLLMState, config: RunnableConfig) -> Any:
+        return run_steps(steps(state, config), lambda call: call.sync())
+
+    async def arun(state: CompLLMState, config: RunnableConfig) -> Any:
+        return await arun_steps(steps(state, config), lambda call: call.asynchronous())
+
+    return RunnableLambda(run, afunc=arun, name=name)
+
+
+@dataclass(frozen=True)
+class _Stages:
+    generator: Runnable[Any, Plan]
+    router: EmbeddingRouter
+    executor: QueryExecutor
+    aggregator: ResponseAggregator
+
+    def decompose(self, state: CompLLMState, config: RunnableConfig) -> Steps[_Call, Any]:
+        # The first node of every run: it also clears the previous run's outputs.
+        query, plan = state["query"], state.get("plan")
+        started = time.perf_counter()
+        if plan is None:
+            history = _history(state.get("messages") or [])
+            request: Any = query
+            if history and isinstance(self.generator, SubQueryGenerator):
+                request = DecompositionInput(query=query, history=history)
+            plan = yield _stage(self.generator, request, quiet(config))
+        emit({"type": "plan", "data": plan}, config)
+        timings = {"decompose": time.perf_counter() - started}
+        return {"plan": plan, "results": {}, "answer": "", "timings": timings}
+
+    def route(self, state: CompLLMState, config: RunnableConfig) -> Steps[_Call, Any]:
+        plan = _plan(state)
+        started = time.perf_counter()
+        if any(sq.route is None for sq in plan.sub_queries):
+            plan = _keep_routes(plan, (yield _stage(self.router, plan, config)))
+        timings = {**state["timings"], "route": time.perf_counter() - started}
+        return {"plan": plan, "timings": timings}
+
+    def review(self, state: CompLLMState, config: RunnableConfig) -> Steps[_Call, Any]:
+        plan = _plan(state)
+        request = _review_request(plan, list(self.executor.experts))
+        while True:
+            try:
+                edited = apply_review(plan, interrupt(request), self.executor.experts)
+                break
+            except PlanReviewError as exc:  # ask again; the run stays at this interrupt
+                request = {**request, "error": str(exc)}
+        if any(sq.route is None for sq in edited.sub_queries):
+            edited = _keep_routes(edited, (yield _stage(self.router, edited, config)))
+        if edited != plan:
+            emit({"type": "plan", "data": edited}, config)
+        return {"plan": edited}
+
+    def execute(self, state: CompLLMState, config: RunnableConfig) -> Steps[_Call, Any]:
+        plan = _plan(state)
+        started = time.perf_counter()
+        run = self.executor
+        execution = yield _Call(partial(run.run, plan, config), partial(run.arun, plan, config))
+        timings = {**state["timings"], "execute": time.perf_counter() - started}
+        return {"results": execution.results, "timings": timings}
+
+    def aggregate(self, state: CompLLMState, config: RunnableConfig) -> Steps[_Call, Any]:
+        query, plan, results = state["query"], _plan(state), state["results"]
+        started = time.perf_counter()
+        data = AggregationInput(query=query, results=list(results.values()))
+        timings = dict(state["timings"])
         try:
-            yield from super().stream(input, *args, **kwargs)
+            message: AIMessage = yield _stage(self.aggregator, data, config)
+        except Exception as exc:
+            partial_output = CompLLMOutput(
+                query=query, answer="", plan=plan, results=results, timings=timings
+            )
+            raise AggregationError(
+                f"the aggregator failed ({type(exc).__name__}: {exc}); the error's output "
+                "holds the plan and every sub-answer",
+                partial_output,
+            ) from exc
+        timings["aggregate"] = time.perf_counter() - started
+        timings["total"] = sum(timings.values())
+        answer = message.text
+        output = CompLLMOutput(
+            query=query, answer=answer, plan=plan, results=results, timings=timings
+        )
+        emit({"type": "done", "data": output}, config)
+        return {"answer": answer, "timings": timings, "messages": [message]}
+
+
+def _plan(state: CompLLMState) -> Plan:
+    plan = state.get("plan")
+    assert plan is not None  # written by the decompose node, the first of every run
+    return plan
+
+
+def _keep_routes(plan: Plan, routed: Plan) -> Plan:
+    """``routed``, keeping the routes ``plan`` already had (given, or set by a reviewer)."""
+    return routed.model_copy(
+        update={
+            "sub_queries": tuple(
+                old if old.route is not None else new
+                for old, new in zip(plan.sub_queries, routed.sub_queries, strict=True)
+            )
+        }
+    )
+
+
+# --- plan review ----------------------------------------------------------------------------
+
+
+def _review_request(plan: Plan, experts: list[str]) -> dict[str, Any]:
+    return {
+        "type": PLAN_REVIEW,
+        "plan": plan.model_dump(mode="json"),
+        "text": plan.to_text(),
+        "experts": experts,
+        "resume": (
+            "Command(resume=...) with 'approve'; or {'action': 'edit', 'sub_queries': "
+            "{id: {'question': ..., 'depends_on': [...], 'expert': ...}}}; or "
+            "{'action': 'replace', 'plan': {'sub_queries': [...]}}"
+        ),
+    }
+
+
+def apply_review(plan: Plan, answer: Any, experts: Iterable[str]) -> Plan:
+    """The plan a reviewer's ``answer`` to the plan-review interrupt asks for.
+
+    ``answer`` approves (``"approve"``, ``True``, ``None`` or ``{"action": "approve"}``),
+    edits sub-queries (``{"action": "edit", "sub_queries": {id: {"question": ...,
+    "depends_on": [...], "expert": ...}}}``; fields left out are kept) or replaces the plan
+    (``{"action": "replace", "plan": ...}`` or a :class:`Plan`; its sub-queries without an
+    expert are routed). An edited question keeps its expert unless the edit names one.
+
+    Raises:
+        PlanReviewError: the answer is not one of those, names an unknown sub-query, field or
+            expert, or gives a plan that is not a valid DAG.
+    """
+    names = set(experts)
+    if isinstance(answer, Plan):
+        answer = {"action": "replace", "plan": answer}
+    if answer is None or answer is True or answer == "approve":
+        answer = {"action": "approve"}
+    if not isinstance(answer, Mapping) or "action" not in answer:
+        raise PlanReviewError(
+            f"a plan review answer is 'approve' or a dict with an 'action', got {answer!r}"
+        )
+    action = answer["action"]
+    if action == "approve":
+        return plan
+    if action == "edit":
+        edited = _edit(plan, answer.get("sub_queries"), names)
+    elif action == "replace":
+        edited = _replacement(plan, answer.get("plan"))
+    else:
+        raise PlanReviewError(
+            f"unknown plan review action {action!r} (use 'approve', 'edit' or 'replace')"
+        )
+    for sq in edited.sub_queries:
+        if sq.expert is not None and sq.expert not in names:
+            raise PlanReviewError(
+                f"sub-query {sq.id!r}: unknown expert {sq.expert!r} "
+                f"(experts: {', '.join(sorted(names))})"
+            )
+    try:
+        return edited.validate_dag(max_sub_queries=None)
+    except PlanValidationError as exc:
+        raise PlanReviewError(f"the reviewed plan is not valid: {exc}") from None
+
+
+_EDITABLE = ("question", "depends_on", "expert")
+
+
+def _edit(plan: Plan, edits: Any, experts: set[str]) -> Plan:
+    if not isinstance(edits, Mapping) or not edits:
+        raise PlanReviewError("an 'edit' needs 'sub_queries': {id: {field: value}}")
+    unknown = sorted(set(edits) - set(plan.by_id))
+    if unknown:
+        raise PlanReviewError(
+            f"no sub-query {', '.join(map(repr, unknown))} in the plan "
+            f"(ids: {', '.join(plan.by_id)})"
+        )
+    sub_queries = []
+    for sq in plan.sub_queries:
+        change = edits.get(sq.id, {})
+        if not isinstance(change, Mapping) or set(change) - set(_EDITABLE):
+            raise PlanReviewError(
+                f"edit of {sq.id!r}: give a dict of {', '.join(_EDITABLE)}, got {change!r}"
+            )
+        question = change.get("question", sq.question)
+        deps = change.get("depends_on", sq.depends_on)
+        if not isinstance(question, str) or isinstance(deps, str):
+            raise PlanReviewError(
+                f"edit of {sq.id!r}: 'question' is text and 'depends_on' a list of ids"
+            )
+        expert = change.get("expert", sq.expert)
+        route = sq.route
+        if expert is not None and (route is None or expert != route.expert):
+            if expert not in experts:
+                raise PlanReviewError(
+                    f"edit of {sq.id!r}: unknown expert {expert!r} "
+                    f"(experts: {', '.join(sorted(experts))})"
+                )
+            scores = route.scores if route is not None else {}
+            route = RoutingDecision(
+                sub_query_id=sq.id,
+                question=question,
+                expert=expert,
+                score=scores.get(expert, 0.0),
+                scores=scores,
+            )
+        elif route is not None and question != sq.question:
+            route = route.model_copy(update={"question": question})
+        sub_queries.append(
+            SubQuery(id=sq.id, question=question, depends_on=tuple(deps), route=route)
+        )
+    return plan.model_copy(update={"sub_queries": tuple(sub_queries), "fallback_reason": None})
+
+
+def _replacement(plan: Plan, value: Any) -> Plan:
+    if isinstance(value, Mapping):
+        value = {"query": plan.query, **value}
+    try:
+        replacement = value if isinstance(value, Plan) else Plan.model_validate(value)
+    except ValidationError as exc:
+        raise PlanReviewError(f"the replacement plan is not a plan: {exc}") from None
+    return replacement.model_copy(update={"query": plan.query})
+
+
+def _pending_review(state: Any) -> tuple[Plan, str] | None:
+    """The plan and interrupt id a thread waits on review for, if it does."""
+    for pending in state.interrupts:
+        value = pending.value
+        if isinstance(value, Mapping) and value.get("type") == PLAN_REVIEW:
+            return Plan.model_validate(value["plan"]), pending.id
+    return None
+
+
+# --- the runnable ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What the graph checks at its boundary, before LangGraph runs anything."""
+
+    max_query_chars: int | None
+    experts: tuple[str, ...]
+    review: bool
+
+
+class CompLLMGraph(CompiledStateGraph[CompLLMState, None, CompLLMInput, CompLLMOutputState]):
+    """The compiled Comp-LLM ``StateGraph`` (what :func:`create_comp_llm` returns).
+
+    A LangGraph graph in every way; it adds the input forms LangGraph alone would reject (a
+    plain string, chat messages, a plan), fails fast on bad input or an invalid plan-review
+    answer with a clear error, and reads a run's ``max_concurrency`` as the cap on experts
+    running at once (never starving the graph's own threads). ``as_tool()`` makes a tool
+    that returns the answer text, and ``comp | output_parser`` parses the answer.
+    """
+
+    def __init__(self, *, pipeline_settings: PipelineSettings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline_settings = pipeline_settings
+
+    def stream(  # type: ignore[override]
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        input, config = self._boundary(input, config)
+        if self._reviewing(input):
+            self._check_review(input, self.get_state(config))
+        try:
+            yield from super().stream(input, config, **kwargs)
         except EmptyInputError:
-            if input is not None:
-                raise
-            raise _not_a_query(input) from None
+            raise ValueError(_NOTHING_TO_RESUME) from None
 
-    async def astream(self, input: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def astream(  # type: ignore[override]
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        input, config = self._boundary(input, config)
+        if self._reviewing(input):
+            self._check_review(input, await self.aget_state(config))
         try:
-            async for chunk in super().astream(input, *args, **kwargs):
+            async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
         except EmptyInputError:
-            if input is not None:
-                raise
-            raise _not_a_query(input) from None
+            raise ValueError(_NOTHING_TO_RESUME) from None
+
+    def _boundary(self, input: Any, config: RunnableConfig | None) -> tuple[Any, RunnableConfig]:
+        config = langgraph_config(config)
+        if input is None:
+            if not (config.get("configurable") or {}).get("thread_id"):
+                raise TypeError(
+                    "got None: pass a question, chat messages or a plan (None only resumes "
+                    "an interrupted run, on a thread of a graph with a checkpointer)"
+                )
+            return None, config
+        if isinstance(input, Command):
+            return input, config
+        return coerce_input(input, self.pipeline_settings.max_query_chars), config
+
+    def _reviewing(self, input: Any) -> bool:
+        return (
+            self.pipeline_settings.review
+            and isinstance(input, Command)
+            and input.resume is not None
+        )
+
+    def _check_review(self, command: Command, state: Any) -> None:
+        pending = _pending_review(state)
+        if pending is None:
+            return
+        plan, interrupt_id = pending
+        answer = command.resume
+        if isinstance(answer, Mapping) and interrupt_id in answer:
+            answer = answer[interrupt_id]
+        apply_review(plan, answer, self.pipeline_settings.experts)
+
+    def as_tool(  # type: ignore[override]
+        self,
+        args_schema: type[BaseModel] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        arg_types: dict[str, type] | None = None,
+    ) -> BaseTool:
+        """A tool that takes a ``query`` and returns the answer text (the trace stays in
+        the run's own output)."""
+        return StructuredTool.from_function(
+            func=lambda query, config: self.invoke({"query": query}, config)["answer"],
+            coroutine=partial(_atool, self),
+            name=name or "comp_llm",
+            description=description
+            or "Answers a question with several expert models: it decomposes the question, "
+            "asks an expert for each part and combines their answers. Input: the question.",
+            args_schema=args_schema or _ToolInput,
+        )
+
+    def __or__(self, other: Any) -> Runnable[Any, Any]:  # type: ignore[override]
+        if isinstance(other, BaseOutputParser):
+            # An output parser reads text or a message: hand it the answer.
+            return RunnableSequence(self, _ANSWER, other)
+        return super().__or__(other)
+
+    def pipe(self, *others: Any, name: str | None = None) -> Runnable[Any, Any]:  # type: ignore[override]
+        if others and isinstance(others[0], BaseOutputParser):
+            return RunnableSequence(self, _ANSWER, *others, name=name)
+        return super().pipe(*others, name=name)
+
+
+_NOTHING_TO_RESUME = (
+    "got None, but this thread has no interrupted run to resume: pass a question, chat "
+    "messages or a plan"
+)
+
+
+class _ToolInput(BaseModel):
+    query: str = Field(description="The question to answer.")
+
+
+async def _atool(graph: CompLLMGraph, query: str, config: RunnableConfig) -> str:
+    return (await graph.ainvoke({"query": query}, config))["answer"]  # type: ignore[no-any-return]
+
+
+def _answer_chunks(chunks: Iterator[Any]) -> Iterator[AIMessageChunk]:
+    for chunk in chunks:
+        if text := _answer_text(chunk):
+            yield AIMessageChunk(content=text)
+
+
+async def _aanswer_chunks(chunks: AsyncIterator[Any]) -> AsyncIterator[AIMessageChunk]:
+    async for chunk in chunks:
+        if text := _answer_text(chunk):
+            yield AIMessageChunk(content=text)
+
+
+def _answer_text(chunk: Any) -> str:
+    """The answer text in a run's output (invoke) or in one of its progress events (stream)."""
+    if isinstance(chunk, Mapping):
+        if "type" in chunk:
+            return chunk.get("content", "") if chunk["type"] == "token" else ""
+        return chunk.get("answer", "")
+    return ""
+
+
+_ANSWER = RunnableGenerator(_answer_chunks, _aanswer_chunks, name="answer")
 
 
 def create_comp_llm(
     experts: Iterable[Expert],
     *,
-    generator: Runnable[str, Plan] | BaseChatModel,
-    router: BaseRouter | Embeddings,
+    generator: Runnable[Any, Plan] | BaseChatModel,
+    router: EmbeddingRouter | Embeddings,
     aggregator: ResponseAggregator | BaseChatModel | None = None,
     mode: ScheduleMode = "superstep",
     max_concurrency: int | None = None,
@@ -162,10 +677,11 @@ def create_comp_llm(
     fallback_expert: str | None = None,
     max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES,
     max_query_chars: int | None = DEFAULT_MAX_QUERY_CHARS,
+    review_plan: bool = False,
     checkpointer: BaseCheckpointSaver | None = None,
     name: str = "CompLLM",
-) -> Pregel:
-    """Build the Comp-LLM runnable: a compiled LangGraph graph.
+) -> CompLLMGraph:
+    """Build the Comp-LLM runnable: a compiled LangGraph ``StateGraph``.
 
     Args:
         experts: The expert models with their profiles; names must be unique.
@@ -173,29 +689,33 @@ def create_comp_llm(
             or any ``Runnable[str, Plan]`` (a configured :class:`SubQueryGenerator`, the
             :class:`~langchain_complm.decompose.StructuralSubQueryGenerator`, ...).
             :func:`~langchain_complm.config.build_comp_llm` fills in the embedded defaults.
-        router: A router (an :class:`EmbeddingRouter`, a
-            :class:`~langchain_complm.route.TwoStepRouter`, ...), or an embeddings model to
-            build an :class:`EmbeddingRouter` over the experts.
+            A :class:`SubQueryGenerator` also sees the conversation before the question.
+        router: An :class:`EmbeddingRouter`, or an embeddings model to build one over the
+            experts.
         aggregator: A :class:`ResponseAggregator`, or a chat model to build one. ``None``
             uses the generator's chat model (required when the generator has none).
         mode: How sub-queries are scheduled (see :data:`ScheduleMode`).
         max_concurrency: At most this many experts run at once (default: unlimited).
         failure_policy: Retries, fallback expert, timeout and raise-or-continue for experts.
         routing_threshold: With ``fallback_expert``, sub-queries whose best routing score is
-            lower go to the fallback expert (ignored when ``router`` is a router).
+            lower go to the fallback expert (ignored when ``router`` is an EmbeddingRouter).
         fallback_expert: The expert for low-scoring sub-queries.
         max_sub_queries: Cap on sub-queries per plan (ignored when ``generator`` is a
             SubQueryGenerator, which has its own).
         max_query_chars: Longer queries are rejected with a ``ValueError``.
-        checkpointer: Optional LangGraph checkpointer (for threads and resumption).
+        review_plan: Pause every run after routing (a LangGraph interrupt carrying the
+            routed plan) until it is resumed with ``Command(resume=...)``: see
+            :func:`apply_review`. Needs a checkpointer (here, or the parent graph's or the
+            server's).
+        checkpointer: Optional LangGraph checkpointer (threads, resumption, plan review).
         name: The run name shown in traces.
 
     Returns:
-        A LangGraph ``Pregel`` runnable. ``invoke("...")`` (or ``{"query": ...}``, or chat
-        messages) returns a :class:`CompLLMOutput`; ``stream`` yields
-        :class:`~langchain_complm.events.ProgressEvent` dicts (``stream_mode="custom"`` by
-        default; any LangGraph stream mode can be asked for); ``astream_events`` reports
-        every stage, sub-query and expert as a named child run.
+        A :class:`CompLLMGraph`. ``invoke("...")`` (or ``{"query": ...}``, chat messages,
+        ``{"plan": ...}``) returns the output state: ``query``, ``answer``, ``plan``,
+        ``results``, ``timings`` and ``messages`` (the conversation with the answer
+        appended); ``stream`` yields :class:`~langchain_complm.events.ProgressEvent` dicts
+        (``stream_mode="custom"`` by default; any LangGraph stream mode can be asked for).
 
     Raises:
         ValueError: no experts, duplicate expert names, an unknown fallback expert, or no
@@ -208,7 +728,7 @@ def create_comp_llm(
         )
     if isinstance(generator, BaseChatModel):
         generator = SubQueryGenerator(llm=generator, max_sub_queries=max_sub_queries)
-    if not isinstance(router, BaseRouter):
+    if not isinstance(router, EmbeddingRouter):
         router = EmbeddingRouter(
             experts=list(by_name.values()),
             embeddings=router,
@@ -231,55 +751,34 @@ def create_comp_llm(
         mode=mode,
         max_concurrency=max_concurrency,
         failure_policy=failure_policy or FailurePolicy(),
-        load=router.load,
     )
-    return _compile(generator, router, executor, aggregator, max_query_chars, checkpointer, name)
+    stages = _Stages(generator, router, executor, aggregator)
+    builder = StateGraph(CompLLMState, input_schema=CompLLMInput, output_schema=CompLLMOutputState)
+    order = ["decompose", "route", *(["review"] if review_plan else []), "execute", "aggregate"]
+    for stage in order:
+        builder.add_node(stage, _node(getattr(stages, stage), stage))
+    for src, dst in zip([START, *order], [*order, END], strict=True):
+        builder.add_edge(src, dst)
+    compiled = builder.compile(checkpointer=checkpointer, name=name)
+    graph = CompLLMGraph(
+        pipeline_settings=PipelineSettings(max_query_chars, tuple(by_name), review_plan),
+        **{k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"},
+    )
+    graph.stream_mode = "custom"
+    return graph
 
 
-def _compile(
-    generator: Runnable[str, Plan],
-    router: BaseRouter,
-    executor: QueryExecutor,
-    aggregator: ResponseAggregator,
-    max_query_chars: int | None,
-    checkpointer: BaseCheckpointSaver | None,
-    name: str,
-) -> Pregel:
-    # The functional API rather than a StateGraph here because its input may be any value
-    # (a plain string included); the plan's own graph is a StateGraph, built per query.
-    @entrypoint(checkpointer=checkpointer)
-    def comp_llm(query_input: Any, config: RunnableConfig) -> CompLLMOutput:
-        query = coerce_query(query_input, max_query_chars)
-        timings: dict[str, float] = {}
-        start = last = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal last
-            now = time.perf_counter()
-            timings[stage] = now - last
-            last = now
-
-        plan = generator.invoke(query, config)
-        lap("decompose")
-        emit({"type": "plan", "data": plan}, config)
-        plan = router.invoke(plan, config)
-        lap("route")
-        execution = executor.run(plan, config)
-        lap("execute")
-        results = list(execution.results.values())
-        answer = aggregator.invoke(AggregationInput(query=query, results=results), config)
-        lap("aggregate")
-        timings["total"] = last - start
-        output = CompLLMOutput(
-            query=query, answer=answer, plan=plan, results=execution.results, timings=timings
-        )
-        emit({"type": "done", "data": output}, config)
-        return output
-
-    comp_llm.__class__ = _CompLLMGraph  # the entrypoint builds a plain Pregel
-    comp_llm.name = name
-    comp_llm.stream_mode = "custom"
-    return comp_llm
-
-
-__all__ = ["CompLLMOutput", "coerce_query", "create_comp_llm"]
+__all__ = [
+    "CHECKPOINT_TYPES",
+    "DEFAULT_MAX_QUERY_CHARS",
+    "PLAN_REVIEW",
+    "CompLLMGraph",
+    "CompLLMInput",
+    "CompLLMOutput",
+    "CompLLMOutputState",
+    "CompLLMState",
+    "apply_review",
+    "coerce_input",
+    "coerce_query",
+    "create_comp_llm",
+]

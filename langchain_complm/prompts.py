@@ -37,6 +37,15 @@ DECOMPOSE_PROMPT = ChatPromptTemplate.from_messages(
 )
 """Sub-query Generator prompt. Variables: ``query``, ``max_sub_queries``."""
 
+DECOMPOSE_CONVERSATION = """\
+The question continues this conversation. Write every sub-question so that it is understood \
+without the conversation: replace each word that refers to it (it, its, he, she, they, \
+that, there, the same) with what it refers to.
+Conversation so far:
+{conversation}"""
+"""Sent as a system message just before the question when the question has a conversation
+before it. Variable: ``conversation`` (one ``Role: text`` line per message)."""
+
 DECOMPOSE_RETRY = (
     "Your reply could not be used: {error}\n"
     "Reply again with corrected JSON only, in the shape described above."

@@ -33,6 +33,10 @@ class TestChatCompLLMStandard(ChatModelUnitTests):
     def chat_model_params(self) -> dict[str, Any]:
         return {"comp_llm": comp_llm()}
 
+    @property
+    def has_tool_calling(self) -> bool:
+        return False  # bind_tools raises, pointing to as_tool()
+
 
 def test_invoke_returns_answer_with_trace_metadata() -> None:
     chat = ChatCompLLM(comp_llm=comp_llm())

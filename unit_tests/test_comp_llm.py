@@ -37,10 +37,16 @@ def build(delay: float = 0.0, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
     return comp, {"math": math_fake, "medicine": medicine_fake, "history": history_fake}
 
 
+def ask(comp: Any, value: Any, config: Any = None) -> CompLLMOutput:
+    """The run's output state, read as a CompLLMOutput."""
+    return CompLLMOutput.model_validate(comp.invoke(value, config))
+
+
 def test_invoke_string_returns_answer_and_complete_trace() -> None:
     comp, fakes = build()
-    out = comp.invoke("What is 2+3, which drug treats it, and times the war years?")
-    assert isinstance(out, CompLLMOutput)
+    state = comp.invoke("What is 2+3, which drug treats it, and times the war years?")
+    assert set(state) == {"query", "answer", "plan", "results", "timings", "messages"}
+    out = CompLLMOutput.model_validate(state)
     assert out.answer == "Final: 5, aspirin, 10."
     assert [sq.expert for sq in out.plan.sub_queries] == ["math", "medicine", "math"]
     # The drawing reads the routed sub-queries (the generator's plan was validated, and so
@@ -72,7 +78,7 @@ def test_invoke_string_returns_answer_and_complete_trace() -> None:
 def test_accepted_input_forms(value: Any) -> None:
     assert coerce_query(value) == "What is 2+3?"
     comp, _ = build()
-    assert comp.invoke(value).query == "What is 2+3?"
+    assert ask(comp, value).query == "What is 2+3?"
 
 
 @pytest.mark.parametrize(
@@ -82,7 +88,7 @@ def test_accepted_input_forms(value: Any) -> None:
         ("   \n", ValueError, "query is empty"),
         (42, TypeError, "got int"),
         (b"bytes", TypeError, "got bytes"),
-        ({"question": "x"}, ValueError, "'query' or 'messages'"),
+        ({"question": "x"}, ValueError, "'query', 'messages' or 'plan'"),
         ([SystemMessage("only system")], ValueError, "no human message"),
         ("x" * 101, ValueError, "101 characters long, over the limit of 100"),
         (None, TypeError, "got NoneType"),
@@ -173,7 +179,7 @@ def test_bad_configuration_raises_at_construction() -> None:
 
 def test_routing_threshold_sends_weak_matches_to_fallback() -> None:
     comp, fakes = build(routing_threshold=0.99, fallback_expert="history")
-    out = comp.invoke("anything")
+    out = ask(comp, "anything")
     assert {sq.expert for sq in out.plan.sub_queries} == {"history"}
     assert len(out.fallbacks) == 3 and len(fakes["history"].calls) == 3
 
@@ -183,14 +189,14 @@ def test_single_sub_query_passes_answer_through() -> None:
     comp, _ = build(
         generator=fake_llm(plan_json(("q1", "What is 2 plus 3?", []))), aggregator=aggregator
     )
-    out = comp.invoke("What is 2 plus 3?")
+    out = ask(comp, "What is 2 plus 3?")
     assert out.answer == "math answer to <What is 2 plus 3?>"
     assert aggregator.i == 0  # the aggregator model was never called
 
 
 def test_generator_fallback_is_recorded() -> None:
     comp, _ = build(generator=fake_llm("no json here", "still none"))
-    out = comp.invoke("What is the sum of 2 and 3?")
+    out = ask(comp, "What is the sum of 2 and 3?")
     assert out.plan.is_fallback and len(out.plan.sub_queries) == 1
     assert "decomposition fell back" in out.fallbacks[0]
 
@@ -205,7 +211,7 @@ def test_failed_expert_is_reported_and_other_answers_kept() -> None:
         router=KeywordEmbeddings(),
         aggregator=fake_llm("partial answer"),
     )
-    out = comp.invoke("q")
+    out = ask(comp, "q")
     assert out.results["q1"].status == "failed" and out.results["q2"].status == "ok"
     assert out.results["q3"].status == "skipped"
     assert set(out.errors) == {"q1", "q3"} and out.answer == "partial answer"
@@ -228,7 +234,7 @@ def test_stream_yields_progress_then_tokens_then_done() -> None:
 async def test_async_entry_points() -> None:
     comp, _ = build(delay=0.01)
     out = await comp.ainvoke({"query": "q"})
-    assert out.answer == "Final: 5, aspirin, 10."
+    assert out["answer"] == "Final: 5, aspirin, 10."
     types = [e["type"] async for e in comp.astream("q")]
     assert types[0] == "plan" and types[-1] == "done"
 
@@ -236,13 +242,13 @@ async def test_async_entry_points() -> None:
 def test_batch_and_abatch_run_independent_queries() -> None:
     comp, _ = build()
     outs = comp.batch(["first?", {"query": "second?"}])
-    assert [o.query for o in outs] == ["first?", "second?"]
+    assert [o["query"] for o in outs] == ["first?", "second?"]
 
 
 async def test_abatch() -> None:
     comp, _ = build()
     outs = await comp.abatch(["first?", "second?"])
-    assert [o.query for o in outs] == ["first?", "second?"]
+    assert [o["query"] for o in outs] == ["first?", "second?"]
 
 
 async def test_astream_events_reports_stages_sub_queries_and_tokens() -> None:
@@ -324,7 +330,7 @@ def test_tracing_named_child_runs_tagged_with_sub_query_and_expert() -> None:
 def test_parallel_sub_queries_overlap_through_the_whole_pipeline() -> None:
     comp, fakes = build(delay=0.3)
     started = time.perf_counter()
-    out = comp.invoke("q")
+    out = ask(comp, "q")
     # q1 and q2 in parallel (0.3 s), then q3 (0.3 s): well under the 0.9 s of a sequence.
     assert time.perf_counter() - started < 0.85
     q1, q2 = out.results["q1"], out.results["q2"]
@@ -335,6 +341,6 @@ def test_parallel_sub_queries_overlap_through_the_whole_pipeline() -> None:
 def test_max_concurrency_and_sequential_mode_give_same_answers() -> None:
     parallel, _ = build()
     sequential, _ = build(mode="sequential", max_concurrency=1)
-    assert {k: r.answer for k, r in parallel.invoke("q").results.items()} == {
-        k: r.answer for k, r in sequential.invoke("q").results.items()
+    assert {k: r.answer for k, r in ask(parallel, "q").results.items()} == {
+        k: r.answer for k, r in ask(sequential, "q").results.items()
     }

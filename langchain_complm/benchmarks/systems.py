@@ -18,10 +18,11 @@ has in all and how many it used for this item.
   question (``the answer to "..."``), so all sub-queries run independently, in parallel.
 * ``oracle``: Comp-LLM with the item's gold plan instead of the generator's (route, execute,
   aggregate); items without a gold plan (multi-hop) are answered whole, as one sub-query.
-* ``gold-routing``: ``oracle`` with gold routing too: every sub-query goes to the route of
-  its part's gold domain (:meth:`~langchain_complm.route.BaseRouter.route_gold`; in two-step
-  routing the category's policy still picks the expert). ``oracle`` against
-  ``gold-routing`` is the router's oracle gap on task accuracy.
+
+Every system but ``monolithic`` is the pipeline itself (:func:`~langchain_complm.pipeline.
+create_comp_llm` over the shared components), given a question or a plan: ``oracle`` the
+gold plan, ``route-only`` a one-sub-query plan, and ``no-context`` rewrites the routed plan
+at the pipeline's plan-review interrupt.
 
 Parameters. A model is identified by its weights (chat models over one loaded model, such as
 every role of the embedded default, are one model), so a model shared by several roles
@@ -34,29 +35,33 @@ aggregator unless a single answer passed through. A rule-based generator has no 
 from __future__ import annotations
 
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.types import Command
 from pydantic import BaseModel, Field
 
-from langchain_complm.aggregate import AggregationInput, ResponseAggregator
+from langchain_complm.aggregate import ResponseAggregator
 from langchain_complm.evaluation.metrics import match_sub_queries
 from langchain_complm.evaluation.multiexpertqa import Item
-from langchain_complm.evaluation.routing_data import DOMAIN_ALIASES, domain_expert_map
-from langchain_complm.execute.executor import (
-    ExecutionResult,
-    FailurePolicy,
-    QueryExecutor,
-    ScheduleMode,
-    SubQueryResult,
-)
+from langchain_complm.execute.executor import FailurePolicy, ScheduleMode, SubQueryResult
 from langchain_complm.experts import Expert
+from langchain_complm.pipeline import (
+    CHECKPOINT_TYPES,
+    CompLLMGraph,
+    CompLLMOutput,
+    create_comp_llm,
+)
 from langchain_complm.plan import Plan, SubQuery
-from langchain_complm.route.router import GOLD, BaseRouter
+from langchain_complm.route.router import EmbeddingRouter
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -66,21 +71,49 @@ if TYPE_CHECKING:
     from langchain_complm.config import CompLLMConfig, Decomposer, ModelFactory, Progress
 
 SystemName = Literal[
+    "complm", "complm-sequential", "monolithic", "route-only", "no-context", "oracle"
+]
+SYSTEM_NAMES: tuple[str, ...] = (
     "complm",
     "complm-sequential",
     "monolithic",
     "route-only",
     "no-context",
     "oracle",
-    "gold-routing",
-]
-SYSTEM_NAMES: tuple[str, ...] = get_args(SystemName)
+)
 """Every system, in report order."""
+
+DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
+    "math": ("math", "mathematics"),
+    "medicine": ("medicine", "medical", "health"),
+    "law": ("law", "legal"),
+    "computer_science": ("computer_science", "cs", "programming", "computing"),
+    "physics": ("physics", "science"),
+    "history": ("history",),
+    "general": ("general",),
+}
+"""Expert names that serve each benchmark domain, in order of preference (the default expert
+set has ``science`` for physics)."""
 
 MONOLITHIC_SYSTEM = (
     "Answer the user's question. If it has several parts, answer every part, in order."
 )
 """System message of the monolithic baseline."""
+
+
+def domain_expert_map(expert_names: Iterable[str]) -> dict[str, str]:
+    """Benchmark domain -> the expert that should answer it: an expert named like the domain
+    or one of its :data:`DOMAIN_ALIASES`, else ``general`` when there is one. Domains without
+    a suitable expert are left out (routing accuracy then ignores them)."""
+    names = list(expert_names)
+    mapping = {}
+    for domain, aliases in DOMAIN_ALIASES.items():
+        match = next((a for a in aliases if a in names), None)
+        if match is None and "general" in names:
+            match = "general"
+        if match is not None:
+            mapping[domain] = match
+    return mapping
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -151,7 +184,7 @@ class Components:
 
     experts: list[Expert]
     generator: Runnable[str, Plan]
-    router: BaseRouter
+    router: EmbeddingRouter
     aggregator: ResponseAggregator
     mode: ScheduleMode = "superstep"
     max_concurrency: int | None = None
@@ -160,9 +193,8 @@ class Components:
 
     @property
     def domain_experts(self) -> dict[str, str]:
-        """Benchmark domain -> route name: expert, or category in two-step routing (see
-        :func:`domain_expert_map`)."""
-        return domain_expert_map(self.router.route_names)
+        """Benchmark domain -> expert name (see :func:`domain_expert_map`)."""
+        return domain_expert_map(e.name for e in self.experts)
 
     def generator_info(self) -> ModelInfo | None:
         """The generator's model, or None for a rule-based generator."""
@@ -181,14 +213,18 @@ class Components:
         """Each expert's model, by expert name."""
         return {e.name: model_info(e.llm, f"expert:{e.name}", e.parameters) for e in self.experts}
 
-    def executor(self, mode: ScheduleMode | None = None) -> QueryExecutor:
-        """A query executor over the experts."""
-        return QueryExecutor(
-            experts={e.name: e for e in self.experts},
+    def pipeline(self, mode: ScheduleMode | None = None, **options: Any) -> CompLLMGraph:
+        """The Comp-LLM pipeline over these components (``options`` for
+        :func:`~langchain_complm.pipeline.create_comp_llm`)."""
+        return create_comp_llm(
+            self.experts,
+            generator=self.generator,
+            router=self.router,
+            aggregator=self.aggregator,
             mode=mode or self.mode,
             max_concurrency=self.max_concurrency,
             failure_policy=self.failure_policy,
-            load=self.router.load,
+            **options,
         )
 
 
@@ -352,61 +388,75 @@ class MonolithicSystem(System):
 
 
 class _ComponentSystem(System):
+    """A system answering with the pipeline itself, given a question or a plan."""
+
     def __init__(self, components: Components, name: str) -> None:
         self.components = components
         self.name = name
         self._experts = components.expert_infos()
         self._router = components.router_info()
+        self._aggregator = components.aggregator_info()
 
     def warm_up(self) -> None:
         # The router embeds the expert profiles on first use.
         self.components.router.route(["warm-up"])
 
-    def _executed(self, execution: ExecutionResult) -> list[ModelInfo]:
-        called = {a.expert for r in execution.results.values() for a in r.attempts}
-        return [self._experts[name] for name in called]
+    def _answer(
+        self,
+        item: Item,
+        output: CompLLMOutput,
+        generator: ModelInfo | None = None,
+        plan: Plan | None = None,
+    ) -> Prediction:
+        """The prediction from the pipeline's ``output``; ``plan`` (default: the one that
+        ran) is the plan reported and matched against the gold parts."""
+        plan = plan or output.plan
+        results = list(output.results.values())
+        called = {a.expert for r in results for a in r.attempts}
+        used = [self._router, *(self._experts[name] for name in called)]
+        if generator is not None:
+            used.append(generator)
+        if not _passes_through(results):
+            used.append(self._aggregator)
+        sub_answers = {k: r.answer for k, r in output.results.items() if r.answer is not None}
+        errors = [f"{k}: {r.error or r.status}" for k, r in output.results.items() if r.error]
+        return self._prediction(
+            item,
+            used,
+            answer=output.answer,
+            plan=plan,
+            sub_answers=sub_answers,
+            part_answers=match_part_answers(item, plan, sub_answers),
+            # Stage timings; predict() adds the item's wall time as the total.
+            timings={k: v for k, v in output.timings.items() if k != "total"},
+            error="; ".join(errors) or None,
+        )
 
 
 class RouteOnlySystem(_ComponentSystem):
-    """The whole question goes to the one expert the embedding router picks."""
+    """The whole question goes to the one expert the embedding router picks: the pipeline
+    given a one-sub-query plan, whose answer passes the aggregator through."""
 
     def __init__(self, components: Components, name: str = "route-only") -> None:
         super().__init__(components, name)
-        self.executor = components.executor()
+        self.pipeline = components.pipeline()
 
     @property
     def models(self) -> list[ModelInfo]:
         return [self._router, *self._experts.values()]
 
     def _predict(self, item: Item) -> Prediction:
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        plan = self.components.router.invoke(Plan.single(item.question))
-        t1 = time.perf_counter()
-        execution = self.executor.invoke(plan)
-        timings.update(route=t1 - t0, execute=time.perf_counter() - t1)
-        result = execution.results[plan.sub_queries[0].id]
-        sub_answers = {k: r.answer for k, r in execution.results.items() if r.answer is not None}
-        return self._prediction(
-            item,
-            [self._router, *self._executed(execution)],
-            answer=result.answer or "",
-            plan=plan,
-            sub_answers=sub_answers,
-            part_answers=match_part_answers(item, plan, sub_answers),
-            timings=timings,
-            error=None if result.status == "ok" else result.error,
-        )
+        state = self.pipeline.invoke({"plan": Plan.single(item.question)})
+        return self._answer(item, CompLLMOutput.model_validate(state))
 
 
 class CompLLMSystem(_ComponentSystem):
     """Comp-LLM: decompose (or take the gold plan), route, execute, aggregate.
 
-    The stages are the pipeline's own objects, run in the order and with the timings of
-    :func:`~langchain_complm.pipeline.create_comp_llm`; ``plan_source="gold"`` skips the
-    generator, ``gold_routing`` (with the gold plan) routes by the parts' gold domains
-    (:func:`route_gold_plan`), and ``drop_context`` runs the plan through
-    :func:`drop_dependencies`.
+    The pipeline of :func:`~langchain_complm.pipeline.create_comp_llm` over the shared
+    components: ``plan_source="gold"`` gives it the item's gold plan (decomposition skipped),
+    and ``drop_context`` has the plan-review step rewrite the routed plan with
+    :func:`drop_dependencies` before the experts run.
     """
 
     def __init__(
@@ -416,18 +466,15 @@ class CompLLMSystem(_ComponentSystem):
         *,
         mode: ScheduleMode | None = None,
         plan_source: Literal["generator", "gold"] = "generator",
-        gold_routing: bool = False,
         drop_context: bool = False,
     ) -> None:
-        if gold_routing and plan_source != "gold":
-            raise ValueError("gold routing needs the gold plan (plan_source='gold')")
         super().__init__(components, name)
-        self.executor = components.executor(mode)
         self.plan_source = plan_source
-        self.gold_routing = gold_routing
         self.drop_context = drop_context
+        self.pipeline = components.pipeline(
+            mode, review_plan=drop_context, checkpointer=_saver() if drop_context else None
+        )
         self._generator = components.generator_info() if plan_source == "generator" else None
-        self._aggregator = components.aggregator_info()
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -435,79 +482,24 @@ class CompLLMSystem(_ComponentSystem):
         return [self._generator, *own] if self._generator else own
 
     def _predict(self, item: Item) -> Prediction:
-        components, query = self.components, item.question.strip()
-        timings: dict[str, float] = {}
-        last = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal last
-            now = time.perf_counter()
-            timings[stage] = now - last
-            last = now
-
+        query: Any = item.question
         if self.plan_source == "gold":
-            plan = item.gold_plan or Plan.single(query)
-        else:
-            plan = components.generator.invoke(query)
-        lap("decompose")
-        if self.gold_routing:
-            plan = route_gold_plan(components.router, plan, item, components.domain_experts)
-        else:
-            plan = components.router.invoke(plan)
-        lap("route")
-        execution = self.executor.invoke(drop_dependencies(plan) if self.drop_context else plan)
-        lap("execute")
-        results = list(execution.results.values())
-        answer = components.aggregator.invoke(AggregationInput(query=query, results=results))
-        lap("aggregate")
-        used = self._executed(execution)
-        # Gold decisions embed nothing: the router is active only if it scored something.
-        if any(sq.route and sq.route.strategy != GOLD for sq in plan.sub_queries):
-            used.append(self._router)
-        if self._generator is not None:
-            used.append(self._generator)
-        if not _passes_through(results):
-            used.append(self._aggregator)
-        sub_answers = {k: r.answer for k, r in execution.results.items() if r.answer is not None}
-        errors = [f"{k}: {r.error or r.status}" for k, r in execution.results.items() if r.error]
-        return self._prediction(
-            item,
-            used,
-            answer=answer,
-            plan=plan,
-            sub_answers=sub_answers,
-            part_answers=match_part_answers(item, plan, sub_answers),
-            timings=timings,
-            error="; ".join(errors) or None,
-        )
+            query = {"plan": item.gold_plan or Plan.single(item.question.strip())}
+        if not self.drop_context:
+            state = self.pipeline.invoke(query)
+            return self._answer(item, CompLLMOutput.model_validate(state), self._generator)
+        thread: RunnableConfig = {"configurable": {"thread_id": str(uuid.uuid4())}}
+        waiting = self.pipeline.invoke(query, thread)
+        routed = Plan.model_validate(waiting["__interrupt__"][0].value["plan"])
+        replace = {"action": "replace", "plan": drop_dependencies(routed)}
+        state = self.pipeline.invoke(Command(resume=replace), thread)
+        self.pipeline.checkpointer.delete_thread(thread["configurable"]["thread_id"])  # type: ignore[union-attr]
+        output = CompLLMOutput.model_validate(state)
+        return self._answer(item, output, self._generator, plan=routed)
 
 
-def route_gold_plan(
-    router: BaseRouter, plan: Plan, item: Item, domain_routes: Mapping[str, str]
-) -> Plan:
-    """``plan`` (the item's gold plan, or its one-sub-query plan) routed by gold domains:
-    each sub-query whose part's domain has a route in ``domain_routes`` takes that route
-    (:meth:`~langchain_complm.route.BaseRouter.route_gold`); any other is routed by the
-    router."""
-    domains = {part.id: part.domain for part in item.parts}
-    known = {
-        sq.id: domain_routes[domains[sq.id]]
-        for sq in plan.sub_queries
-        if domains.get(sq.id) in domain_routes
-    }
-    gold = router.route_gold(
-        [plan.by_id[i].question for i in known], list(known.values()), list(known)
-    )
-    rest = [sq for sq in plan.sub_queries if sq.id not in known]
-    routed = router.route([sq.question for sq in rest], [sq.id for sq in rest]) if rest else []
-    decisions = {d.sub_query_id: d for d in [*gold, *routed]}
-    return plan.model_copy(
-        update={
-            "sub_queries": tuple(
-                sq.model_copy(update={"route": decisions[sq.id]}) for sq in plan.sub_queries
-            )
-        }
-    )
+def _saver() -> InMemorySaver:
+    return InMemorySaver(serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
 
 
 def _passes_through(results: Sequence[SubQueryResult]) -> bool:
@@ -554,8 +546,6 @@ def build_systems(
             systems.append(CompLLMSystem(components, name, drop_context=True))
         elif name == "oracle":
             systems.append(CompLLMSystem(components, name, plan_source="gold"))
-        elif name == "gold-routing":
-            systems.append(CompLLMSystem(components, name, plan_source="gold", gold_routing=True))
         elif name == "route-only":
             systems.append(RouteOnlySystem(components, name))
         elif name == "monolithic":
@@ -587,6 +577,5 @@ __all__ = [
     "load_components",
     "match_part_answers",
     "model_info",
-    "route_gold_plan",
     "sum_parameters",
 ]

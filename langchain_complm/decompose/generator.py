@@ -7,13 +7,13 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from langchain_complm.concurrency import DEFAULT_TIMEOUT, await_with_timeout, call_with_timeout
 from langchain_complm.errors import PlanValidationError
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, invalid_text
-from langchain_complm.prompts import DECOMPOSE_PROMPT, DECOMPOSE_RETRY
+from langchain_complm.prompts import DECOMPOSE_CONVERSATION, DECOMPOSE_PROMPT, DECOMPOSE_RETRY
 
 logger = logging.getLogger(__name__)
 
@@ -378,11 +378,60 @@ def supports_structured_output(llm: BaseChatModel) -> bool:
     return type(llm).bind_tools is not BaseChatModel.bind_tools
 
 
-class SubQueryGenerator(RunnableSerializable[str, Plan]):
+class DecompositionInput(BaseModel):
+    """A question and the conversation before it (system messages and earlier turns)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    query: str
+    history: Sequence[BaseMessage] = ()
+
+
+class ConversationPolicy(BaseModel):
+    """How much of the conversation the decomposer sees.
+
+    System messages come first, then the turns before the question: the most recent ones,
+    at most ``max_messages`` of them and ``max_chars`` characters in all (the older turns are
+    left out), each message cut to ``max_message_chars``. Only the text of user and
+    assistant messages counts; tool calls and tool results are left out.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    max_messages: int = Field(default=6, ge=0)
+    max_chars: int = Field(default=2000, ge=0)
+    max_message_chars: int = Field(default=500, ge=1)
+
+    def render(self, history: Sequence[BaseMessage]) -> str:
+        """The conversation as ``Role: text`` lines, oldest first, within the bounds."""
+        system = [self._line("System", m) for m in history if isinstance(m, SystemMessage)]
+        turns: list[str] = []
+        budget = self.max_chars - sum(len(line) for line in system)
+        for message in reversed(history):
+            role = {HumanMessage: "User", AIMessage: "Assistant"}.get(type(message))
+            if role is None or not message.text.strip() or len(turns) >= self.max_messages:
+                continue
+            line = self._line(role, message)
+            if len(line) > budget:
+                break
+            turns.append(line)
+            budget -= len(line)
+        return "\n".join([*system, *reversed(turns)])
+
+    def _line(self, role: str, message: BaseMessage) -> str:
+        text = " ".join(message.text.split())
+        if len(text) > self.max_message_chars:
+            text = text[: self.max_message_chars - 3] + "..."
+        return f"{role}: {text}"
+
+
+class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     """Decomposes a query into sub-queries with dependencies, over any chat model.
 
     Uses structured output when the model supports tool calling, otherwise a few-shot prompt
-    and a tolerant JSON parser. An invalid decomposition is retried once with the error
+    and a tolerant JSON parser. Given a :class:`DecompositionInput`, the model also sees the
+    conversation before the question (bounded by ``conversation``) and is asked to make every
+    sub-question self-contained. An invalid decomposition is retried once with the error
     shown to the model; if it fails again (or the model raises, or takes longer than
     ``timeout``), the generator falls back to a single sub-query holding the whole query and
     records why in ``Plan.fallback_reason``. The query itself must be non-empty text.
@@ -409,13 +458,19 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
     timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
     """Seconds the model may take per reply (``None``: no limit); a slower reply is given up
     (an async call is cancelled) and the query answered whole."""
+    conversation: ConversationPolicy = Field(default_factory=ConversationPolicy)
+    """How much of a question's conversation the model sees."""
+    conversation_message: str = DECOMPOSE_CONVERSATION
+    """System message before the question when it has a conversation (``conversation``)."""
     name: str | None = "SubQueryGenerator"
 
-    def invoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> Plan:
+    def invoke(
+        self, input: str | DecompositionInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Plan:
         return self._call_with_config(self._decompose, input, config, run_type="chain", **kwargs)
 
     async def ainvoke(
-        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
+        self, input: str | DecompositionInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Plan:
         return await self._acall_with_config(
             self._adecompose, input, config, run_type="chain", **kwargs
@@ -426,8 +481,12 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
             return self.structured_output
         return supports_structured_output(self.llm)
 
-    def _messages(self, query: str) -> list[BaseMessage]:
-        return self.prompt.format_messages(query=query, max_sub_queries=self.max_sub_queries)
+    def _messages(self, query: str, history: Sequence[BaseMessage] = ()) -> list[BaseMessage]:
+        messages = self.prompt.format_messages(query=query, max_sub_queries=self.max_sub_queries)
+        if conversation := self.conversation.render(history):
+            context = SystemMessage(self.conversation_message.format(conversation=conversation))
+            messages.insert(len(messages) - 1, context)
+        return messages
 
     def _to_plan(self, reply: Any, query: str) -> Plan:
         if isinstance(reply, PlanOutput):
@@ -443,12 +502,16 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
         return plan.validate_dag(self.max_sub_queries)
 
     def _decompose(
-        self, query: str, run_manager: CallbackManagerForChainRun, config: RunnableConfig
+        self,
+        input: str | DecompositionInput,
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
     ) -> Plan:
+        query, history = _unpack(input)
         _check_query(query)
         model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
-        messages = self._messages(query)
+        messages = self._messages(query, history)
         error: Exception | None = None
         for attempt in range(2):
             reply = None
@@ -463,11 +526,14 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
                 messages = self._retry_messages(messages, reply, exc)
         return self._fallback(query, error)
 
-    async def _adecompose(self, query: str, run_manager: Any, config: RunnableConfig) -> Plan:
+    async def _adecompose(
+        self, input: str | DecompositionInput, run_manager: Any, config: RunnableConfig
+    ) -> Plan:
+        query, history = _unpack(input)
         _check_query(query)
         model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
-        messages = self._messages(query)
+        messages = self._messages(query, history)
         error: Exception | None = None
         for attempt in range(2):
             reply = None
@@ -500,6 +566,12 @@ class SubQueryGenerator(RunnableSerializable[str, Plan]):
 
 
 _DECOMPOSER = "the decomposer model"
+
+
+def _unpack(input: str | DecompositionInput) -> tuple[str, Sequence[BaseMessage]]:
+    if isinstance(input, DecompositionInput):
+        return input.query, input.history
+    return input, ()
 
 
 def _check_query(query: Any) -> None:
@@ -539,4 +611,11 @@ def _short(error: Exception | None, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["PlanOutput", "PlanValidationError", "SubQueryGenerator", "parse_plan"]
+__all__ = [
+    "ConversationPolicy",
+    "DecompositionInput",
+    "PlanOutput",
+    "PlanValidationError",
+    "SubQueryGenerator",
+    "parse_plan",
+]

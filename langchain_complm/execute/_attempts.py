@@ -1,9 +1,9 @@
 """One sub-query's attempts: its prompt, the experts tried in turn, and its result.
 
 The loop is written once, as a generator that yields each expert call to make and is sent
-the call's output (or has the call's exception thrown in); :func:`run_sync` and
-:func:`run_async` are the only code that differs between ``invoke`` and ``ainvoke``: how one
-expert call is made.
+the call's output (or has the call's exception thrown in); how one expert call is made
+(:func:`_call_sync`, :func:`_call_async`) is the only code that differs between ``invoke``
+and ``ainvoke``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
@@ -20,9 +20,9 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
-from langgraph.errors import GraphBubbleUp
 
 from langchain_complm.batching import BatchCohort, batch_cohort
+from langchain_complm.concurrency import Steps, arun_steps, run_steps
 from langchain_complm.events import emit, quiet
 from langchain_complm.execute._schedule import Start
 from langchain_complm.execute.results import Attempt, FailurePolicy, SubQueryResult
@@ -53,7 +53,7 @@ class ExpertCall:
     timeout: float | None
 
 
-Attempts = Generator[ExpertCall, Any, SubQueryResult]
+Attempts = Steps[ExpertCall, SubQueryResult]
 
 
 def attempts(run: PlanRun, sq: SubQuery, start: Start, config: RunnableConfig) -> Attempts:
@@ -136,38 +136,12 @@ def attempts(run: PlanRun, sq: SubQuery, start: Start, config: RunnableConfig) -
 
 def run_sync(loop: Attempts) -> SubQueryResult:
     """Drive ``loop`` with blocking expert calls."""
-    try:
-        call = next(loop)
-        while True:
-            try:
-                output = _call_sync(call)
-            except GraphBubbleUp:
-                loop.close()
-                raise
-            except Exception as exc:
-                call = loop.throw(exc)
-            else:
-                call = loop.send(output)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+    return run_steps(loop, _call_sync)
 
 
 async def run_async(loop: Attempts) -> SubQueryResult:
     """Drive ``loop`` with awaited expert calls (no thread is held while an expert works)."""
-    try:
-        call = next(loop)
-        while True:
-            try:
-                output = await _call_async(call)
-            except GraphBubbleUp:
-                loop.close()
-                raise
-            except Exception as exc:
-                call = loop.throw(exc)
-            else:
-                call = loop.send(output)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+    return await arun_steps(loop, _call_async)
 
 
 async def _call_async(call: ExpertCall) -> Any:
