@@ -26,6 +26,8 @@ EXPECTED_ALL = {
         "load_config",
     ],
     "langchain_complm.decompose": [
+        "ConversationPolicy",
+        "DecompositionInput",
         "StructuralSubQueryGenerator",
         "SubQueryGenerator",
         "parse_plan",
@@ -65,11 +67,13 @@ EXPECTED_ALL = {
         "ModelPool",
     ],
     "langchain_complm.errors": [
+        "AggregationError",
         "CompLLMError",
         "ConfigError",
         "MemoryBudgetError",
         "ModelNotFoundError",
         "ModelNotServedError",
+        "PlanReviewError",
         "PlanValidationError",
         "RemoteModelError",
         "ServerHTTPError",
