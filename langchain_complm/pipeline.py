@@ -605,14 +605,20 @@ class CompLLMGraph(CompiledStateGraph[CompLLMState, None, CompLLMInput, CompLLMO
         """A tool that takes a ``query`` and returns the answer text (the trace stays in
         the run's own output)."""
         return StructuredTool.from_function(
-            func=lambda query, config: self.invoke({"query": query}, config)["answer"],
-            coroutine=partial(_atool, self),
+            func=self._answer,
+            coroutine=self._aanswer,
             name=name or "comp_llm",
             description=description
             or "Answers a question with several expert models: it decomposes the question, "
             "asks an expert for each part and combines their answers. Input: the question.",
             args_schema=args_schema or _ToolInput,
         )
+
+    def _answer(self, query: str, config: RunnableConfig) -> str:
+        return self.invoke({"query": query}, config)["answer"]  # type: ignore[no-any-return]
+
+    async def _aanswer(self, query: str, config: RunnableConfig) -> str:
+        return (await self.ainvoke({"query": query}, config))["answer"]  # type: ignore[no-any-return]
 
     def __or__(self, other: Any) -> Runnable[Any, Any]:  # type: ignore[override]
         if isinstance(other, BaseOutputParser):
@@ -634,10 +640,6 @@ _NOTHING_TO_RESUME = (
 
 class _ToolInput(BaseModel):
     query: str = Field(description="The question to answer.")
-
-
-async def _atool(graph: CompLLMGraph, query: str, config: RunnableConfig) -> str:
-    return (await graph.ainvoke({"query": query}, config))["answer"]  # type: ignore[no-any-return]
 
 
 def _answer_chunks(chunks: Iterator[Any]) -> Iterator[AIMessageChunk]:

@@ -107,3 +107,56 @@ def plan_json(*sub_queries: tuple[str, str, list[str]]) -> str:
 
 def fake_llm(*responses: str) -> FakeListChatModel:
     return FakeListChatModel(responses=list(responses))
+
+
+class RecordingChat(FakeListChatModel):
+    """A fake chat model that records the messages of every call and reports token usage
+    (``usage`` input and output tokens per reply, on the last streamed chunk too)."""
+
+    prompts: list[list[BaseMessage]]
+    usage: int = 0
+
+    def _record(self, messages: list[BaseMessage]) -> None:
+        self.prompts.append(list(messages))
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any):
+        from langchain_core.messages import AIMessage
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        self._record(messages)
+        text = self._call(messages, stop, run_manager, **kwargs)
+        message = AIMessage(content=text, usage_metadata=self._usage())
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any):
+        from langchain_core.messages import AIMessageChunk
+        from langchain_core.outputs import ChatGenerationChunk
+
+        self._record(messages)
+        text = self.responses[self.i % len(self.responses)]
+        self.i += 1
+        words = text.split(" ")
+        for n, word in enumerate(words):
+            last = n == len(words) - 1
+            chunk = AIMessageChunk(
+                content=word if last else word + " ",
+                usage_metadata=self._usage() if last else None,
+            )
+            if run_manager:
+                run_manager.on_llm_new_token(
+                    chunk.content, chunk=ChatGenerationChunk(message=chunk)
+                )
+            yield ChatGenerationChunk(message=chunk)
+
+    def _usage(self) -> Any:
+        if not self.usage:
+            return None
+        return {
+            "input_tokens": self.usage,
+            "output_tokens": self.usage,
+            "total_tokens": 2 * self.usage,
+        }
+
+
+def recording_llm(*responses: str, usage: int = 0) -> RecordingChat:
+    return RecordingChat(responses=list(responses), prompts=[], usage=usage)
