@@ -295,3 +295,32 @@ def test_parser_is_extensible(capsys: pytest.CaptureFixture[str]) -> None:
     parser = cli.build_parser([*cli.COMMANDS, extra])
     args = parser.parse_args(["hello", "--times", "2", "--quiet"])
     assert args.handler(args, cli.Console(out=io.StringIO(), err=io.StringIO())) == 7
+
+
+@pytest.mark.usefixtures("fake_models")
+def test_ask_review_shows_the_plan_and_runs_it_once_approved(
+    capsys: pytest.CaptureFixture[str], config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    code, out, err = run(capsys, "ask", "--review", "--config", str(config_file), "2+3?")
+    assert code == 0 and out == ANSWER + "\n"
+    assert "q1: What is the sum of 2 and 3?  [math" in err
+    assert err.index("Run this plan?") < err.index("q1: math started")
+
+
+@pytest.mark.usefixtures("fake_models")
+def test_ask_review_edits_asks_again_after_a_bad_edit_and_quits(
+    capsys: pytest.CaptureFixture[str], config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edit = json.dumps({"action": "edit", "sub_queries": {"q2": {"expert": "history"}}})
+    bad = json.dumps({"action": "edit", "sub_queries": {"q2": {"expert": "law"}}})
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{bad}\n{edit}\n"))
+    argv = ["ask", "--review", "--json", "--config", str(config_file), "2+3?"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0
+    assert "unknown expert 'law'" in err and err.count("Run this plan?") == 2
+    assert json.loads(out)["results"]["q2"]["expert"] == "history"
+    monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))
+    code, out, err = run(capsys, *argv)
+    assert code == 130 and out == "" and "plan not approved" in err
+    assert "started" not in err

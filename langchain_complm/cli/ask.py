@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any, get_args
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.types import Command as Resume
+
 from langchain_complm.cli._common import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     SERVED_MODEL_EXIT_CODES,
     Command,
@@ -22,9 +30,9 @@ from langchain_complm.config import (
     build_comp_llm,
     build_planner,
 )
-from langchain_complm.errors import RemoteModelError
+from langchain_complm.errors import PlanReviewError, RemoteModelError, UsageError
 from langchain_complm.execute.executor import ScheduleMode, SubQueryResult
-from langchain_complm.pipeline import CompLLMOutput
+from langchain_complm.pipeline import CHECKPOINT_TYPES, CompLLMOutput
 from langchain_complm.plan import Plan
 
 
@@ -113,6 +121,18 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         help="at most N experts run at once (overrides the config)",
     )
+    parser.add_argument(
+        "--review",
+        action="store_true",
+        help="show the routed plan before any expert runs, and approve, edit or replace it "
+        "(answers are read from stdin)",
+    )
+
+
+REVIEW_PROMPT = (
+    "Run this plan? Enter (or y) runs it, q quits, or type a JSON edit, e.g. "
+    '{"action": "edit", "sub_queries": {"q1": {"expert": "math"}}}: '
+)
 
 
 def run_ask(args: argparse.Namespace, console: Console) -> int:
@@ -124,11 +144,26 @@ def run_ask(args: argparse.Namespace, console: Console) -> int:
     """
     config = load_cli_config(args)
     question = read_question(args, config)
-    comp_llm = build_comp_llm(config, progress=console.progress)
-    console.progress("Decomposing the question...")
     answered: dict[str, SubQueryResult] = {}
     try:
-        output = _stream(comp_llm.stream(question), console, answered)
+        if args.review:
+            saver = InMemorySaver(
+                serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES)
+            )
+            comp_llm = build_comp_llm(
+                config, progress=console.progress, review_plan=True, checkpointer=saver
+            )
+            console.progress("Decomposing the question...")
+            thread: RunnableConfig = {"configurable": {"thread_id": "complm-ask"}}
+            reviewed = _reviewed(comp_llm, question, thread, console, answered)
+            if reviewed is None:
+                console.error("plan not approved; no expert was run")
+                return EXIT_INTERRUPTED
+            output = reviewed
+        else:
+            comp_llm = build_comp_llm(config, progress=console.progress)
+            console.progress("Decomposing the question...")
+            output = _stream(comp_llm.stream(question), console, answered)
     except RemoteModelError as exc:
         _print_answered(args, console, question, answered, exc)
         raise
@@ -145,6 +180,15 @@ def _stream(
     events: Iterable[Any], console: Console, answered: dict[str, SubQueryResult]
 ) -> CompLLMOutput:
     """The run's output; ``answered`` collects each sub-answer as it comes."""
+    if (output := _report(events, console, answered)) is None:
+        raise RuntimeError("the pipeline finished without a final output")
+    return output
+
+
+def _report(
+    events: Iterable[Any], console: Console, answered: dict[str, SubQueryResult]
+) -> CompLLMOutput | None:
+    """Show the progress events; the final output, or ``None`` if the run paused."""
     output = None
     for event in events:
         if not isinstance(event, dict):
@@ -155,9 +199,51 @@ def _stream(
             answered[event["sub_query_id"]] = event["data"]
         if event.get("type") == "done":
             output = event["data"]
-    if not isinstance(output, CompLLMOutput):
-        raise RuntimeError("the pipeline finished without a final output")
+    return output if isinstance(output, CompLLMOutput) else None
+
+
+def _reviewed(
+    comp_llm: Any,
+    question: str,
+    thread: RunnableConfig,
+    console: Console,
+    answered: dict[str, SubQueryResult],
+) -> CompLLMOutput | None:
+    """Run ``question``, asking the reviewer on stdin about the plan; ``None`` if they quit."""
+    output = _report(comp_llm.stream(question, thread), console, answered)
+    while output is None:
+        (pending,) = comp_llm.get_state(thread).interrupts
+        request = pending.value
+        if error := request.get("error"):
+            console.error(error)
+        print(f"Plan:\n{request['text']}", file=console.err, flush=True)
+        while True:
+            print(REVIEW_PROMPT, end="", file=console.err, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                raise UsageError("no answer to the plan review (stdin is closed)")
+            answer = _review_answer(line.strip())
+            if answer is None:
+                return None
+            try:
+                events = comp_llm.stream(Resume(resume=answer), thread)
+                output = _report(events, console, answered)
+                break
+            except PlanReviewError as exc:
+                console.error(str(exc))
     return output
+
+
+def _review_answer(line: str) -> Any:
+    """The resume value for a reviewer's line (``None``: quit)."""
+    if line.lower() in ("q", "quit", "n", "no"):
+        return None
+    if line.lower() in ("", "y", "yes", "approve"):
+        return "approve"
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return line  # the pipeline says why it is not a valid answer
 
 
 def _print_answered(
