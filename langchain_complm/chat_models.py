@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
-    AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManager,
     CallbackManagerForLLMRun,
-    UsageMetadataCallbackHandler,
 )
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langgraph.constants import TAG_NOSTREAM
@@ -37,19 +38,28 @@ _SUB_ANSWER_CHARS = 200
 @dataclass(frozen=True)
 class _CallerConfig:
     """What a chat-model call forwards to the pipeline from its caller's config: the
-    ``configurable`` values (thread id, checkpoint namespace, ...) and the limits."""
+    ``configurable`` values (thread id, checkpoint namespace, ...), the limits, and what
+    the pipeline's runs need to nest under this model's run when no run manager reaches
+    ``_stream`` (``BaseChatModel.stream`` passes none)."""
 
     configurable: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
+    config: RunnableConfig = field(default_factory=dict)  # type: ignore[assignment]
 
     @classmethod
-    def of(cls, config: RunnableConfig | None) -> _CallerConfig:
-        # ensure_config also reads the config of the runnable or graph node we run inside.
-        config = ensure_config(config)
+    def of(cls, config: RunnableConfig) -> _CallerConfig:
         limits: dict[str, Any] = {
             k: v for k in ("recursion_limit", "max_concurrency") if (v := config.get(k)) is not None
         }
-        return cls(dict(config.get("configurable") or {}), limits)
+        return cls(dict(config.get("configurable") or {}), limits, config)
+
+    @classmethod
+    def ensure(cls, config: RunnableConfig | None) -> tuple[RunnableConfig, _CallerConfig]:
+        """``config`` completed (with the config of the runnable or graph node we run inside,
+        and a run id for this model's run) and what the pipeline gets of it."""
+        config = ensure_config(config)
+        config["run_id"] = config.get("run_id") or uuid.uuid4()
+        return config, cls.of(config)
 
     def __repr__(self) -> str:  # shown in traces as an invocation parameter
         return f"CallerConfig(thread_id={self.configurable.get('thread_id')!r})"
@@ -123,7 +133,7 @@ class ChatCompLLM(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AIMessage:
-        kwargs[_CALLER] = _CallerConfig.of(config)
+        config, kwargs[_CALLER] = _CallerConfig.ensure(config)
         return super().invoke(input, config, stop=stop, **kwargs)
 
     async def ainvoke(
@@ -134,7 +144,7 @@ class ChatCompLLM(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AIMessage:
-        kwargs[_CALLER] = _CallerConfig.of(config)
+        config, kwargs[_CALLER] = _CallerConfig.ensure(config)
         return await super().ainvoke(input, config, stop=stop, **kwargs)
 
     def stream(
@@ -145,7 +155,7 @@ class ChatCompLLM(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
-        kwargs[_CALLER] = _CallerConfig.of(config)
+        config, kwargs[_CALLER] = _CallerConfig.ensure(config)
         return super().stream(input, config, stop=stop, **kwargs)
 
     def astream(
@@ -156,16 +166,16 @@ class ChatCompLLM(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
-        kwargs[_CALLER] = _CallerConfig.of(config)
+        config, kwargs[_CALLER] = _CallerConfig.ensure(config)
         return super().astream(input, config, stop=stop, **kwargs)
 
     def _config(
         self,
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
-        usage: UsageMetadataCallbackHandler,
+        usage: _Usage,
         caller: _CallerConfig | None,
     ) -> RunnableConfig:
-        caller = caller or _CallerConfig.of(None)
+        caller = caller or _CallerConfig.of(ensure_config())
         configurable = dict(caller.configurable)
         overrides = {
             key: value
@@ -177,26 +187,69 @@ class ChatCompLLM(BaseChatModel):
         if "max_concurrency" in caller.limits:
             configurable.setdefault(MAX_CONCURRENCY, caller.limits["max_concurrency"])
         config: RunnableConfig = {
-            "callbacks": _child_callbacks(run_manager, usage),
+            "callbacks": self._child_callbacks(run_manager, usage, caller),
             "configurable": configurable,
         }
         if "recursion_limit" in caller.limits:
             config["recursion_limit"] = caller.limits["recursion_limit"]
         return config
 
+    def _child_callbacks(
+        self,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+        usage: _Usage,
+        caller: _CallerConfig,
+    ) -> CallbackManager:
+        """Callbacks that nest the pipeline's runs under this chat model's run.
+
+        LLM run managers have no ``get_child`` (model runs are usually leaves); this builds
+        the same child manager a chain run would, so traces show the stages inside the
+        model call. Without a run manager (``stream``/``astream``), the run is the one
+        ``caller`` named, its handlers those the caller's config gives. ``usage`` sees every
+        model call of the pipeline. The pipeline's model runs are not streamed to a
+        ``stream_mode="messages"`` consumer around this model: its answer tokens come from
+        this model's run.
+        """
+        if run_manager is None:
+            config = caller.config
+            configured = CallbackManager.configure(
+                config.get("callbacks"),
+                self.callbacks,
+                self.verbose,
+                config.get("tags"),
+                self.tags,
+                config.get("metadata"),
+                self.metadata,
+            )
+            parent, handlers = config.get("run_id"), configured.inheritable_handlers
+            tags, metadata = configured.inheritable_tags, configured.inheritable_metadata
+        else:
+            parent, handlers = run_manager.run_id, run_manager.inheritable_handlers
+            tags, metadata = run_manager.inheritable_tags, run_manager.inheritable_metadata
+        handlers = [*handlers, usage]
+        tags = [*tags, TAG_NOSTREAM]
+        # A sync manager serves async runs too: LangChain adapts it to the caller.
+        return CallbackManager(
+            handlers=handlers,
+            inheritable_handlers=handlers,
+            parent_run_id=parent,
+            tags=tags,
+            inheritable_tags=tags,
+            metadata=metadata,
+            inheritable_metadata=metadata,
+        )
+
     # --- answering --------------------------------------------------------------------------
 
-    def _reply(
-        self, output: CompLLMOutput, usage: UsageMetadataCallbackHandler, content: str
-    ) -> dict[str, Any]:
+    def _reply(self, output: CompLLMOutput, usage: _Usage, content: str) -> dict[str, Any]:
         metadata: dict[str, Any] = {"model_name": self.model_name}
         if self.trace != "none":
             metadata["complm"] = (
                 output.model_dump(mode="json") if self.trace == "full" else _summary(output)
             )
         fields: dict[str, Any] = {"content": content, "response_metadata": metadata}
-        if total := _total_usage(usage):
-            fields["usage_metadata"] = total
+        if usage.total:
+            fields["usage_metadata"] = usage.total
         return fields
 
     def _generate(
@@ -206,7 +259,7 @@ class ChatCompLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        usage = UsageMetadataCallbackHandler()
+        usage = _Usage()
         config = self._config(run_manager, usage, kwargs.get(_CALLER))
         output = CompLLMOutput.model_validate(self.comp_llm.invoke(messages, config))
         return self._result(output, usage, stop)
@@ -218,14 +271,12 @@ class ChatCompLLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        usage = UsageMetadataCallbackHandler()
+        usage = _Usage()
         config = self._config(run_manager, usage, kwargs.get(_CALLER))
         output = CompLLMOutput.model_validate(await self.comp_llm.ainvoke(messages, config))
         return self._result(output, usage, stop)
 
-    def _result(
-        self, output: CompLLMOutput, usage: UsageMetadataCallbackHandler, stop: list[str] | None
-    ) -> ChatResult:
+    def _result(self, output: CompLLMOutput, usage: _Usage, stop: list[str] | None) -> ChatResult:
         fields = self._reply(output, usage, _cut(output.answer, stop or self.stop))
         return ChatResult(generations=[ChatGeneration(message=AIMessage(**fields))])
 
@@ -236,7 +287,7 @@ class ChatCompLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        usage = UsageMetadataCallbackHandler()
+        usage = _Usage()
         config = self._config(run_manager, usage, kwargs.get(_CALLER))
         cutter = _StopCutter(stop or self.stop)
         for event in self.comp_llm.stream(messages, config, stream_mode="custom"):
@@ -252,7 +303,7 @@ class ChatCompLLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        usage = UsageMetadataCallbackHandler()
+        usage = _Usage()
         config = self._config(run_manager, usage, kwargs.get(_CALLER))
         cutter = _StopCutter(stop or self.stop)
         async for event in self.comp_llm.astream(messages, config, stream_mode="custom"):
@@ -262,7 +313,7 @@ class ChatCompLLM(BaseChatModel):
                 yield chunk
 
     def _chunk(
-        self, event: ProgressEvent, cutter: _StopCutter, usage: UsageMetadataCallbackHandler
+        self, event: ProgressEvent, cutter: _StopCutter, usage: _Usage
     ) -> ChatGenerationChunk | None:
         if event["type"] == "token":
             text = cutter.feed(event.get("content", ""))
@@ -295,40 +346,22 @@ class ChatCompLLM(BaseChatModel):
         return self.comp_llm.as_tool(args_schema, name=name, description=description)
 
 
-def _child_callbacks(
-    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
-    usage: UsageMetadataCallbackHandler,
-) -> CallbackManager | AsyncCallbackManager:
-    """Callbacks that nest the pipeline's runs under this chat model's run.
+class _Usage(BaseCallbackHandler):
+    """Sums the token usage of every model call it sees (whatever the model's name)."""
 
-    LLM run managers have no ``get_child`` (model runs are usually leaves); this builds the
-    same child manager a chain run would, so traces show the stages inside the model call.
-    ``usage`` sees every model call of the pipeline. The pipeline's own model runs are not
-    streamed to a ``stream_mode="messages"`` consumer around this model: its answer tokens
-    come from this model's run.
-    """
-    is_async = isinstance(run_manager, AsyncCallbackManagerForLLMRun)
-    cls = AsyncCallbackManager if is_async else CallbackManager
-    if run_manager is None:
-        return cls(handlers=[usage], inheritable_handlers=[usage], inheritable_tags=[TAG_NOSTREAM])
-    handlers = [*run_manager.inheritable_handlers, usage]
-    tags = [*run_manager.inheritable_tags, TAG_NOSTREAM]
-    return cls(
-        handlers=handlers,
-        inheritable_handlers=handlers,
-        parent_run_id=run_manager.run_id,
-        tags=tags,
-        inheritable_tags=tags,
-        metadata=run_manager.inheritable_metadata,
-        inheritable_metadata=run_manager.inheritable_metadata,
-    )
+    run_inline = True  # summed in the calling thread, so the total is complete at the end
 
+    def __init__(self) -> None:
+        self.total: UsageMetadata | None = None
+        self._lock = threading.Lock()
 
-def _total_usage(usage: UsageMetadataCallbackHandler) -> UsageMetadata | None:
-    total: UsageMetadata | None = None
-    for model_usage in usage.usage_metadata.values():
-        total = model_usage if total is None else add_usage(total, model_usage)
-    return total
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        for generations in response.generations:
+            for generation in generations:
+                usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
+                if usage:
+                    with self._lock:
+                        self.total = usage if self.total is None else add_usage(self.total, usage)
 
 
 def _summary(output: CompLLMOutput) -> dict[str, Any]:

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fakes import KeywordEmbeddings, fake_llm, make_expert, plan_json
+import pytest
+from fakes import KeywordEmbeddings, fake_llm, make_expert, plan_json, recording_llm
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_tests.unit_tests import ChatModelUnitTests
+from langgraph.checkpoint.memory import InMemorySaver
 
-from langchain_complm import ChatCompLLM, create_comp_llm
+from langchain_complm import ChatCompLLM, Expert, create_comp_llm
 
 PLAN = plan_json(("q1", "What is the sum of 2 and 3?", []), ("q2", "Which drug treats it?", []))
 
@@ -116,3 +119,96 @@ def test_works_as_the_model_of_a_langgraph_agent_node() -> None:
     # Each turn answers the latest human message.
     trace = state["messages"][-1].response_metadata["complm"]
     assert trace["query"] == "And a drug?"
+
+
+def usage_comp(**kwargs: Any) -> Any:
+    math = Expert(name="math", description="sum add", llm=recording_llm("five", usage=5))
+    medicine = Expert(
+        name="medicine", description="drug treat", llm=recording_llm("aspirin", usage=5)
+    )
+    return create_comp_llm(
+        [math, medicine],
+        generator=recording_llm(PLAN, usage=5),
+        router=KeywordEmbeddings(),
+        aggregator=recording_llm("Five, and aspirin.", usage=5),
+        **kwargs,
+    )
+
+
+def test_forwards_the_callers_config_to_a_checkpointed_runnable() -> None:
+    comp = usage_comp(checkpointer=InMemorySaver())
+    chat = ChatCompLLM(comp_llm=comp)
+    config = {"configurable": {"thread_id": "t1"}}
+    assert chat.invoke("What is 2+3?", config).content == "Five, and aspirin."
+    assert "".join(c.content for c in chat.stream("And a drug?", config)) == "Five, and aspirin."
+    messages = comp.get_state(config).values["messages"]
+    assert [m.type for m in messages] == ["human", "ai", "human", "ai"]
+    with pytest.raises(ValueError, match="thread_id"):
+        chat.invoke("no thread")
+
+
+async def test_forwards_the_callers_config_async() -> None:
+    comp = usage_comp(checkpointer=InMemorySaver())
+    chat = ChatCompLLM(comp_llm=comp)
+    config = {"configurable": {"thread_id": "t2"}}
+    await chat.ainvoke("What is 2+3?", config)
+    assert "".join([c.content async for c in chat.astream("q", config)]) == "Five, and aspirin."
+    assert len((await comp.aget_state(config)).values["messages"]) == 4
+
+
+def test_usage_sums_every_model_call_and_the_trace_stays_small() -> None:
+    chat = ChatCompLLM(comp_llm=usage_comp())
+    reply = chat.invoke("What is 2+3, and a drug?")
+    # Decomposer, two experts and the aggregator: four calls of 5 + 5 tokens.
+    assert reply.usage_metadata == {"input_tokens": 20, "output_tokens": 20, "total_tokens": 40}
+    merged = None
+    for chunk in chat.stream("What is 2+3, and a drug?"):
+        merged = chunk if merged is None else merged + chunk
+    assert merged.usage_metadata["total_tokens"] == 40
+    summary = reply.response_metadata["complm"]
+    assert "prompt" not in json.dumps(summary) and "attempts" not in json.dumps(summary)
+    full = ChatCompLLM(comp_llm=usage_comp(), trace="full").invoke("What is 2+3, and a drug?")
+    assert len(json.dumps(summary)) < len(json.dumps(full.response_metadata["complm"])) / 2
+    assert full.response_metadata["complm"]["results"]["q1"]["attempts"]
+    none = ChatCompLLM(comp_llm=usage_comp(), trace="none").invoke("q")
+    assert "complm" not in none.response_metadata
+
+
+def test_an_agents_message_stream_gets_only_the_answer_once() -> None:
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    chat = ChatCompLLM(comp_llm=usage_comp())
+
+    def agent(state: MessagesState) -> dict:
+        return {"messages": [chat.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState).add_node("agent", agent).add_edge(START, "agent").compile()
+    chunks = [
+        m for m, meta in graph.stream({"messages": [HumanMessage("q")]}, stream_mode="messages")
+    ]
+    assert "".join(m.content for m in chunks) == "Five, and aspirin."
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_streamed_runs_stay_inside_the_callers_trace(use_async: bool) -> None:
+    from test_comp_llm import RunRecorder
+
+    chat = ChatCompLLM(comp_llm=comp_llm())
+    recorder = RunRecorder()
+    if use_async:
+        [c async for c in chat.astream("q", {"callbacks": [recorder]})]
+    else:
+        list(chat.stream("q", {"callbacks": [recorder]}))
+    (top,) = [k for k, r in recorder.runs.items() if r["parent"] is None]
+    assert recorder.runs[top]["name"] == "chat_model"  # the ChatCompLLM run
+    experts = [k for k, r in recorder.runs.items() if r["name"].startswith("expert:")]
+    assert len(experts) == 2
+    assert all(recorder.ancestors(k)[-2:] == ["CompLLM", "chat_model"] for k in experts)
+
+
+def test_bind_tools_says_how_to_use_it_as_a_tool_and_as_tool_answers() -> None:
+    chat = ChatCompLLM(comp_llm=comp_llm())
+    with pytest.raises(NotImplementedError, match=r"as_tool\(\)"):
+        chat.bind_tools([])
+    tool = chat.as_tool()
+    assert tool.invoke({"query": "2+3?"}) == "Five, and aspirin. STOP here"
