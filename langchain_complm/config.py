@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -62,8 +63,9 @@ if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel
     from langchain_core.runnables import Runnable
-    from langgraph.pregel import Pregel
 
+    from langchain_complm.aggregate import ResponseAggregator
+    from langchain_complm.pipeline import CompLLMGraph
     from langchain_complm.plan import Plan
 
 try:  # Python 3.11+
@@ -809,6 +811,78 @@ def build_experts(config: CompLLMConfig, pool: NamedModels) -> list[Expert]:
     return experts
 
 
+@dataclass
+class PipelineParts:
+    """The stages of a pipeline, each model loaded once: what :func:`build_comp_llm`
+    assembles, and what the benchmark systems share."""
+
+    experts: list[Expert]
+    generator: Runnable[Any, Plan]
+    router: EmbeddingRouter
+    aggregator: ResponseAggregator
+    mode: ScheduleMode = "superstep"
+    max_concurrency: int | None = None
+    failure_policy: FailurePolicy = field(default_factory=FailurePolicy)
+    max_query_chars: int | None = DEFAULT_MAX_QUERY_CHARS
+    models: dict[str, BaseChatModel] = field(default_factory=dict)
+    """The named chat models loaded for the config, by name."""
+
+    def pipeline(self, mode: ScheduleMode | None = None, **options: Any) -> CompLLMGraph:
+        """The Comp-LLM runnable over these parts (``options`` for
+        :func:`~langchain_complm.pipeline.create_comp_llm`, e.g. ``checkpointer``)."""
+        from langchain_complm.pipeline import create_comp_llm
+
+        return create_comp_llm(
+            self.experts,
+            generator=self.generator,
+            router=self.router,
+            aggregator=self.aggregator,
+            mode=mode or self.mode,
+            max_concurrency=self.max_concurrency,
+            failure_policy=self.failure_policy,
+            max_query_chars=self.max_query_chars,
+            **options,
+        )
+
+
+def build_parts(
+    config: CompLLMConfig | str | Path | None = None,
+    *,
+    decomposer: Decomposer | None = None,
+    model_factory: ModelFactory | None = None,
+    embeddings: Embeddings | None = None,
+    progress: Progress | None = None,
+) -> PipelineParts:
+    """The stages of ``config``'s pipeline (see :func:`build_comp_llm` for the arguments);
+    ``decomposer`` overrides the config's."""
+    from langchain_complm.aggregate import ResponseAggregator
+
+    config = resolve_config(config)
+    if decomposer is not None:
+        config = config.model_copy(update={"decomposer": decomposer})
+    check_model_paths(config, model_factory, embeddings)
+    pool = NamedModels(config, model_factory, progress)
+    generator = build_decomposer(config, pool)
+    aggregator = ResponseAggregator(llm=pool.get(config.aggregator_model))
+    experts = build_experts(config, pool)
+    try:
+        router = build_router(config, experts, embeddings, progress)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    execution = config.execution
+    return PipelineParts(
+        experts=experts,
+        generator=generator,
+        router=router,
+        aggregator=aggregator,
+        mode=execution.mode,
+        max_concurrency=execution.max_concurrency,
+        failure_policy=execution.failure,
+        max_query_chars=execution.max_query_chars,
+        models=dict(pool.loaded),
+    )
+
+
 def build_comp_llm(
     config: CompLLMConfig | str | Path | None = None,
     *,
@@ -816,7 +890,7 @@ def build_comp_llm(
     embeddings: Embeddings | None = None,
     progress: Progress | None = None,
     **overrides: Any,
-) -> Pregel:
+) -> CompLLMGraph:
     """Build the Comp-LLM runnable of ``config`` (a config, a file path, or ``None`` for
     :func:`default_config`), loading every named model once.
 
@@ -832,28 +906,11 @@ def build_comp_llm(
         ConfigError: the config is invalid.
         ModelNotFoundError: a model's files are missing.
     """
-    from langchain_complm.pipeline import create_comp_llm
-
-    config = resolve_config(config)
-    check_model_paths(config, model_factory, embeddings)
-    pool = NamedModels(config, model_factory, progress)
-    generator = build_decomposer(config, pool)
-    aggregator = pool.get(config.aggregator_model)
-    experts = build_experts(config, pool)
-    router = build_router(config, experts, embeddings, progress)
-    execution = config.execution
-    kwargs: dict[str, Any] = {
-        "generator": generator,
-        "router": router,
-        "aggregator": aggregator,
-        "mode": execution.mode,
-        "max_concurrency": execution.max_concurrency,
-        "failure_policy": execution.failure,
-        "max_sub_queries": execution.max_sub_queries,
-        "max_query_chars": execution.max_query_chars,
-    } | overrides
+    parts = build_parts(
+        config, model_factory=model_factory, embeddings=embeddings, progress=progress
+    )
     try:
-        return create_comp_llm(experts, **kwargs)
+        return parts.pipeline(**overrides)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -1017,11 +1074,13 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "NamedModels",
+    "PipelineParts",
     "RemoteModelSpec",
     "RoutingConfig",
     "build_comp_llm",
     "build_decomposer",
     "build_experts",
+    "build_parts",
     "build_planner",
     "build_router",
     "check_model_paths",

@@ -343,7 +343,7 @@ def test_experts_sharing_a_model_share_one_instance(tmp_path: Path) -> None:
     }
     experts = captured["experts"]
     assert experts["math"].llm is experts["medicine"].llm is built["shared"][0]
-    assert experts["history"].llm is captured["aggregator"] is built["default"][0]
+    assert experts["history"].llm is captured["aggregator"].llm is built["default"][0]
     assert captured["generator"].llm is built["planner"][0]
     assert experts["math"].system_prompt == "Show your work."
     assert experts["math"].examples == ("What is the sum of 2 and 3?", "Multiply 4 by 5")

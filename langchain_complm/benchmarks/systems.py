@@ -34,6 +34,7 @@ aggregator unless a single answer passed through. A rule-based generator has no 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -49,24 +50,19 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
-from langchain_complm.aggregate import ResponseAggregator
+from langchain_complm.config import PipelineParts, build_parts
 from langchain_complm.evaluation.metrics import match_sub_queries
 from langchain_complm.evaluation.multiexpertqa import Item
-from langchain_complm.execute.executor import FailurePolicy, ScheduleMode, SubQueryResult
-from langchain_complm.experts import Expert
+from langchain_complm.execute.executor import ScheduleMode, SubQueryResult
 from langchain_complm.pipeline import (
     CHECKPOINT_TYPES,
-    CompLLMGraph,
     CompLLMOutput,
-    create_comp_llm,
 )
 from langchain_complm.plan import Plan, SubQuery
-from langchain_complm.route.router import EmbeddingRouter
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel
-    from langchain_core.runnables import Runnable
 
     from langchain_complm.config import CompLLMConfig, Decomposer, ModelFactory, Progress
 
@@ -174,21 +170,16 @@ def sum_parameters(models: Iterable[ModelInfo]) -> int | None:
 
 
 @dataclass
-class Components:
-    """The parts the Comp-LLM systems are built from, shared by all of them.
+class Components(PipelineParts):
+    """The parts the Comp-LLM systems are built from, shared by all of them: the pipeline's
+    parts (:class:`~langchain_complm.config.PipelineParts`) and ``chat_models``, the
+    candidates for the monolithic baseline.
 
     ``generator`` is any runnable from a query to a :class:`Plan` (a
-    :class:`~langchain_complm.decompose.generator.SubQueryGenerator`, whose ``llm`` is then counted,
-    or a rule-based one). ``chat_models`` are the candidates for the monolithic baseline.
+    :class:`~langchain_complm.decompose.SubQueryGenerator`, whose ``llm`` is then counted,
+    or a rule-based one).
     """
 
-    experts: list[Expert]
-    generator: Runnable[str, Plan]
-    router: EmbeddingRouter
-    aggregator: ResponseAggregator
-    mode: ScheduleMode = "superstep"
-    max_concurrency: int | None = None
-    failure_policy: FailurePolicy = field(default_factory=FailurePolicy)
     chat_models: list[tuple[str, BaseChatModel]] = field(default_factory=list)
 
     @property
@@ -213,20 +204,6 @@ class Components:
         """Each expert's model, by expert name."""
         return {e.name: model_info(e.llm, f"expert:{e.name}", e.parameters) for e in self.experts}
 
-    def pipeline(self, mode: ScheduleMode | None = None, **options: Any) -> CompLLMGraph:
-        """The Comp-LLM pipeline over these components (``options`` for
-        :func:`~langchain_complm.pipeline.create_comp_llm`)."""
-        return create_comp_llm(
-            self.experts,
-            generator=self.generator,
-            router=self.router,
-            aggregator=self.aggregator,
-            mode=mode or self.mode,
-            max_concurrency=self.max_concurrency,
-            failure_policy=self.failure_policy,
-            **options,
-        )
-
 
 def load_components(
     config: CompLLMConfig | str | Path | None = None,
@@ -236,39 +213,18 @@ def load_components(
     embeddings: Embeddings | None = None,
     progress: Progress | None = None,
 ) -> Components:
-    """Build the components of ``config`` (a config, a file, or None for the embedded
-    default) exactly as :func:`~langchain_complm.config.build_comp_llm` does, loading every
-    named model once; ``decomposer`` overrides the config's. The other arguments mean the
-    same as there."""
-    from langchain_complm.config import (
-        NamedModels,
-        build_decomposer,
-        build_experts,
-        build_router,
-        check_model_paths,
-        resolve_config,
+    """The components of ``config`` (a config, a file, or None for the embedded default):
+    :func:`~langchain_complm.config.build_parts` with the same arguments, plus the distinct
+    chat models it loaded."""
+    parts = build_parts(
+        config,
+        decomposer=decomposer,
+        model_factory=model_factory,
+        embeddings=embeddings,
+        progress=progress,
     )
-
-    config = resolve_config(config)
-    if decomposer is not None:
-        config = config.model_copy(update={"decomposer": decomposer})
-    check_model_paths(config, model_factory, embeddings)
-    pool = NamedModels(config, model_factory, progress)
-    generator = build_decomposer(config, pool)
-    aggregator = ResponseAggregator(llm=pool.get(config.aggregator_model))
-    experts = build_experts(config, pool)
-    router = build_router(config, experts, embeddings, progress)
-    execution = config.execution
-    return Components(
-        experts=experts,
-        generator=generator,
-        router=router,
-        aggregator=aggregator,
-        mode=execution.mode,
-        max_concurrency=execution.max_concurrency,
-        failure_policy=execution.failure,
-        chat_models=distinct_chat_models(pool.loaded),
-    )
+    fields = {f.name: getattr(parts, f.name) for f in dataclasses.fields(parts)}
+    return Components(**fields, chat_models=distinct_chat_models(parts.models))
 
 
 def distinct_chat_models(models: Mapping[str, BaseChatModel]) -> list[tuple[str, BaseChatModel]]:
