@@ -73,6 +73,10 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+CONFIG_ENV = "COMPLM_CONFIG"
+"""Environment variable naming the config file to use when none is given (``complm`` without
+``--config``, and the LangGraph server's graphs)."""
+
 DEFAULT_MODEL = "default"
 """Name of the model every role uses unless told otherwise; the embedded SmolLM2 unless
 a config defines a model of this name."""
@@ -1059,6 +1063,7 @@ def _say(progress: Progress | None, message: str) -> None:
 
 
 __all__ = [
+    "CONFIG_ENV",
     "DEFAULT_MODEL",
     "EMBEDDED_CHAT_MODEL",
     "EMBEDDED_EMBEDDINGS",

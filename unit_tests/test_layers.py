@@ -31,7 +31,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "config",
         "evaluation",
         "benchmarks training",
-        "cli",
+        "cli server",
         "__main__",
     )
 )

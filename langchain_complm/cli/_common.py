@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from langchain_complm.config import (
+    CONFIG_ENV,
     CompLLMConfig,
     default_config,
     load_config,
@@ -45,9 +46,6 @@ SERVED_MODEL_EXIT_CODES: dict[type[RemoteModelError], int] = {
     ServerTimeoutError: EXIT_TIMEOUT,
 }
 """Exit code per kind of served-model error (:mod:`langchain_complm.errors`)."""
-
-CONFIG_ENV = "COMPLM_CONFIG"
-"""Environment variable naming the config file used when ``--config`` is not given."""
 
 
 @dataclass
