@@ -32,8 +32,8 @@ from langchain_core.runnables import (
     Runnable,
     RunnableConfig,
     RunnableGenerator,
-    RunnableLambda,
     RunnableSequence,
+    ensure_config,
 )
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -276,17 +276,27 @@ def _stage(runnable: Runnable[Any, Any], input: Any, config: RunnableConfig) -> 
     return _Call(partial(runnable.invoke, input, config), partial(runnable.ainvoke, input, config))
 
 
-def _node(steps: Callable[[CompLLMState, RunnableConfig], Steps[_Call, Any]], name: str) -> Any:
+class _Node(Runnable[CompLLMState, Any]):
     """A graph node running ``steps`` with blocking calls under ``invoke`` and awaited ones
-    under ``ainvoke``."""
+    under ``ainvoke``. A plain Runnable: LangGraph already traces the node's run, and a
+    ``RunnableLambda`` would inspect its function's signature on every call."""
 
-    def run(state: CompLLMState, config: RunnableConfig) -> Any:
-        return run_steps(steps(state, config), lambda call: call.sync())
+    def __init__(
+        self, steps: Callable[[CompLLMState, RunnableConfig], Steps[_Call, Any]], name: str
+    ) -> None:
+        self.steps = steps
+        self.name = name
 
-    async def arun(state: CompLLMState, config: RunnableConfig) -> Any:
-        return await arun_steps(steps(state, config), lambda call: call.asynchronous())
+    def invoke(
+        self, input: CompLLMState, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Any:
+        return run_steps(self.steps(input, ensure_config(config)), lambda call: call.sync())
 
-    return RunnableLambda(run, afunc=arun, name=name)
+    async def ainvoke(
+        self, input: CompLLMState, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Any:
+        steps = self.steps(input, ensure_config(config))
+        return await arun_steps(steps, lambda call: call.asynchronous())
 
 
 @dataclass(frozen=True)
@@ -349,7 +359,7 @@ class _Stages:
         try:
             message: AIMessage = yield _stage(self.aggregator, data, config)
         except Exception as exc:
-            partial_output = CompLLMOutput(
+            partial_output = CompLLMOutput.model_construct(
                 query=query, answer="", plan=plan, results=results, timings=timings
             )
             raise AggregationError(
@@ -360,7 +370,8 @@ class _Stages:
         timings["aggregate"] = time.perf_counter() - started
         timings["total"] = sum(timings.values())
         answer = message.text
-        output = CompLLMOutput(
+        # Built from validated parts: no need to validate them again.
+        output = CompLLMOutput.model_construct(
             query=query, answer=answer, plan=plan, results=results, timings=timings
         )
         emit({"type": "done", "data": output}, config)
@@ -758,7 +769,7 @@ def create_comp_llm(
     builder = StateGraph(CompLLMState, input_schema=CompLLMInput, output_schema=CompLLMOutputState)
     order = ["decompose", "route", *(["review"] if review_plan else []), "execute", "aggregate"]
     for stage in order:
-        builder.add_node(stage, _node(getattr(stages, stage), stage))
+        builder.add_node(stage, _Node(getattr(stages, stage), stage))
     for src, dst in zip([START, *order], [*order, END], strict=True):
         builder.add_edge(src, dst)
     compiled = builder.compile(checkpointer=checkpointer, name=name)

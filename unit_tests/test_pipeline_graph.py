@@ -331,3 +331,13 @@ def test_an_aggregator_failure_raises_with_every_sub_answer_and_resumes() -> Non
     aggregator.broken = False
     assert comp.invoke(None, config)["answer"] == "recovered"
     assert len(fakes["math"].calls) == calls  # only the aggregator ran again
+
+
+def test_architecture_doc_draws_the_real_graph() -> None:
+    from pathlib import Path
+
+    comp, _ = build(review_plan=True, checkpointer=InMemorySaver())
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    assert "```mermaid\n" + comp.get_graph().draw_mermaid().strip() + "\n```" in doc, (
+        "docs/architecture.md's pipeline drawing is stale: paste get_graph().draw_mermaid()"
+    )

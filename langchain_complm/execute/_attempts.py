@@ -19,7 +19,6 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import merge_configs
 
 from langchain_complm.batching import BatchCohort, batch_cohort
 from langchain_complm.concurrency import Steps, arun_steps, run_steps
@@ -179,15 +178,22 @@ def _candidates(
 
 
 def _expert_config(config: RunnableConfig, sq_id: str, expert: str) -> RunnableConfig:
+    # What merge_configs would give (this config adds no callbacks), without its copies.
     return quiet(
-        merge_configs(
-            config,
-            {
-                "run_name": f"expert:{expert}",
-                "tags": [f"complm:sub_query:{sq_id}", f"complm:expert:{expert}"],
-                "metadata": {"complm_sub_query_id": sq_id, "complm_expert": expert},
+        {
+            **config,
+            "run_name": f"expert:{expert}",
+            "tags": [
+                *(config.get("tags") or ()),
+                f"complm:sub_query:{sq_id}",
+                f"complm:expert:{expert}",
+            ],
+            "metadata": {
+                **(config.get("metadata") or {}),
+                "complm_sub_query_id": sq_id,
+                "complm_expert": expert,
             },
-        )
+        }
     )
 
 
