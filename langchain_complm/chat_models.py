@@ -21,7 +21,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langgraph.constants import TAG_NOSTREAM
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from langchain_complm.events import ProgressEvent
 from langchain_complm.execute.executor import FAILURE_POLICY, MAX_CONCURRENCY
@@ -332,18 +332,12 @@ class ChatCompLLM(BaseChatModel):
             "takes a question and returns the answer), with another chat model as the agent's."
         )
 
-    def as_tool(  # type: ignore[override]
-        self,
-        args_schema: type[BaseModel] | None = None,
-        *,
-        name: str | None = None,
-        description: str | None = None,
-        arg_types: dict[str, type] | None = None,
-    ) -> BaseTool:
-        """A tool that takes a ``query`` and returns the answer text."""
+    def as_tool(self, *args: Any, **kwargs: Any) -> BaseTool:  # type: ignore[override]
+        """A tool that takes a ``query`` and returns the answer text (see
+        :meth:`~langchain_complm.pipeline.CompLLMGraph.as_tool`)."""
         if not isinstance(self.comp_llm, CompLLMGraph):
             raise TypeError("as_tool() needs comp_llm to be a runnable from create_comp_llm")
-        return self.comp_llm.as_tool(args_schema, name=name, description=description)
+        return self.comp_llm.as_tool(*args, **kwargs)
 
 
 class _Usage(BaseCallbackHandler):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from functools import partial
 from typing import Any
 
@@ -26,6 +26,7 @@ from langgraph.pregel import Pregel
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from typing_extensions import TypedDict
 
+from langchain_complm.concurrency import Steps, arun_steps, run_steps
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer
 from langchain_complm.execute._attempts import PlanRun, attempts, run_async, run_sync
@@ -175,40 +176,31 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
     # --- the plan run -----------------------------------------------------------------------
 
     def _execute(self, plan: Plan, config: RunnableConfig) -> ExecutionResult:
-        started = time.time()
-        schedule, run = self._prepare(plan, config)
-        gates = {sq_id: concurrent.futures.Future[Start]() for sq_id in schedule.pending}
-        futures = self._call_tasks(schedule, partial(_sync_sub_query, run), gates)
-        drive = _drive(schedule, gates, futures, run.policy)
-        try:
-            running = next(drive)
-            while True:
-                done, _ = concurrent.futures.wait(
-                    running, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                running = drive.send(done)
-        except StopIteration:
-            pass
-        finally:
-            _cancel(gates.values())
-        return self._collect(plan, schedule, started, run.policy)
+        steps = self._plan_run(plan, config, _sync_sub_query, concurrent.futures.Future)
+        return run_steps(steps, _first_done)
 
     async def _aexecute(self, plan: Plan, config: RunnableConfig) -> ExecutionResult:
+        new_gate = asyncio.get_running_loop().create_future
+        return await arun_steps(
+            self._plan_run(plan, config, _async_sub_query, new_gate), _afirst_done
+        )
+
+    def _plan_run(
+        self, plan: Plan, config: RunnableConfig, body: Any, new_gate: Callable[[], Any]
+    ) -> Steps[set[Any], ExecutionResult]:
+        """The plan run, for both drivers: calls the tasks, then yields the futures still
+        running and is sent those that finished (see :func:`_drive`)."""
         started = time.time()
         schedule, run = self._prepare(plan, config)
-        loop = asyncio.get_running_loop()
-        gates = {sq_id: loop.create_future() for sq_id in schedule.pending}
-        futures = self._call_tasks(schedule, partial(_async_sub_query, run), gates)
-        drive = _drive(schedule, gates, futures, run.policy)
+        gates = {sq_id: new_gate() for sq_id in schedule.pending}
+        futures = self._call_tasks(schedule, partial(body, run), gates)
         try:
-            running = next(drive)
-            while True:
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                running = drive.send(done)
-        except StopIteration:
-            pass
+            yield from _drive(schedule, gates, futures, run.policy)
         finally:
-            _cancel(gates.values())
+            # No task may be left waiting for a go-ahead when the run stops early (a gate
+            # opened, or of a sub-query resumed from a checkpoint, is not affected).
+            for gate in gates.values():
+                gate.cancel()
         return self._collect(plan, schedule, started, run.policy)
 
     def _prepare(self, plan: Plan, config: RunnableConfig) -> tuple[Schedule, PlanRun]:
@@ -317,11 +309,12 @@ def _drive(
         done = yield {futures[sq_id] for sq_id in schedule.running}
 
 
-def _cancel(gates: Any) -> None:
-    """Cancel the gates never opened, so that no task is left waiting when the run stops
-    early (a gate opened or of a sub-query resumed from a checkpoint is unaffected)."""
-    for gate in gates:
-        gate.cancel()
+def _first_done(running: set[Any]) -> set[Any]:
+    return concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)[0]
+
+
+async def _afirst_done(running: set[Any]) -> set[Any]:
+    return (await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED))[0]
 
 
 def _result_of(future: Any) -> SubQueryResult:
