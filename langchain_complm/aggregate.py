@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,12 +12,22 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from langchain_complm.concurrency import Steps, arun_steps, run_steps
+from langchain_complm.concurrency import (
+    DEFAULT_TIMEOUT,
+    Steps,
+    arun_steps,
+    await_with_timeout,
+    call_with_timeout,
+    current_cancellation,
+    run_steps,
+)
 from langchain_complm.events import emit
 from langchain_complm.execute.results import SubQueryResult
 from langchain_complm.prompts import AGGREGATE_PROMPT
+
+logger = logging.getLogger(__name__)
 
 
 class AggregationInput(BaseModel):
@@ -34,6 +45,10 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, AIMessage]):
     ``stream_mode="messages"``, ``astream_events`` and the progress events as they come.
     Returns the answer as an ``AIMessage`` with the id its streamed chunks carried, so a
     stream consumer that saw the tokens recognizes the final message.
+
+    When the LLM takes longer than ``timeout`` it is given up (an async stream is
+    cancelled), and the answer lists the experts' answers as the prompt shows them
+    (:meth:`format_answers`), so the work already done is not lost; a warning is logged.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -41,6 +56,8 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, AIMessage]):
     llm: BaseChatModel
     prompt: ChatPromptTemplate = AGGREGATE_PROMPT
     """Prompt with ``query`` and ``answers`` variables."""
+    timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
+    """Seconds the LLM may take to write the answer (``None``: no limit)."""
     name: str | None = "ResponseAggregator"
 
     def invoke(
@@ -87,7 +104,13 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, AIMessage]):
         )
         # The tag lets stream consumers tell the final answer's tokens from other model calls.
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child("complm:aggregate")}
-        reply: BaseMessage = yield _Stream(self.llm, messages, child, config)
+        try:
+            reply: BaseMessage = yield _Stream(self.llm, messages, child, config, self.timeout)
+        except TimeoutError as error:
+            logger.warning("%s; the answer lists the experts' answers instead", error)
+            answer = self.format_answers(data.results)
+            emit({"type": "token", "content": answer}, config)
+            return AIMessage(content=answer)
         return AIMessage(
             content=reply.text.strip(),
             id=reply.id,
@@ -104,6 +127,7 @@ class _Stream:
     messages: list[BaseMessage]
     child: RunnableConfig
     config: RunnableConfig
+    timeout: float | None
 
     def add(self, reply: BaseMessageChunk | None, chunk: BaseMessageChunk) -> BaseMessageChunk:
         emit({"type": "token", "content": chunk.text}, self.config)
@@ -111,17 +135,29 @@ class _Stream:
 
 
 def _stream(call: _Stream) -> BaseMessageChunk | None:
-    reply = None
-    for chunk in call.llm.stream(call.messages, call.child):
-        reply = call.add(reply, chunk)
-    return reply
+    def write() -> BaseMessageChunk | None:
+        cancellation = current_cancellation()
+        reply = None
+        for chunk in call.llm.stream(call.messages, call.child):
+            if cancellation is not None and cancellation.cancelled:
+                break  # given up: no more tokens after the fallback answer's
+            reply = call.add(reply, chunk)
+        return reply
+
+    return call_with_timeout(write, call.timeout, _AGGREGATOR)
 
 
 async def _astream(call: _Stream) -> BaseMessageChunk | None:
-    reply = None
-    async for chunk in call.llm.astream(call.messages, call.child):
-        reply = call.add(reply, chunk)
-    return reply
+    async def write() -> BaseMessageChunk | None:
+        reply = None
+        async for chunk in call.llm.astream(call.messages, call.child):
+            reply = call.add(reply, chunk)
+        return reply
+
+    return await await_with_timeout(write(), call.timeout, _AGGREGATOR)
+
+
+_AGGREGATOR = "the aggregator model"
 
 
 __all__ = ["AggregationInput", "ResponseAggregator"]

@@ -59,7 +59,13 @@ from langchain_complm.execute.executor import (
     langgraph_config,
 )
 from langchain_complm.experts import Expert, check_experts
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, RoutingDecision, SubQuery
+from langchain_complm.plan import (
+    DEFAULT_MAX_SUB_QUERIES,
+    Plan,
+    RoutingDecision,
+    SubQuery,
+    invalid_text,
+)
 from langchain_complm.route.router import EmbeddingRouter
 
 DEFAULT_MAX_QUERY_CHARS = 8000
@@ -166,8 +172,9 @@ def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) ->
     human message's text.
 
     Raises:
-        TypeError: for any other type.
-        ValueError: for an empty query or one longer than ``max_chars``.
+        TypeError: for any other type (``None`` included).
+        ValueError: for an empty query, one longer than ``max_chars``, or one that is not
+            valid Unicode text (a lone surrogate, which embeddings and tokenizers fail on).
     """
     if isinstance(value, dict):
         if "query" in value:
@@ -181,16 +188,22 @@ def coerce_query(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) ->
     if _is_messages(value):
         value = _question(_messages(value))
     if not isinstance(value, str):
-        raise TypeError(
-            "query must be a string, {'query': str}, or chat messages; "
-            f"got {type(value).__name__}"
-        )
+        raise _not_a_query(value)
     query = value.strip()
     if not query:
         raise ValueError("query is empty")
     if max_chars is not None and len(query) > max_chars:
         raise ValueError(f"query is {len(query)} characters long, over the limit of {max_chars}")
+    if (problem := invalid_text(query)) is not None:
+        raise ValueError(f"query has {problem}")
     return query
+
+
+def _not_a_query(value: Any, hint: str = "") -> TypeError:
+    return TypeError(
+        "query must be a string, {'query': str}, chat messages or a plan; "
+        f"got {type(value).__name__}{hint}"
+    )
 
 
 def coerce_input(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) -> CompLLMInput:
@@ -220,6 +233,8 @@ def coerce_input(value: Any, max_chars: int | None = DEFAULT_MAX_QUERY_CHARS) ->
         query = coerce_query(plan.query, max_chars)
     elif messages:
         query = coerce_query(messages, max_chars)
+    elif "query" in value:
+        query = coerce_query(value["query"], max_chars)  # not a question: says why
     else:
         raise ValueError(
             f"input dict needs a 'query', 'messages' or 'plan' key, got keys {sorted(value)}"
@@ -245,7 +260,7 @@ def _messages(value: Any) -> list[BaseMessage]:
     try:
         return list(convert_to_messages(value))
     except (ValueError, TypeError, NotImplementedError) as exc:
-        raise TypeError(f"messages must be chat messages, dicts or tuples: {exc}") from None
+        raise _not_a_query(value, f" ({exc})") from None
 
 
 def _question(messages: list[BaseMessage]) -> str:
@@ -561,7 +576,7 @@ class CompLLMGraph(CompiledStateGraph[CompLLMState, None, CompLLMInput, CompLLMO
         try:
             yield from super().stream(input, config, **kwargs)
         except EmptyInputError:
-            raise ValueError(_NOTHING_TO_RESUME) from None
+            raise _not_a_query(None, _NOTHING_TO_RESUME) from None
 
     async def astream(  # type: ignore[override]
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -573,16 +588,13 @@ class CompLLMGraph(CompiledStateGraph[CompLLMState, None, CompLLMInput, CompLLMO
             async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
         except EmptyInputError:
-            raise ValueError(_NOTHING_TO_RESUME) from None
+            raise _not_a_query(None, _NOTHING_TO_RESUME) from None
 
     def _boundary(self, input: Any, config: RunnableConfig | None) -> tuple[Any, RunnableConfig]:
         config = langgraph_config(config)
         if input is None:
             if not (config.get("configurable") or {}).get("thread_id"):
-                raise TypeError(
-                    "got None: pass a question, chat messages or a plan (None only resumes "
-                    "an interrupted run, on a thread of a graph with a checkpointer)"
-                )
+                raise _not_a_query(None, _NONE_RESUMES)
             return None, config
         if isinstance(input, Command):
             return input, config
@@ -643,10 +655,10 @@ class CompLLMGraph(CompiledStateGraph[CompLLMState, None, CompLLMInput, CompLLMO
         return super().pipe(*others, name=name)
 
 
-_NOTHING_TO_RESUME = (
-    "got None, but this thread has no interrupted run to resume: pass a question, chat "
-    "messages or a plan"
+_NONE_RESUMES = (
+    " (None only resumes an interrupted run, on a thread of a graph with a checkpointer)"
 )
+_NOTHING_TO_RESUME = " (this thread has no interrupted run to resume)"
 
 
 class _ToolInput(BaseModel):

@@ -84,7 +84,7 @@ def test_a_killed_run_resumes_without_redoing_finished_work(
 def test_under_exit_durability_a_killed_run_is_lost(tmp_path: Path) -> None:
     db, log = run_and_kill(tmp_path, "superstep", "exit", "sync")
     comp = build(sqlite_saver(str(db)), str(log), "superstep", slow=0.01)
-    with pytest.raises(ValueError, match="no interrupted run to resume"):
+    with pytest.raises(TypeError, match="no interrupted run to resume"):
         comp.invoke(None, THREAD)
     # The thread starts over: decomposed again, every sub-query run.
     before = len(lines(log))

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from langchain_complm import Plan, PlanValidationError
 from langchain_complm.decompose import SubQueryGenerator, parse_plan
-from langchain_complm.execute import QueryExecutor
+from langchain_complm.execute import QueryExecutor, SubQueryResult
+from langchain_complm.execute._schedule import Schedule
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, braced_names, invalid_text
 from langchain_complm.route import EmbeddingRouter
 
@@ -257,7 +258,20 @@ def _check_valid(plan: Plan, max_sub_queries: int) -> None:
             assert name in sq.depends_on or name not in ids or name == sq.id
     routed = ROUTER.invoke(plan)
     assert all(sq.expert in EXECUTOR.experts for sq in routed.sub_queries)
-    EXECUTOR.compile_plan(routed)
+    # And the executor can run it: in every mode its schedule starts each sub-query once,
+    # after its dependencies.
+    keys = {sq.id: sq.expert for sq in routed.sub_queries}
+    for mode in ("superstep", "eager", "sequential"):
+        schedule, started = Schedule(routed, mode, None, keys), []
+        while not schedule.complete:
+            ready = schedule.starts()
+            assert ready, f"{mode}: nothing to start, {len(started)} of {len(ids)} done"
+            for sq_id, _ in ready:
+                started.append(sq_id)
+                schedule.finish(sq_id, SubQueryResult(id=sq_id, question="-", status="ok"))
+        done = {sq_id: i for i, sq_id in enumerate(started)}
+        assert sorted(done) == sorted(ids)
+        assert all(done[d] < done[sq.id] for sq in routed.sub_queries for d in sq.depends_on)
 
 
 def _check_parse(reply: str) -> None:

@@ -9,19 +9,23 @@ and ``ainvoke``.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from langchain_complm.batching import BatchCohort, batch_cohort
-from langchain_complm.concurrency import Steps, arun_steps, run_steps
+from langchain_complm.concurrency import (
+    Steps,
+    arun_steps,
+    await_with_timeout,
+    call_with_timeout,
+    run_steps,
+)
 from langchain_complm.events import emit, quiet
 from langchain_complm.execute._schedule import Start
 from langchain_complm.execute.results import Attempt, FailurePolicy, SubQueryResult
@@ -50,6 +54,8 @@ class ExpertCall:
     config: RunnableConfig
     cohort: BatchCohort | None
     timeout: float | None
+    what: str
+    """Names the call in a timeout's message."""
 
 
 Attempts = Steps[ExpertCall, SubQueryResult]
@@ -95,6 +101,7 @@ def attempts(run: PlanRun, sq: SubQuery, start: Start, config: RunnableConfig) -
                 config=_expert_config(config, sq.id, expert),
                 cohort=cohort,
                 timeout=run.policy.timeout,
+                what=f"expert {expert} on {sq.id}",
             )
             answer = _answer_text(output)
         except Exception as exc:
@@ -147,23 +154,16 @@ async def _call_async(call: ExpertCall) -> Any:
     with batch_cohort(call.cohort):
         # The task created here copies the context, cohort included.
         pending = asyncio.ensure_future(call.llm.ainvoke(call.messages, call.config))
-    return await asyncio.wait_for(pending, call.timeout)
+    return await await_with_timeout(pending, call.timeout, call.what)
 
 
 def _call_sync(call: ExpertCall) -> Any:
     with batch_cohort(call.cohort):
-        if call.timeout is None:
-            return call.llm.invoke(call.messages, call.config)
-        context = contextvars.copy_context()
-    # A sync call cannot be cancelled: on timeout the thread finishes in the background
-    # and its answer is dropped.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="complm-expert")
-    future = pool.submit(context.run, lambda: call.llm.invoke(call.messages, call.config))
-    pool.shutdown(wait=False)
-    try:
-        return future.result(timeout=call.timeout)
-    except FutureTimeoutError:
-        raise TimeoutError() from None
+        # A timed call runs in a thread of its own, in a copy of this context (cohort
+        # included); see call_with_timeout for what a timeout stops.
+        return call_with_timeout(
+            partial(call.llm.invoke, call.messages, call.config), call.timeout, call.what
+        )
 
 
 def _candidates(

@@ -192,7 +192,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         running and is sent those that finished (see :func:`_drive`)."""
         started = time.time()
         schedule, run = self._prepare(plan, config)
-        gates = {sq_id: new_gate() for sq_id in schedule.pending}
+        gates = {sq_id: new_gate() for sq_id in schedule.order}
         futures = self._call_tasks(schedule, partial(body, run), gates)
         try:
             yield from _drive(schedule, gates, futures, run.policy)
@@ -222,10 +222,10 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
     def _call_tasks(schedule: Schedule, body: Any, gates: Mapping[str, Any]) -> dict[str, Any]:
         # In plan order, every time: a task's id depends on when it is called, and a resumed
         # run must find each finished sub-query under the id it was saved with.
-        plan = schedule.plan
+        by_id = schedule.by_id
         return {
-            sq_id: task(name=sq_id)(partial(body, plan.by_id[sq_id], gates[sq_id]))()  # type: ignore[call-overload]
-            for sq_id in schedule.pending
+            sq_id: task(name=sq_id)(partial(body, by_id[sq_id], gates[sq_id]))()  # type: ignore[call-overload]
+            for sq_id in schedule.order
         }
 
     def _check_plan(self, plan: Plan) -> Plan:

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_complm.concurrency import DEFAULT_TIMEOUT
+
 ScheduleMode = Literal["superstep", "eager", "sequential"]
 """How sub-queries are scheduled; all three give the same answers.
 
@@ -26,13 +28,20 @@ class FailurePolicy(BaseModel):
     depend on it and lets the rest finish; ``"raise"`` stops starting new sub-queries and
     raises :class:`~langchain_complm.errors.SubQueryExecutionError`, which still carries
     every result computed.
+
+    Each call gets ``timeout`` seconds (default :data:`~langchain_complm.concurrency.
+    DEFAULT_TIMEOUT`; ``None``: no limit). An async call that runs out is cancelled; a sync
+    call is abandoned and told so (see :mod:`langchain_complm.concurrency` for what that
+    stops): the attempt fails either way and the next one starts at once.
     """
 
     model_config = ConfigDict(frozen=True)
 
     max_retries: int = Field(default=0, ge=0)
     fallback_expert: str | None = None
-    timeout: float | None = Field(default=None, gt=0, description="Seconds per expert call.")
+    timeout: float | None = Field(
+        default=DEFAULT_TIMEOUT, gt=0, description="Seconds per expert call (None: no limit)."
+    )
     on_failure: Literal["continue", "raise"] = "continue"
 
 
