@@ -3,7 +3,7 @@
 Experts are tiny random-weight Llamas saved to folders and loaded back with
 ``ChatLocalHuggingFace.from_model_id`` (the same code path as a hub id or a user's folder),
 so every layer
-runs for real: structural decomposition, MiniLM routing, the compiled plan graph, the shared
+runs for real: structural decomposition, MiniLM routing, the executor's tasks, the shared
 micro-batching engine, and aggregation. The answers are gibberish; the plumbing is not.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from langchain_complm import Expert, create_comp_llm
+from langchain_complm import CompLLMOutput, Expert, create_comp_llm
 from langchain_complm.decompose import StructuralSubQueryGenerator
 from langchain_complm.models import ChatLocalHuggingFace
 from langchain_complm.models.embedded import default_embeddings
@@ -60,7 +60,7 @@ def build(model_dirs: dict[str, Path], mode: str = "superstep") -> object:
 
 
 def test_pipeline_runs_every_stage_on_local_models(model_dirs: dict[str, Path]) -> None:
-    out = build(model_dirs).invoke(QUESTION)
+    out = CompLLMOutput.model_validate(build(model_dirs).invoke(QUESTION))
     assert [sq.question for sq in out.plan.sub_queries] == [
         "What is 15% of 240?",
         "What are the common symptoms of iron-deficiency anemia?",
@@ -77,7 +77,7 @@ def test_pipeline_runs_every_stage_on_local_models(model_dirs: dict[str, Path]) 
 def test_modes_agree_on_local_models(model_dirs: dict[str, Path]) -> None:
     answers = {}
     for mode in ("superstep", "eager", "sequential"):
-        out = build(model_dirs, mode).invoke(QUESTION)
+        out = CompLLMOutput.model_validate(build(model_dirs, mode).invoke(QUESTION))
         answers[mode] = ({k: r.answer for k, r in out.results.items()}, out.answer)
     # Greedy decoding on fixed weights: every schedule gives the same text.
     assert answers["superstep"] == answers["eager"] == answers["sequential"]

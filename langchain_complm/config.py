@@ -822,7 +822,7 @@ class PipelineParts:
 
     experts: list[Expert]
     generator: Runnable[Any, Plan]
-    router: EmbeddingRouter
+    router: BaseRouter
     aggregator: ResponseAggregator
     mode: ScheduleMode = "superstep"
     max_concurrency: int | None = None

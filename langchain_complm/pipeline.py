@@ -66,7 +66,7 @@ from langchain_complm.plan import (
     SubQuery,
     invalid_text,
 )
-from langchain_complm.route.router import EmbeddingRouter
+from langchain_complm.route.router import BaseRouter, EmbeddingRouter
 
 DEFAULT_MAX_QUERY_CHARS = 8000
 """Default limit on the length of a query, in characters."""
@@ -317,7 +317,7 @@ class _Node(Runnable[CompLLMState, Any]):
 @dataclass(frozen=True)
 class _Stages:
     generator: Runnable[Any, Plan]
-    router: EmbeddingRouter
+    router: BaseRouter
     executor: QueryExecutor
     aggregator: ResponseAggregator
 
@@ -693,7 +693,7 @@ def create_comp_llm(
     experts: Iterable[Expert],
     *,
     generator: Runnable[Any, Plan] | BaseChatModel,
-    router: EmbeddingRouter | Embeddings,
+    router: BaseRouter | Embeddings,
     aggregator: ResponseAggregator | BaseChatModel | None = None,
     mode: ScheduleMode = "superstep",
     max_concurrency: int | None = None,
@@ -715,15 +715,16 @@ def create_comp_llm(
             :class:`~langchain_complm.decompose.StructuralSubQueryGenerator`, ...).
             :func:`~langchain_complm.config.build_comp_llm` fills in the embedded defaults.
             A :class:`SubQueryGenerator` also sees the conversation before the question.
-        router: An :class:`EmbeddingRouter`, or an embeddings model to build one over the
-            experts.
+        router: A router (an :class:`EmbeddingRouter`, a
+            :class:`~langchain_complm.route.TwoStepRouter`, ...), or an embeddings model to
+            build an :class:`EmbeddingRouter` over the experts.
         aggregator: A :class:`ResponseAggregator`, or a chat model to build one. ``None``
             uses the generator's chat model (required when the generator has none).
         mode: How sub-queries are scheduled (see :data:`ScheduleMode`).
         max_concurrency: At most this many experts run at once (default: unlimited).
         failure_policy: Retries, fallback expert, timeout and raise-or-continue for experts.
         routing_threshold: With ``fallback_expert``, sub-queries whose best routing score is
-            lower go to the fallback expert (ignored when ``router`` is an EmbeddingRouter).
+            lower go to the fallback expert (ignored when ``router`` is a router).
         fallback_expert: The expert for low-scoring sub-queries.
         max_sub_queries: Cap on sub-queries per plan (ignored when ``generator`` is a
             SubQueryGenerator, which has its own).
@@ -753,7 +754,7 @@ def create_comp_llm(
         )
     if isinstance(generator, BaseChatModel):
         generator = SubQueryGenerator(llm=generator, max_sub_queries=max_sub_queries)
-    if not isinstance(router, EmbeddingRouter):
+    if not isinstance(router, BaseRouter):
         router = EmbeddingRouter(
             experts=list(by_name.values()),
             embeddings=router,
@@ -776,6 +777,7 @@ def create_comp_llm(
         mode=mode,
         max_concurrency=max_concurrency,
         failure_policy=failure_policy or FailurePolicy(),
+        load=router.load,
     )
     stages = _Stages(generator, router, executor, aggregator)
     builder = StateGraph(CompLLMState, input_schema=CompLLMInput, output_schema=CompLLMOutputState)

@@ -10,7 +10,7 @@ import pytest
 from fakes import KEYWORDS, KeywordEmbeddings, RecordingExpert, fake_llm, plan_json
 from langchain_core.runnables import RunnableLambda
 
-from langchain_complm import Expert, ExpertProfile, Plan, SubQuery, create_comp_llm
+from langchain_complm import CompLLMOutput, Expert, ExpertProfile, Plan, SubQuery, create_comp_llm
 from langchain_complm.concurrency import ExpertLoad
 from langchain_complm.plan import ExpertChoice
 from langchain_complm.route import (
@@ -268,7 +268,7 @@ def test_the_pipeline_runs_the_chosen_expert_and_counts_its_load(
         router=two_step,
         aggregator=fake_llm("final"),
     )
-    out = comp.invoke("two sums")
+    out = CompLLMOutput.model_validate(comp.invoke("two sums"))
     assert [d.expert for d in out.routing] == ["math-small", "math-large"]
     assert {r.expert for r in out.results.values()} == {"math-small", "math-large"}
     assert load_seen == {"math-small": 1, "math-large": 1}  # counted while running

@@ -1,9 +1,9 @@
 """The orchestrator that ``benchmarks/bench_serving.py`` serves with ``langgraph dev``.
 
-The package's four stages (generator, router, executor, aggregator) as the nodes of an async
-``StateGraph``: every model call stays on the server's event loop, so one server process
-holds many runs at once. Input ``{"query": ...}``; the final state's ``answer`` is the
-answer, ``results`` the sub-answers.
+The package's pipeline itself (:func:`~langchain_complm.pipeline.create_comp_llm`, a
+``StateGraph`` whose nodes are async under the server): every model call stays on the
+server's event loop, so one server process holds many runs at once. Input
+``{"query": ...}``; the final state's ``answer`` is the answer, ``results`` the sub-answers.
 
 The models are chosen by environment variables, read once at import (the server's
 blocking-call checker rejects graphs that load models lazily):
@@ -13,7 +13,7 @@ blocking-call checker rejects graphs that load models lazily):
   test measures the orchestrator, not a model. ``COMPLM_BENCH_LATENCY`` sets the seconds
   of the planner, each expert and the aggregator (default ``0.8,1.5,1.2``).
 - ``COMPLM_BENCH_CONFIG=served.yaml``: the stages of that config file (e.g. every model on
-  a vLLM engine), built as ``build_comp_llm`` builds them.
+  a vLLM engine), built by ``build_comp_llm``.
 - ``COMPLM_BENCH_GRAPH=floor``: no orchestrator, the server's own floor: one node that
   sleeps the planner's, one expert's and the aggregator's latency and echoes the query.
 """
@@ -34,16 +34,13 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from langchain_complm.aggregate import AggregationInput, ResponseAggregator
+from langchain_complm.aggregate import ResponseAggregator
 from langchain_complm.decompose import SubQueryGenerator
-from langchain_complm.execute import QueryExecutor, SubQueryResult
 from langchain_complm.experts import Expert
-from langchain_complm.pipeline import coerce_query
-from langchain_complm.plan import Plan
+from langchain_complm.pipeline import create_comp_llm
 from langchain_complm.route import EmbeddingRouter
 
 LATENCY_ENV = "COMPLM_BENCH_LATENCY"
@@ -126,41 +123,7 @@ class WordEmbeddings(Embeddings):
 
 class _State(TypedDict, total=False):
     query: str
-    plan: Plan
-    results: dict[str, SubQueryResult]
     answer: str
-
-
-def orchestrator(
-    generator: Runnable[str, Plan],
-    router: EmbeddingRouter,
-    executor: QueryExecutor,
-    aggregator: ResponseAggregator,
-) -> Any:
-    """The four stages as an async StateGraph over ``{"query": ...}``."""
-
-    async def decompose(state: _State, config: RunnableConfig) -> _State:
-        return {"plan": await generator.ainvoke(coerce_query(state["query"]), config)}
-
-    async def route(state: _State, config: RunnableConfig) -> _State:
-        return {"plan": await router.ainvoke(state["plan"], config)}
-
-    async def execute(state: _State, config: RunnableConfig) -> _State:
-        return {"results": (await executor.ainvoke(state["plan"], config)).results}
-
-    async def aggregate(state: _State, config: RunnableConfig) -> _State:
-        data = AggregationInput(query=state["query"], results=list(state["results"].values()))
-        return {"answer": await aggregator.ainvoke(data, config)}
-
-    builder = StateGraph(_State)
-    for node in (decompose, route, execute, aggregate):
-        builder.add_node(node.__name__, node)
-    builder.add_edge(START, "decompose")
-    builder.add_edge("decompose", "route")
-    builder.add_edge("route", "execute")
-    builder.add_edge("execute", "aggregate")
-    builder.add_edge("aggregate", END)
-    return builder.compile(name="CompLLM")
 
 
 def _latencies() -> tuple[float, float, float]:
@@ -193,27 +156,20 @@ def _fake_graph() -> Any:
             ("general", "Everything else: history, places, people"),
         )
     ]
-    return orchestrator(
-        SubQueryGenerator(
+    return create_comp_llm(
+        experts,
+        generator=SubQueryGenerator(
             llm=FakeServedModel(role="planner", latency=planner), structured_output=False
         ),
-        EmbeddingRouter(experts=experts, embeddings=WordEmbeddings()),
-        QueryExecutor(experts=experts),
-        ResponseAggregator(llm=FakeServedModel(role="aggregator", latency=writer)),
+        router=EmbeddingRouter(experts=experts, embeddings=WordEmbeddings()),
+        aggregator=ResponseAggregator(llm=FakeServedModel(role="aggregator", latency=writer)),
     )
 
 
 def _configured_graph(path: str) -> Any:
-    from langchain_complm.benchmarks.systems import load_components
+    from langchain_complm.config import build_comp_llm
 
-    parts = load_components(path)
-    executor = QueryExecutor(
-        experts=parts.experts,
-        mode=parts.mode,
-        max_concurrency=parts.max_concurrency,
-        failure_policy=parts.failure_policy,
-    )
-    return orchestrator(parts.generator, parts.router, executor, parts.aggregator)
+    return build_comp_llm(path)
 
 
 if path := os.environ.get(CONFIG_ENV):

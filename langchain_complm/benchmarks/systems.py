@@ -18,11 +18,16 @@ has in all and how many it used for this item.
   question (``the answer to "..."``), so all sub-queries run independently, in parallel.
 * ``oracle``: Comp-LLM with the item's gold plan instead of the generator's (route, execute,
   aggregate); items without a gold plan (multi-hop) are answered whole, as one sub-query.
+* ``gold-routing``: ``oracle`` with gold routing too: every sub-query goes to the route of
+  its part's gold domain (:meth:`~langchain_complm.route.BaseRouter.route_gold`; in two-step
+  routing the category's policy still picks the expert). ``oracle`` against
+  ``gold-routing`` is the router's oracle gap on task accuracy.
 
 Every system but ``monolithic`` is the pipeline itself (:func:`~langchain_complm.pipeline.
 create_comp_llm` over the shared components), given a question or a plan: ``oracle`` the
-gold plan, ``route-only`` a one-sub-query plan, and ``no-context`` rewrites the routed plan
-at the pipeline's plan-review interrupt.
+gold plan, ``gold-routing`` the gold plan routed by the gold domains (the pipeline does not
+route it again), ``route-only`` a one-sub-query plan, and ``no-context`` rewrites the routed
+plan at the pipeline's plan-review interrupt.
 
 Parameters. A model is identified by its weights (chat models over one loaded model, such as
 every role of the embedded default, are one model), so a model shared by several roles
@@ -41,7 +46,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
@@ -53,12 +58,14 @@ from pydantic import BaseModel, Field
 from langchain_complm.config import PipelineParts, build_parts
 from langchain_complm.evaluation.metrics import match_sub_queries
 from langchain_complm.evaluation.multiexpertqa import Item
+from langchain_complm.evaluation.routing_data import DOMAIN_ALIASES, domain_expert_map
 from langchain_complm.execute.executor import ScheduleMode, SubQueryResult
 from langchain_complm.pipeline import (
     CHECKPOINT_TYPES,
     CompLLMOutput,
 )
 from langchain_complm.plan import Plan, SubQuery
+from langchain_complm.route.router import GOLD, BaseRouter
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -67,49 +74,21 @@ if TYPE_CHECKING:
     from langchain_complm.config import CompLLMConfig, Decomposer, ModelFactory, Progress
 
 SystemName = Literal[
-    "complm", "complm-sequential", "monolithic", "route-only", "no-context", "oracle"
-]
-SYSTEM_NAMES: tuple[str, ...] = (
     "complm",
     "complm-sequential",
     "monolithic",
     "route-only",
     "no-context",
     "oracle",
-)
+    "gold-routing",
+]
+SYSTEM_NAMES: tuple[str, ...] = get_args(SystemName)
 """Every system, in report order."""
-
-DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
-    "math": ("math", "mathematics"),
-    "medicine": ("medicine", "medical", "health"),
-    "law": ("law", "legal"),
-    "computer_science": ("computer_science", "cs", "programming", "computing"),
-    "physics": ("physics", "science"),
-    "history": ("history",),
-    "general": ("general",),
-}
-"""Expert names that serve each benchmark domain, in order of preference (the default expert
-set has ``science`` for physics)."""
 
 MONOLITHIC_SYSTEM = (
     "Answer the user's question. If it has several parts, answer every part, in order."
 )
 """System message of the monolithic baseline."""
-
-
-def domain_expert_map(expert_names: Iterable[str]) -> dict[str, str]:
-    """Benchmark domain -> the expert that should answer it: an expert named like the domain
-    or one of its :data:`DOMAIN_ALIASES`, else ``general`` when there is one. Domains without
-    a suitable expert are left out (routing accuracy then ignores them)."""
-    names = list(expert_names)
-    mapping = {}
-    for domain, aliases in DOMAIN_ALIASES.items():
-        match = next((a for a in aliases if a in names), None)
-        if match is None and "general" in names:
-            match = "general"
-        if match is not None:
-            mapping[domain] = match
-    return mapping
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -184,8 +163,9 @@ class Components(PipelineParts):
 
     @property
     def domain_experts(self) -> dict[str, str]:
-        """Benchmark domain -> expert name (see :func:`domain_expert_map`)."""
-        return domain_expert_map(e.name for e in self.experts)
+        """Benchmark domain -> route name: expert, or category in two-step routing (see
+        :func:`domain_expert_map`)."""
+        return domain_expert_map(self.router.route_names)
 
     def generator_info(self) -> ModelInfo | None:
         """The generator's model, or None for a rule-based generator."""
@@ -369,7 +349,10 @@ class _ComponentSystem(System):
         plan = plan or output.plan
         results = list(output.results.values())
         called = {a.expert for r in results for a in r.attempts}
-        used = [self._router, *(self._experts[name] for name in called)]
+        used = [self._experts[name] for name in called]
+        # Gold decisions embed nothing: the router is active only if it scored something.
+        if any(sq.route and sq.route.strategy != GOLD for sq in output.plan.sub_queries):
+            used.append(self._router)
         if generator is not None:
             used.append(generator)
         if not _passes_through(results):
@@ -411,8 +394,9 @@ class CompLLMSystem(_ComponentSystem):
 
     The pipeline of :func:`~langchain_complm.pipeline.create_comp_llm` over the shared
     components: ``plan_source="gold"`` gives it the item's gold plan (decomposition skipped),
-    and ``drop_context`` has the plan-review step rewrite the routed plan with
-    :func:`drop_dependencies` before the experts run.
+    ``gold_routing`` (with the gold plan) that plan routed by the parts' gold domains
+    (:func:`route_gold_plan`; routing skipped), and ``drop_context`` has the plan-review step
+    rewrite the routed plan with :func:`drop_dependencies` before the experts run.
     """
 
     def __init__(
@@ -422,10 +406,14 @@ class CompLLMSystem(_ComponentSystem):
         *,
         mode: ScheduleMode | None = None,
         plan_source: Literal["generator", "gold"] = "generator",
+        gold_routing: bool = False,
         drop_context: bool = False,
     ) -> None:
+        if gold_routing and plan_source != "gold":
+            raise ValueError("gold routing needs the gold plan (plan_source='gold')")
         super().__init__(components, name)
         self.plan_source = plan_source
+        self.gold_routing = gold_routing
         self.drop_context = drop_context
         self.pipeline = components.pipeline(
             mode, review_plan=drop_context, checkpointer=_saver() if drop_context else None
@@ -440,7 +428,11 @@ class CompLLMSystem(_ComponentSystem):
     def _predict(self, item: Item) -> Prediction:
         query: Any = item.question
         if self.plan_source == "gold":
-            query = {"plan": item.gold_plan or Plan.single(item.question.strip())}
+            plan = item.gold_plan or Plan.single(item.question.strip())
+            if self.gold_routing:
+                components = self.components
+                plan = route_gold_plan(components.router, plan, item, components.domain_experts)
+            query = {"plan": plan}
         if not self.drop_context:
             state = self.pipeline.invoke(query)
             return self._answer(item, CompLLMOutput.model_validate(state), self._generator)
@@ -452,6 +444,34 @@ class CompLLMSystem(_ComponentSystem):
         self.pipeline.checkpointer.delete_thread(thread["configurable"]["thread_id"])  # type: ignore[union-attr]
         output = CompLLMOutput.model_validate(state)
         return self._answer(item, output, self._generator, plan=routed)
+
+
+def route_gold_plan(
+    router: BaseRouter, plan: Plan, item: Item, domain_routes: Mapping[str, str]
+) -> Plan:
+    """``plan`` (the item's gold plan, or its one-sub-query plan) routed by gold domains:
+    each sub-query whose part's domain has a route in ``domain_routes`` takes that route
+    (:meth:`~langchain_complm.route.BaseRouter.route_gold`); any other is routed by the
+    router."""
+    domains = {part.id: part.domain for part in item.parts}
+    known = {
+        sq.id: domain_routes[domains[sq.id]]
+        for sq in plan.sub_queries
+        if domains.get(sq.id) in domain_routes
+    }
+    gold = router.route_gold(
+        [plan.by_id[i].question for i in known], list(known.values()), list(known)
+    )
+    rest = [sq for sq in plan.sub_queries if sq.id not in known]
+    routed = router.route([sq.question for sq in rest], [sq.id for sq in rest]) if rest else []
+    decisions = {d.sub_query_id: d for d in [*gold, *routed]}
+    return plan.model_copy(
+        update={
+            "sub_queries": tuple(
+                sq.model_copy(update={"route": decisions[sq.id]}) for sq in plan.sub_queries
+            )
+        }
+    )
 
 
 def _saver() -> InMemorySaver:
@@ -502,6 +522,8 @@ def build_systems(
             systems.append(CompLLMSystem(components, name, drop_context=True))
         elif name == "oracle":
             systems.append(CompLLMSystem(components, name, plan_source="gold"))
+        elif name == "gold-routing":
+            systems.append(CompLLMSystem(components, name, plan_source="gold", gold_routing=True))
         elif name == "route-only":
             systems.append(RouteOnlySystem(components, name))
         elif name == "monolithic":
@@ -533,5 +555,6 @@ __all__ = [
     "load_components",
     "match_part_answers",
     "model_info",
+    "route_gold_plan",
     "sum_parameters",
 ]

@@ -30,7 +30,12 @@ from langchain_complm.config import (
     build_comp_llm,
     build_planner,
 )
-from langchain_complm.errors import PlanReviewError, RemoteModelError, UsageError
+from langchain_complm.errors import (
+    AggregationError,
+    PlanReviewError,
+    RemoteModelError,
+    UsageError,
+)
 from langchain_complm.execute.executor import ScheduleMode, SubQueryResult
 from langchain_complm.pipeline import CHECKPOINT_TYPES, CompLLMOutput
 from langchain_complm.plan import Plan
@@ -164,6 +169,13 @@ def run_ask(args: argparse.Namespace, console: Console) -> int:
             comp_llm = build_comp_llm(config, progress=console.progress)
             console.progress("Decomposing the question...")
             output = _stream(comp_llm.stream(question), console, answered)
+    except AggregationError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, RemoteModelError):
+            raise
+        # A served aggregator that failed: its own error (and exit code), after what was done.
+        _print_answered(args, console, question, exc.output.results, cause)
+        raise cause from None
     except RemoteModelError as exc:
         _print_answered(args, console, question, answered, exc)
         raise

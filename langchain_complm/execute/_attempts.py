@@ -20,6 +20,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 from langchain_complm.batching import BatchCohort, batch_cohort
 from langchain_complm.concurrency import (
+    ExpertLoad,
     Steps,
     arun_steps,
     await_with_timeout,
@@ -43,6 +44,8 @@ class PlanRun:
     writer: Callable[[Any], None] | None
     """The stream writer of the run the user reads (see
     :func:`~langchain_complm.events.current_writer`)."""
+    load: ExpertLoad
+    """Counts each expert's calls in flight (what a least-loaded router reads)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class ExpertCall:
     timeout: float | None
     what: str
     """Names the call in a timeout's message."""
+    expert: str
+    load: ExpertLoad
 
 
 Attempts = Steps[ExpertCall, SubQueryResult]
@@ -102,11 +107,19 @@ def attempts(run: PlanRun, sq: SubQuery, start: Start, config: RunnableConfig) -
                 cohort=cohort,
                 timeout=run.policy.timeout,
                 what=f"expert {expert} on {sq.id}",
+                expert=expert,
+                load=run.load,
             )
             answer = _answer_text(output)
         except Exception as exc:
-            error = _describe(exc, run.policy.timeout)
-            tried.append(Attempt(expert=expert, error=error, duration=time.perf_counter() - t0))
+            tried.append(
+                Attempt(
+                    expert=expert,
+                    error=_describe(exc, run.policy.timeout),
+                    error_type=type(exc).__name__,
+                    duration=time.perf_counter() - t0,
+                )
+            )
             continue
         metadata = dict(getattr(output, "response_metadata", None) or {})
         tried.append(Attempt(expert=expert, duration=time.perf_counter() - t0, metadata=metadata))
@@ -151,14 +164,15 @@ async def run_async(loop: Attempts) -> SubQueryResult:
 
 
 async def _call_async(call: ExpertCall) -> Any:
-    with batch_cohort(call.cohort):
-        # The task created here copies the context, cohort included.
-        pending = asyncio.ensure_future(call.llm.ainvoke(call.messages, call.config))
-    return await await_with_timeout(pending, call.timeout, call.what)
+    with call.load.track(call.expert):
+        with batch_cohort(call.cohort):
+            # The task created here copies the context, cohort included.
+            pending = asyncio.ensure_future(call.llm.ainvoke(call.messages, call.config))
+        return await await_with_timeout(pending, call.timeout, call.what)
 
 
 def _call_sync(call: ExpertCall) -> Any:
-    with batch_cohort(call.cohort):
+    with call.load.track(call.expert), batch_cohort(call.cohort):
         # A timed call runs in a thread of its own, in a copy of this context (cohort
         # included); see call_with_timeout for what a timeout stops.
         return call_with_timeout(

@@ -26,7 +26,7 @@ from langgraph.pregel import Pregel
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from typing_extensions import TypedDict
 
-from langchain_complm.concurrency import Steps, arun_steps, run_steps
+from langchain_complm.concurrency import ExpertLoad, Steps, arun_steps, run_steps
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer
 from langchain_complm.execute._attempts import PlanRun, attempts, run_async, run_sync
@@ -99,6 +99,8 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
     mode: ScheduleMode = "superstep"
     context_template: str = SUBQUERY_WITH_CONTEXT
     """How parents' answers are given to a dependent sub-query (``context``, ``question``)."""
+    load: ExpertLoad = Field(default_factory=ExpertLoad)
+    """Counts each expert's calls in flight (share one with a least-loaded router)."""
     name: str | None = "QueryExecutor"
 
     _graph: Pregel | None = PrivateAttr(default=None)
@@ -215,6 +217,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
             policy=policy,
             context_template=self.context_template,
             writer=current_writer(),
+            load=self.load,
         )
         return schedule, run
 

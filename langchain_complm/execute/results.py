@@ -50,6 +50,9 @@ class Attempt(BaseModel):
 
     expert: str
     error: str | None = None
+    error_type: str | None = Field(
+        default=None, description="Class name of the exception, e.g. 'ServerTimeoutError'."
+    )
     duration: float
     metadata: dict[str, Any] = Field(
         default_factory=dict,
