@@ -6,7 +6,6 @@ Only the config/build layer imports these; the stages work with any LangChain ch
 embeddings. Importing this package loads neither torch nor transformers.
 """
 
-from langchain_complm.errors import MemoryBudgetError
 from langchain_complm.models.huggingface import ChatLocalHuggingFace, GenerationEngine
 from langchain_complm.models.pool import ChatPooledHuggingFace, ModelPool
 from langchain_complm.models.remote import ChatRemote
