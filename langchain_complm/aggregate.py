@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +22,9 @@ from langchain_complm.concurrency import (
 )
 from langchain_complm.events import emit
 from langchain_complm.execute.executor import SubQueryResult
+from langchain_complm.plan import braced_names
 from langchain_complm.prompts import AGGREGATE_PROMPT
+from langchain_complm.text import content_stems, numbers
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +38,39 @@ class AggregationInput(BaseModel):
     results: Sequence[SubQueryResult]
 
 
+AggregationMode = Literal["auto", "synthesize", "enumerate"]
+"""How the final answer is written (see :class:`ResponseAggregator`)."""
+
+SMALL_AGGREGATOR_PARAMETERS = 1_000_000_000
+"""Under this size ``mode="auto"`` enumerates: asked to combine answers, SmolLM2-135M drops
+parts ("What is 15% of 80, and what are the symptoms of iron-deficiency anemia?" came back
+about anemia only), and on MultiExpertQA-P the oracle plan scored below the monolithic
+model because of it."""
+
+
 class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
-    """Synthesizes the final answer from (sub-query, expert, answer) triples with an LLM.
+    """Writes the final answer from the experts' answers, addressing every part.
 
-    With a single successful sub-query and nothing failed, its answer passes through
-    unchanged (no LLM call). The LLM's output is streamed, so its tokens reach
-    ``stream_mode="messages"``, ``astream_events`` and the progress events as they come.
+    The parts of the question are the plan's final sub-queries (those no other depends
+    on); the others are steps towards them. How the answer is written (``mode``):
 
-    When the LLM takes longer than ``timeout`` it is given up (an async stream is
+    * ``enumerate``: one entry per part, in plan order, holding that part's answer (and,
+      for a part reached in steps, the steps' answers), numbered when there are several.
+      No model call, so no part can be lost; a part whose sub-query failed is answered by
+      the aggregator's model from its question alone.
+    * ``synthesize``: the model combines the answers into one text; then (unless
+      ``check_coverage=False``) each part's answer is looked for in it (its numbers, else
+      its words), and the answers of the parts the text does not hold are appended as a
+      list.
+    * ``auto`` (default): ``enumerate`` for a model with fewer than
+      ``small_model_parameters`` parameters (it says so through ``num_parameters``, as
+      local models do), ``synthesize`` otherwise (a served or API model).
+
+    One part with its answer and nothing failed passes through unchanged in every mode.
+    The output is streamed, so its tokens reach ``stream_mode="messages"``,
+    ``astream_events`` and the progress events as they come.
+
+    When the model takes longer than ``timeout`` it is given up (an async stream is
     cancelled), and the answer lists the experts' answers as the prompt shows them
     (:meth:`format_answers`), so the work already done is not lost; a warning is logged.
     """
@@ -51,9 +79,14 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
 
     llm: BaseChatModel
     prompt: ChatPromptTemplate = AGGREGATE_PROMPT
-    """Prompt with ``query`` and ``answers`` variables."""
+    """Prompt with ``query`` and ``answers`` variables (``synthesize``)."""
     timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
-    """Seconds the LLM may take to write the answer (``None``: no limit)."""
+    """Seconds the model may take to write the answer (``None``: no limit)."""
+    mode: AggregationMode = "auto"
+    small_model_parameters: int = Field(default=SMALL_AGGREGATOR_PARAMETERS, ge=0)
+    """Models with fewer parameters enumerate under ``mode="auto"``."""
+    check_coverage: bool = True
+    """``synthesize``: append the answers of the parts the synthesis does not hold."""
     name: str | None = "ResponseAggregator"
 
     def invoke(
@@ -68,20 +101,42 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
             self._aaggregate, input, config, run_type="chain", **kwargs
         )
 
+    def resolved_mode(self) -> Literal["synthesize", "enumerate"]:
+        """The mode ``mode`` stands for with this model (``auto`` resolved)."""
+        if self.mode != "auto":
+            return self.mode
+        size = getattr(self.llm, "num_parameters", None)
+        small = isinstance(size, int) and size < self.small_model_parameters
+        return "enumerate" if small else "synthesize"
+
+    def calls_model(self, results: Sequence[SubQueryResult]) -> bool:
+        """Whether aggregating ``results`` calls the model (a part passing through or an
+        enumerated answer of answered parts does not)."""
+        if _passes_through(results):
+            return False
+        if self.resolved_mode() == "enumerate":
+            return any(r.answer is None for r in final_results(results))
+        return True
+
+    def _missing_parts(
+        self, text: str, results: Sequence[SubQueryResult], parts: Sequence[SubQueryResult]
+    ) -> str:
+        """The entries of the answered parts ``text`` does not hold, to append to it."""
+        if not self.check_coverage:
+            return ""
+        missing = [p for p in parts if p.answer and not holds_answer(text, p.answer)]
+        if not missing:
+            return ""
+        listed = [f"- {p.question.strip()} {_entry(results, p, p.answer or '')}" for p in missing]
+        return "\n\n" + "\n".join(listed)
+
     def format_answers(self, results: Sequence[SubQueryResult]) -> str:
-        """The expert answers as the prompt shows them."""
+        """The expert answers as the synthesis prompt shows them."""
         lines = []
         for r in results:
             answer = r.answer.strip() if r.answer else f"(no answer: {r.error})"
             lines.append(f"- [{r.expert}] {r.question}\n  {answer}")
         return "\n".join(lines)
-
-    def _passthrough(self, data: AggregationInput, config: RunnableConfig) -> str | None:
-        if len(data.results) != 1 or data.results[0].answer is None:
-            return None
-        answer = data.results[0].answer
-        emit({"type": "token", "content": answer}, config)
-        return answer
 
     def _messages(self, data: AggregationInput) -> list[BaseMessage]:
         return self.prompt.format_messages(
@@ -94,19 +149,32 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> str:
-        if (answer := self._passthrough(data, config)) is not None:
-            return answer
+        writer = _Writer(config)
+        if _passes_through(data.results):
+            return writer.write(data.results[0].answer or "")
         child = _llm_config(config, run_manager)
+        parts = final_results(data.results)
+        if not self.calls_model(data.results):
+            return writer.write(_enumerate(data.results, parts, {}))
 
-        def write() -> str:
+        def stream(messages: list[BaseMessage]) -> Iterator[str]:
             cancellation = current_cancellation()
-            parts = []
-            for chunk in self.llm.stream(self._messages(data), child):
+            for chunk in self.llm.stream(messages, child):
                 if cancellation is not None and cancellation.cancelled:
                     break  # given up: no more tokens after the fallback answer's
-                parts.append(chunk.text)
-                emit({"type": "token", "content": chunk.text}, config)
-            return "".join(parts).strip()
+                yield chunk.text
+
+        def write() -> str:
+            if self.resolved_mode() == "enumerate":
+                answers = {
+                    p.id: "".join(stream(self._ask_alone(data.query, p))).strip()
+                    for p in parts
+                    if p.answer is None
+                }
+                return writer.write(_enumerate(data.results, parts, answers))
+            for piece in stream(self._messages(data)):
+                writer.write(piece)
+            return writer.write(self._missing_parts(writer.text, data.results, parts)).strip()
 
         try:
             return call_with_timeout(write, self.timeout, _AGGREGATOR)
@@ -116,16 +184,28 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
     async def _aaggregate(
         self, data: AggregationInput, run_manager: Any, config: RunnableConfig
     ) -> str:
-        if (answer := self._passthrough(data, config)) is not None:
-            return answer
+        writer = _Writer(config)
+        if _passes_through(data.results):
+            return writer.write(data.results[0].answer or "")
         child = _llm_config(config, run_manager)
+        parts = final_results(data.results)
+        if not self.calls_model(data.results):
+            return writer.write(_enumerate(data.results, parts, {}))
+
+        async def stream(messages: list[BaseMessage]) -> str:
+            return "".join([chunk.text async for chunk in self.llm.astream(messages, child)])
 
         async def write() -> str:
-            parts = []
+            if self.resolved_mode() == "enumerate":
+                answers = {
+                    p.id: (await stream(self._ask_alone(data.query, p))).strip()
+                    for p in parts
+                    if p.answer is None
+                }
+                return writer.write(_enumerate(data.results, parts, answers))
             async for chunk in self.llm.astream(self._messages(data), child):
-                parts.append(chunk.text)
-                emit({"type": "token", "content": chunk.text}, config)
-            return "".join(parts).strip()
+                writer.write(chunk.text)
+            return writer.write(self._missing_parts(writer.text, data.results, parts)).strip()
 
         try:
             return await await_with_timeout(write(), self.timeout, _AGGREGATOR)
@@ -140,10 +220,98 @@ class ResponseAggregator(RunnableSerializable[AggregationInput, str]):
         emit({"type": "token", "content": answer}, config)
         return answer
 
+    @staticmethod
+    def _ask_alone(query: str, part: SubQueryResult) -> list[BaseMessage]:
+        """What the model is asked for a part no expert answered: the prompt the expert
+        got, else its question, or the whole query when the question waits for another
+        answer."""
+        if part.prompt:
+            return [HumanMessage(content=part.prompt)]
+        waits = set(braced_names(part.question)) & set(part.depends_on)
+        return [HumanMessage(content=query if waits else part.question)]
+
+
+class _Writer:
+    """The answer as it is written: every piece is streamed as a token event."""
+
+    def __init__(self, config: RunnableConfig) -> None:
+        self._config = config
+        self._pieces: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    def write(self, piece: str) -> str:
+        if piece:
+            self._pieces.append(piece)
+            emit({"type": "token", "content": piece}, self._config)
+        return self.text
+
+
+def final_results(results: Sequence[SubQueryResult]) -> list[SubQueryResult]:
+    """The parts of the question: results no other result depends on, in plan order."""
+    needed = {d for r in results for d in r.depends_on}
+    return [r for r in results if r.id not in needed]
+
+
+def _passes_through(results: Sequence[SubQueryResult]) -> bool:
+    return len(results) == 1 and results[0].answer is not None
+
+
+def _steps(results: Sequence[SubQueryResult], part: SubQueryResult) -> list[SubQueryResult]:
+    """The results a part was reached through, in plan order."""
+    by_id = {r.id: r for r in results}
+    seen: set[str] = set()
+    stack = list(part.depends_on)
+    while stack:
+        sq_id = stack.pop()
+        if sq_id not in seen and sq_id in by_id:
+            seen.add(sq_id)
+            stack.extend(by_id[sq_id].depends_on)
+    return [r for r in results if r.id in seen]
+
+
+def _entry(results: Sequence[SubQueryResult], part: SubQueryResult, answer: str) -> str:
+    steps = [
+        f"({r.question.strip()} {r.answer.strip()})" for r in _steps(results, part) if r.answer
+    ]
+    return "\n".join([answer.strip(), *steps])
+
+
+def _enumerate(
+    results: Sequence[SubQueryResult],
+    parts: Sequence[SubQueryResult],
+    answers: dict[str, str],
+) -> str:
+    """One entry per part; ``answers`` holds those the experts did not give."""
+    entries = [_entry(results, p, p.answer or answers.get(p.id, "")) for p in parts]
+    if len(entries) == 1:
+        return entries[0]
+    return "\n\n".join(f"{i}. {entry}" for i, entry in enumerate(entries, 1))
+
+
+def holds_answer(text: str, answer: str) -> bool:
+    """Whether ``text`` holds ``answer``: one of its numbers when it states any, else at
+    least a third of the content words of its first sentence."""
+    stated = numbers(answer)
+    if stated:
+        return bool(stated & numbers(text))
+    first = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0]
+    wanted = content_stems(first)
+    return not wanted or len(wanted & content_stems(text)) >= len(wanted) / 3
+
 
 def _llm_config(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
     # The tag lets stream consumers tell the final answer's tokens from other model calls.
     return {**config, "callbacks": run_manager.get_child("complm:aggregate")}
 
 
-__all__ = ["AggregationInput", "ResponseAggregator"]
+__all__ = [
+    "SMALL_AGGREGATOR_PARAMETERS",
+    "AggregationInput",
+    "AggregationMode",
+    "ResponseAggregator",
+    "final_results",
+    "holds_answer",
+]

@@ -52,7 +52,6 @@ from langchain_complm.execute.executor import (
     FailurePolicy,
     QueryExecutor,
     ScheduleMode,
-    SubQueryResult,
 )
 from langchain_complm.experts import Expert
 from langchain_complm.plan import Plan, SubQuery
@@ -466,7 +465,7 @@ class CompLLMSystem(_ComponentSystem):
             used.append(self._router)
         if self._generator is not None:
             used.append(self._generator)
-        if not _passes_through(results):
+        if components.aggregator.calls_model(results):
             used.append(self._aggregator)
         sub_answers = {k: r.answer for k, r in execution.results.items() if r.answer is not None}
         errors = [f"{k}: {r.error or r.status}" for k, r in execution.results.items() if r.error]
@@ -508,11 +507,6 @@ def route_gold_plan(
             )
         }
     )
-
-
-def _passes_through(results: Sequence[SubQueryResult]) -> bool:
-    """Whether the aggregator returns the single answer without calling its model."""
-    return len(results) == 1 and results[0].answer is not None
 
 
 def drop_dependencies(plan: Plan) -> Plan:
