@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -28,7 +28,7 @@ from langgraph.pregel import Pregel
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict
 
-from langchain_complm.batching import BatchCohort, batch_cohort
+from langchain_complm.batching import BatchCohort, batch_cohort, batch_group
 from langchain_complm.concurrency import (
     DEFAULT_TIMEOUT,
     ExpertLoad,
@@ -346,10 +346,10 @@ class _Run:
                 self.declare_cohorts(level)
 
     def declare_cohorts(self, started_together: Sequence[str]) -> None:
-        groups: dict[int, list[str]] = {}
+        groups: dict[Hashable, list[str]] = {}
         for sq_id in started_together:
             expert = self.executor.experts[self.by_id[sq_id].expert]  # type: ignore[index]
-            groups.setdefault(id(expert.llm), []).append(sq_id)
+            groups.setdefault(batch_group(expert.llm), []).append(sq_id)
         for ids in groups.values():
             if len(ids) > 1:
                 cohort = BatchCohort(size=len(ids), label=",".join(ids))
