@@ -111,13 +111,16 @@ def check(marker: str, sent: str, state: Any, require_marker_in_answer: bool) ->
     return Outcome(0.0, True)
 
 
-async def one_request(client: httpx.AsyncClient, marker: str, n: int, strict: bool) -> Outcome:
+async def one_request(
+    client: httpx.AsyncClient, marker: str, n: int, strict: bool, durability: str | None = None
+) -> Outcome:
     sent = query(marker, n)
     started = time.perf_counter()
+    run: dict[str, Any] = {"assistant_id": "complm", "input": {"query": sent}}
+    if durability:
+        run["durability"] = durability
     try:
-        response = await client.post(
-            "/runs/wait", json={"assistant_id": "complm", "input": {"query": sent}}
-        )
+        response = await client.post("/runs/wait", json=run)
         latency = time.perf_counter() - started
         if response.status_code != 200:
             return Outcome(latency, False, error=f"HTTP {response.status_code}")
@@ -138,6 +141,7 @@ async def run_load(
     ramp: float,
     timeout: float,
     strict: bool,
+    durability: str | None = None,
 ) -> Load:
     load = Load()
     # One connection per request, as separate users have: a kept-alive connection that the
@@ -153,7 +157,9 @@ async def run_load(
                 duration is None or time.perf_counter() < deadline
             ):
                 marker = f"u{index:04d}r{n:03d}"
-                load.outcomes.append(await one_request(client, marker, index + n, strict))
+                load.outcomes.append(
+                    await one_request(client, marker, index + n, strict, durability)
+                )
                 n += 1
                 await asyncio.sleep(think)
 
@@ -257,6 +263,7 @@ def measure(
             ramp=args.ramp,
             timeout=args.timeout,
             strict=strict,
+            durability=args.durability,
         )
         stop.set()
         await asyncio.gather(*samplers)
@@ -336,6 +343,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--latency", default=None, help="fake: planner,expert,aggregator seconds")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="engine: answer tokens")
+    parser.add_argument(
+        "--durability",
+        choices=["sync", "async", "exit"],
+        help="the runs' checkpoint durability (default: the server's, async)",
+    )
     parser.add_argument("--json", type=Path, help="also write the result row here")
     args = parser.parse_args()
     if args.duration is None and args.requests is None:
