@@ -184,6 +184,11 @@ class Plan(BaseModel):
         description="Set when the generator could not decompose and fell back to a "
         "single sub-query holding the whole query; says why.",
     )
+    repairs: tuple[str, ...] = Field(
+        default=(),
+        description="What plan repair changed in the decomposer's plan, one note per change "
+        "(see langchain_complm.decompose.repair).",
+    )
 
     # --- access -----------------------------------------------------------------------------
 

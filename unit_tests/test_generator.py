@@ -79,14 +79,22 @@ class StructuredChatModel(RecordingChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:  # type: ignore[override]
         return self
 
-    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def with_structured_output(  # type: ignore[override]
+        self, schema: Any, *, include_raw: bool = False, **kwargs: Any
+    ) -> Any:
         self.schemas.append(schema)
 
         def answer(messages: list[BaseMessage]) -> Any:
             self.structured_received.append(list(messages))
             out = self.outputs.pop(0)
+            # As LangChain's chat models do: a parser error is reported beside the raw
+            # (tool-call) reply; any other error is raised.
+            if include_raw and isinstance(out, OutputParserException):
+                return {"raw": AIMessage(content=""), "parsed": None, "parsing_error": out}
             if isinstance(out, Exception):
                 raise out
+            if include_raw:
+                return {"raw": AIMessage(content=""), "parsed": out, "parsing_error": None}
             return out
 
         return RunnableLambda(answer)
@@ -595,7 +603,8 @@ async def test_structured_output_false_forces_the_prompt_path(use_async: bool) -
 @both
 async def test_structured_output_true_forces_the_structured_path(use_async: bool) -> None:
     llm = StructuredChatModel(responses=[VALID], outputs=[plan_output(("q1", "Forced?", []))])
-    plan = await run(SubQueryGenerator(llm=llm, structured_output=True), QUERY, use_async)
+    generator = SubQueryGenerator(llm=llm, structured_output=True, repair=False)
+    plan = await run(generator, QUERY, use_async)
     assert shape(plan) == [("q1", "Forced?", ())]
     assert llm.received == []
 

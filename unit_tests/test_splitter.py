@@ -92,7 +92,6 @@ SPLITS = [
 NO_SPLITS = [
     "What are the causes and symptoms of anemia?",
     "Which is larger, 3 or 5?",
-    "Who wrote Hamlet? When was it written?",  # the second part refers back ("it")
     "Explain photosynthesis. What is 2+2?",  # the leading sentence is content, not preamble
     "Compare Python and Java, and explain which is faster.",
     "What is 3.5 plus 1.5?",
@@ -116,6 +115,23 @@ def test_no_structure_is_a_single_plan_without_fallback(query: str) -> None:
     plan = StructuralSubQueryGenerator().invoke(query)
     assert plan == Plan.single(query)
     assert not plan.is_fallback
+
+
+def test_parts_that_refer_back_are_linked_by_repair() -> None:
+    query = "Who directed Jaws? When was he born?"
+    linked = StructuralSubQueryGenerator().invoke(query)
+    assert [(sq.question, sq.depends_on) for sq in linked.sub_queries] == [
+        ("Who directed Jaws?", ()),
+        ("When was {q1} born?", ("q1",)),
+    ]
+    assert linked.repairs
+    # Without repair the parts would not be self-contained: the query is answered whole.
+    assert StructuralSubQueryGenerator(repair=False).invoke(query) == Plan.single(query)
+    assert split_query(query) == []
+    assert split_query(query, allow_references=True) == [
+        "Who directed Jaws?",
+        "When was he born?",
+    ]
 
 
 def test_split_query_returns_empty_without_structure() -> None:

@@ -15,10 +15,11 @@ from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_complm.concurrency import DEFAULT_TIMEOUT, await_with_timeout, call_with_timeout
+from langchain_complm.decompose.repair import repair_plan
 from langchain_complm.errors import PlanValidationError
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, invalid_text
 from langchain_complm.prompts import DECOMPOSE_CONVERSATION, DECOMPOSE_PROMPT, DECOMPOSE_RETRY
@@ -26,20 +27,41 @@ from langchain_complm.prompts import DECOMPOSE_CONVERSATION, DECOMPOSE_PROMPT, D
 logger = logging.getLogger(__name__)
 
 
+_ID_SCHEMA = {"pattern": "^q[1-9][0-9]?$"}
+"""Ids as the prompts ask for them (q1, q2, ...)."""
+_STRICT = {"additionalProperties": False}
+"""Schema-only strictness: a grammar built from the schema allows no other keys, while
+validation still ignores extra keys a tool-calling model adds."""
+
+
 class _SubQueryOut(BaseModel):
     """One sub-question, as the model writes it."""
 
-    id: str = Field(description="Identifier such as q1.")
-    question: str = Field(description="The self-contained sub-question.")
+    # All three keys are required of a model writing JSON, in this order (the order the
+    # trained generator learned); validation still defaults ``depends_on``.
+    model_config = ConfigDict(
+        json_schema_extra=_STRICT | {"required": ["id", "question", "depends_on"]}
+    )
+
+    id: str = Field(description="Identifier such as q1.", json_schema_extra=_ID_SCHEMA)
+    question: str = Field(
+        description="The self-contained sub-question.", json_schema_extra={"minLength": 1}
+    )
     depends_on: list[str] = Field(
-        default_factory=list, description="Ids of earlier sub-questions whose answers it needs."
+        default_factory=list,
+        description="Ids of earlier sub-questions whose answers it needs.",
+        json_schema_extra={"items": {"type": "string", **_ID_SCHEMA}},
     )
 
 
 class PlanOutput(BaseModel):
     """Structured-output schema of a decomposition."""
 
-    sub_queries: list[_SubQueryOut] = Field(description="The sub-questions, in order.")
+    model_config = ConfigDict(json_schema_extra=_STRICT)
+
+    sub_queries: list[_SubQueryOut] = Field(
+        description="The sub-questions, in order.", json_schema_extra={"minItems": 1}
+    )
 
 
 MAX_REPLY_CHARS = 65_536
@@ -374,8 +396,14 @@ def _escape_stray_quotes(snippet: str) -> str:
 
 
 def supports_structured_output(llm: BaseChatModel) -> bool:
-    """Whether ``llm`` implements tool calling, which ``with_structured_output`` builds on."""
-    return type(llm).bind_tools is not BaseChatModel.bind_tools
+    """Whether ``llm`` can be held to a schema: it implements ``with_structured_output``
+    (a served engine's JSON schema, a local model's constrained decoding) or tool calling,
+    which the default ``with_structured_output`` builds on."""
+    cls = type(llm)
+    return (
+        cls.bind_tools is not BaseChatModel.bind_tools
+        or cls.with_structured_output is not BaseChatModel.with_structured_output
+    )
 
 
 class DecompositionInput(BaseModel):
@@ -428,13 +456,16 @@ class ConversationPolicy(BaseModel):
 class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     """Decomposes a query into sub-queries with dependencies, over any chat model.
 
-    Uses structured output when the model supports tool calling, otherwise a few-shot prompt
-    and a tolerant JSON parser. Given a :class:`DecompositionInput`, the model also sees the
-    conversation before the question (bounded by ``conversation``) and is asked to make every
-    sub-question self-contained. An invalid decomposition is retried once with the error
-    shown to the model; if it fails again (or the model raises, or takes longer than
-    ``timeout``), the generator falls back to a single sub-query holding the whole query and
-    records why in ``Plan.fallback_reason``. The query itself must be non-empty text.
+    Uses structured output when the model supports it (tool calling, a served engine's JSON
+    schema, or a local model's grammar-constrained decoding, so that every reply is a plan),
+    otherwise a few-shot prompt and a tolerant JSON parser. Given a
+    :class:`DecompositionInput`, the model also sees the conversation before the question
+    (bounded by ``conversation``) and is asked to make every sub-question self-contained.
+    Every plan then goes through :func:`~langchain_complm.decompose.repair.repair_plan`
+    (unless ``repair=False``). An invalid decomposition is retried once with the error shown
+    to the model; if it fails again (or the model raises, or takes longer than ``timeout``),
+    the generator falls back to a single sub-query holding the whole query and records why
+    in ``Plan.fallback_reason``. The query itself must be non-empty text.
 
     Example:
         .. code-block:: python
@@ -462,6 +493,8 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     """How much of a question's conversation the model sees."""
     conversation_message: str = DECOMPOSE_CONVERSATION
     """System message before the question when it has a conversation (``conversation``)."""
+    repair: bool = True
+    """Repair every plan (see :mod:`~langchain_complm.decompose.repair`)."""
     name: str | None = "SubQueryGenerator"
 
     def invoke(
@@ -481,24 +514,30 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
             return self.structured_output
         return supports_structured_output(self.llm)
 
-    def _messages(self, query: str, history: Sequence[BaseMessage] = ()) -> list[BaseMessage]:
+    def messages(self, query: str, history: Sequence[BaseMessage] = ()) -> list[BaseMessage]:
+        """The prompt the generator sends for ``query`` asked after ``history``."""
         messages = self.prompt.format_messages(query=query, max_sub_queries=self.max_sub_queries)
         if conversation := self.conversation.render(history):
             context = SystemMessage(self.conversation_message.format(conversation=conversation))
             messages.insert(len(messages) - 1, context)
         return messages
 
+    def reply_model(self) -> Runnable[list[BaseMessage], Any]:
+        """What the generator calls with its :meth:`messages`: the chat model, or with
+        structured output its ``with_structured_output(PlanOutput, include_raw=True)``
+        runnable; :func:`reply_text` reads either reply."""
+        if self._use_structured():
+            return self.llm.with_structured_output(PlanOutput, include_raw=True)
+        return self.llm
+
     def _to_plan(self, reply: Any, query: str) -> Plan:
-        if isinstance(reply, PlanOutput):
-            plan = Plan(
-                query=query,
-                sub_queries=tuple(
-                    SubQuery(id=s.id, question=s.question, depends_on=tuple(s.depends_on))
-                    for s in reply.sub_queries
-                ),
-            )
-        else:
-            plan = parse_plan(_reply_text(reply), query)
+        plan = _reply_plan(reply, query)
+        if self.repair:
+            repaired = repair_plan(plan, self.max_sub_queries)
+            if repaired.is_fallback:
+                plan.validate_dag(self.max_sub_queries)  # a malformed plan says so first
+                raise PlanValidationError(repaired.fallback_reason)
+            plan = repaired
         return plan.validate_dag(self.max_sub_queries)
 
     def _decompose(
@@ -509,9 +548,9 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     ) -> Plan:
         query, history = _unpack(input)
         _check_query(query)
-        model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
+        model = self.reply_model()
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
-        messages = self._messages(query, history)
+        messages = self.messages(query, history)
         error: Exception | None = None
         for attempt in range(2):
             reply = None
@@ -531,9 +570,9 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     ) -> Plan:
         query, history = _unpack(input)
         _check_query(query)
-        model = self.llm.with_structured_output(PlanOutput) if self._use_structured() else self.llm
+        model = self.reply_model()
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
-        messages = self._messages(query, history)
+        messages = self.messages(query, history)
         error: Exception | None = None
         for attempt in range(2):
             reply = None
@@ -552,7 +591,8 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     def _retry_messages(
         self, messages: list[BaseMessage], reply: Any, error: Exception
     ) -> list[BaseMessage]:
-        shown = [] if reply is None else [AIMessage(content=_reply_text(reply))]
+        text = "" if reply is None else reply_text(reply)
+        shown = [AIMessage(content=text)] if text else []
         return [
             *messages,
             *shown,
@@ -593,7 +633,14 @@ def _is_bad_output(error: Exception) -> bool:
     return isinstance(error, (ValueError, ValidationError))
 
 
-def _reply_text(reply: Any) -> str:
+def reply_text(reply: Any) -> str:
+    """The text of a generator model's reply: a message's text, a structured output as JSON,
+    or for ``include_raw`` structured output the raw reply's text (its parsed output when
+    the raw reply holds no text, as with tool calls)."""
+    if isinstance(reply, dict) and "raw" in reply:
+        raw_text = reply_text(reply["raw"]) if reply["raw"] is not None else ""
+        parsed = reply.get("parsed")
+        return raw_text if raw_text.strip() or parsed is None else reply_text(parsed)
     text: str
     if isinstance(reply, BaseMessage):
         text = str(reply.text)
@@ -604,6 +651,32 @@ def _reply_text(reply: Any) -> str:
     # Lone surrogates (which a reply can hold) become "?": the message that shows the reply
     # back to the model must be valid text.
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _reply_plan(reply: Any, query: str) -> Plan:
+    """The plan in a reply, not yet repaired or validated."""
+    if isinstance(reply, dict) and "raw" in reply:
+        raw, parsed = reply["raw"], reply.get("parsed")
+        cut_off = (
+            isinstance(raw, BaseMessage) and raw.response_metadata.get("finish_reason") == "length"
+        )
+        # A structured parser completes a cut-off document; parse_plan keeps one only up
+        # to where the model started repeating itself.
+        if parsed is None or cut_off:
+            text = reply_text(raw) if raw is not None else ""
+            if not text.strip():
+                raise reply.get("parsing_error") or ValueError("the model returned no plan")
+            return parse_plan(text, query)
+        reply = parsed
+    if isinstance(reply, PlanOutput):
+        return Plan(
+            query=query,
+            sub_queries=tuple(
+                SubQuery(id=s.id, question=s.question, depends_on=tuple(s.depends_on))
+                for s in reply.sub_queries
+            ),
+        )
+    return parse_plan(reply_text(reply), query)
 
 
 def _short(error: Exception | None, limit: int = 300) -> str:
@@ -618,4 +691,6 @@ __all__ = [
     "PlanValidationError",
     "SubQueryGenerator",
     "parse_plan",
+    "reply_text",
+    "supports_structured_output",
 ]

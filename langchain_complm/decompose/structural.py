@@ -17,6 +17,7 @@ from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import Field
 
+from langchain_complm.decompose.repair import repair_plan
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery
 
 _QWORDS = (
@@ -68,11 +69,14 @@ _OPTION_LABEL = re.compile(r"(?:^|(?<=\s))\(?([A-H])[.)]\s")
 _CONJUNCTIONS = re.compile(r"\s*(?:[,;]\s*and(?:\s+also)?|\s+and\s+also|[,;.]?\s+Also,)\s+")
 
 
-def split_query(query: str, max_sub_queries: int | None = None) -> list[str]:
-    """Split ``query`` into independent parts at its explicit structure.
+def split_query(
+    query: str, max_sub_queries: int | None = None, *, allow_references: bool = False
+) -> list[str]:
+    """Split ``query`` into parts at its explicit structure.
 
-    Returns ``[]`` when no structure is found, when the parts would not be self-contained,
-    or when there are more than ``max_sub_queries`` parts.
+    Returns ``[]`` when no structure is found, when there are more than ``max_sub_queries``
+    parts, or (unless ``allow_references``) when a short later part refers back to an
+    earlier one with a pronoun, so that the parts would not be self-contained.
     """
     text = _normalize_space(query)
     if not text:
@@ -83,6 +87,8 @@ def split_query(query: str, max_sub_queries: int | None = None) -> list[str]:
         return []
     if max_sub_queries is not None and len(parts) > max_sub_queries:
         return []
+    if allow_references:
+        return parts
     if any(_ANAPHORA.search(p) and len(p.split()) <= _SHORT_PART_WORDS for p in parts[1:]):
         return []
     return parts
@@ -311,6 +317,10 @@ class StructuralSubQueryGenerator(RunnableSerializable[str, Plan]):
 
     max_sub_queries: int = Field(default=DEFAULT_MAX_SUB_QUERIES, ge=1)
     """Queries with more parts are answered whole."""
+    repair: bool = True
+    """Split parts that refer back to earlier ones too, and let
+    :func:`~langchain_complm.decompose.repair.repair_plan` link them; without repair such
+    queries are answered whole."""
     name: str | None = "StructuralSubQueryGenerator"
 
     def invoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> Plan:
@@ -324,7 +334,7 @@ class StructuralSubQueryGenerator(RunnableSerializable[str, Plan]):
     def _decompose(
         self, query: str, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> Plan:
-        parts = split_query(query, self.max_sub_queries)
+        parts = split_query(query, self.max_sub_queries, allow_references=self.repair)
         if not parts:
             return Plan.single(query)
         plan = Plan(
@@ -333,6 +343,12 @@ class StructuralSubQueryGenerator(RunnableSerializable[str, Plan]):
                 SubQuery(id=f"q{i}", question=part) for i, part in enumerate(parts, start=1)
             ),
         )
+        if self.repair:
+            # Parts that refer back ("Who wrote Hamlet? When was he born?") get their
+            # dependency here; a plan repair cannot make whole falls back to the query.
+            plan = repair_plan(plan, self.max_sub_queries)
+            if plan.is_fallback:
+                return Plan.single(query)
         return plan.validate_dag(self.max_sub_queries)
 
 

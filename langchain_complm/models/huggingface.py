@@ -22,21 +22,29 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field
 
 from langchain_complm.batching import BatchCohort, current_cohort
 from langchain_complm.concurrency import device_lock, result_unless_cancelled
+from langchain_complm.models._grammar import schema_text
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
+    from transformers import (
+        LogitsProcessorList,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        StoppingCriteriaList,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +88,12 @@ class GenerationSettings:
     top_k: int | None = None
     repetition_penalty: float | None = None
     stop: tuple[str, ...] = ()
+    json_schema: str | None = None
+    """A JSON schema (canonical JSON text) every reply is constrained to (see
+    :mod:`~langchain_complm.models._grammar`); None: free text."""
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate`` (stop strings excluded)."""
+        """Keyword arguments for ``model.generate`` (stop strings and schema excluded)."""
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
             "do_sample": self.do_sample,
@@ -187,6 +198,7 @@ class GenerationEngine:
             # Left padding needs a pad token; the EOS token is the usual stand-in.
             tokenizer.pad_token = tokenizer.eos_token
         self._end_ids = _end_token_ids(model, tokenizer)
+        self._grammar_tokenizer: Any = None  # llguidance's tokenizer, built on first use
         self._stop_cache: OrderedDict[tuple[str, ...], StoppingCriteriaList] = OrderedDict()
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -439,6 +451,8 @@ class GenerationEngine:
             # Ends rows early on a stop string; the text is still cut below, since a
             # stop string can end inside a token.
             kwargs["stopping_criteria"] = self._stop_criteria(stop)
+        if settings.json_schema is not None:
+            kwargs["logits_processor"] = self._grammar(settings.json_schema, inputs)
         with torch.inference_mode():
             # transformers' stubs type ``generate`` loosely (as a Tensor attribute).
             output = self.model.generate(  # type: ignore[operator]
@@ -454,6 +468,26 @@ class GenerationEngine:
             finish_reason = "stop" if stopped or end < len(row) else "length"
             answers.append((text, int(n_prompt), min(end + 1, len(row)), finish_reason))
         return answers
+
+    def _grammar(self, json_schema: str, inputs: Any) -> LogitsProcessorList:
+        from transformers import LogitsProcessorList
+
+        from langchain_complm.models._grammar import (
+            GrammarLogitsProcessor,
+            compile_schema,
+            ll_tokenizer,
+        )
+
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = ll_tokenizer(self.tokenizer, self._end_ids)
+        processor = GrammarLogitsProcessor(
+            self._grammar_tokenizer,
+            compile_schema(json_schema),
+            batch_size=inputs["input_ids"].shape[0],
+            prompt_width=inputs["input_ids"].shape[1],
+            end_ids=self._end_ids,
+        )
+        return LogitsProcessorList([processor])
 
     def _stop_criteria(self, stop: tuple[str, ...]) -> StoppingCriteriaList:
         # Building the criterion scans the whole vocabulary (0.3 s for SmolLM2's 49k tokens),
@@ -538,6 +572,9 @@ class ChatLocalHuggingFace(BaseChatModel):
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
+    json_schema: dict[str, Any] | None = None
+    """Constrain every reply to this JSON schema (grammar-constrained decoding); a call or
+    :meth:`with_structured_output` may set one too."""
     stop: list[str] | None = None
     """Stop strings applied to every call, on top of the call's own ``stop``."""
     max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
@@ -636,8 +673,73 @@ class ChatLocalHuggingFace(BaseChatModel):
         if unknown:
             raise TypeError(f"unsupported generation arguments: {sorted(unknown)}")
         values = {name: getattr(self, name) for name in _OVERRIDABLE} | overrides
+        if values["json_schema"] is not None:
+            values["json_schema"] = schema_text(values["json_schema"])
         stops = tuple(dict.fromkeys([*(self.stop or ()), *(stop or ())]))
         return GenerationSettings(stop=stops, **values)
+
+    def with_structured_output(  # type: ignore[override]
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["json_schema", "json_mode"] = "json_schema",
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Replies constrained to ``schema`` by grammar-constrained decoding, parsed.
+
+        Args:
+            schema: a pydantic model class (replies parse into instances), a TypedDict or
+                a JSON schema dict (replies parse into dicts).
+            include_raw: return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``
+                as LangChain's chat models do; a reply cut off by ``max_new_tokens`` then
+                keeps its text in ``raw``.
+            method: ``"json_schema"`` (the schema's grammar) or ``"json_mode"`` (any JSON
+                object).
+
+        Raises:
+            ValueError: an unknown ``method`` or argument, or a schema llguidance cannot
+                compile (named).
+        """
+        if kwargs:
+            raise ValueError(f"unsupported arguments: {sorted(kwargs)}")
+        if method not in ("json_schema", "json_mode"):
+            raise ValueError(
+                f"method must be 'json_schema' or 'json_mode' for a local model, not {method!r}"
+            )
+        from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+        from langchain_core.runnables import RunnableMap, RunnablePassthrough
+        from langchain_core.utils.function_calling import convert_to_json_schema
+        from langchain_core.utils.pydantic import is_basemodel_subclass
+
+        from langchain_complm.models._grammar import compile_schema
+
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
+        json_schema = (
+            {"type": "object"}
+            if method == "json_mode"
+            else schema.model_json_schema()  # type: ignore[union-attr]
+            if is_model
+            else schema
+            if isinstance(schema, dict)
+            else convert_to_json_schema(schema)  # a TypedDict
+        )
+        compile_schema(schema_text(json_schema))  # a bad schema fails here, not mid-run
+        llm = self.bind(json_schema=json_schema)
+        parser: Runnable[Any, Any] = (
+            PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+            if is_model and method == "json_schema"
+            else JsonOutputParser()
+        )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks(
+            [unparsed], exception_key="parsing_error"
+        )
 
     def _submit(
         self,
@@ -703,7 +805,15 @@ class ChatLocalHuggingFace(BaseChatModel):
 
 
 _OVERRIDABLE = frozenset(
-    {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty"}
+    {
+        "max_new_tokens",
+        "do_sample",
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "json_schema",
+    }
 )
 """Generation fields a call may override, e.g. ``llm.invoke(q, max_new_tokens=16)``."""
 

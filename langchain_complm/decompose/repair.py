@@ -1,0 +1,711 @@
+"""Plan repair: deterministic fixes for the mistakes decomposers make, applied to every plan.
+
+Small generators (and larger ones under unfamiliar phrasing) write plans that are valid
+JSON but do not do what the question asks. :func:`repair_plan` fixes the recurring ones,
+in this order:
+
+1. **Repeats**: a sub-query asking what an earlier one asks (same content words, same
+   parents) is removed; its dependents use the earlier one.
+2. **The whole query re-asked**: an independent sub-query that restates the whole question
+   beside sub-queries that already cover it is removed (it would answer everything again).
+3. **Invented steps**: a dependent sub-query computing with numbers that appear nowhere in
+   the question ("Add 16 to {q1} and multiply that result by 10") is removed.
+4. **Implicit references**: a sub-query that refers to an earlier answer in words ("that
+   number", "the result", "that organ", "its", "between them") instead of a placeholder
+   gets the dependency, and the placeholder where the words can be replaced by one. A
+   pronoun that names something of the earlier question rather than its answer ("Who wrote
+   Hamlet? When was it written?") gets the dependency only: the expert then sees the
+   earlier question and its answer as context.
+5. **Placeholders without their dependency** get the dependency.
+6. **Coverage**: each part of the question (its structural parts, else the whole) must be
+   asked by the plan. A part no sub-query asks is added as a sub-query of its own; a part
+   only partly asked (a chain cut short: "Who directed X?" for "Where was the director of
+   X born?") gets a final step: the part with the asked span replaced by the placeholder
+   ("Where was {q1} born?"), depending on it. A plan that asks nothing of the question
+   falls back to the whole question.
+
+Every change is recorded in :attr:`Plan.repairs <langchain_complm.plan.Plan.repairs>`.
+The rules work on words, not meaning: they are tuned to leave gold plans alone (the
+training pairs' plans and the held-out evaluation plans are unchanged, tested) and to fix
+the hand-written broken plans in ``unit_tests/test_repair.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery
+
+# --- words ------------------------------------------------------------------------------------
+
+_FUNCTION_WORDS = """
+    a an the and or but nor of to in on at by for with from into onto upon over under about as
+    than then so if is are was were be been being am do does did done doing has have had
+    having it its it's this that these those there here such which who whom whose what when
+    where why how whether can could should would will shall may might must i me my we our you
+    your he him his she her they them their one ones not no yes also too very just only more
+    most much many some any each every both either neither all other another same own
+    please answer answers question questions tell give name find list explain describe state
+    show compute calculate determine know like want help following part parts quick things
+    thing two three four first second third fourth next finally lastly last now previous step
+    found result number get value out up down off again still besides additionally moreover
+    furthermore however meanwhile afterwards solve unrelated thanks thank thx cheers hi
+    hello hey"""
+_STOPWORDS = frozenset(_FUNCTION_WORDS.split())
+"""Function words, question words and request words: not what a question asks about."""
+
+_WORD = re.compile(r"\{[^{}\s]+\}|[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+_PLACEHOLDER = re.compile(r"\{([^{}\s]+)\}")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
+
+_NUMBER_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
+    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "hundred": 100,
+    "thousand": 1000, "million": 1000000, "twice": 2, "double": 2, "doubled": 2, "half": 2,
+    "halve": 2, "halved": 2, "triple": 3, "tripled": 3, "thrice": 3, "quadruple": 4,
+    "square": 2, "squared": 2, "cube": 3, "cubed": 3, "percent": 100, "dozen": 12,
+}  # fmt: skip
+"""Number words of a question: a sub-query may write them as digits."""
+
+_AGENT_NOUNS = {
+    "wrote": ("author", "writer"), "written": ("author", "writer"), "write": ("author", "writer"),
+    "sang": ("singer",), "sung": ("singer",), "sing": ("singer",), "won": ("winner",),
+    "married": ("spouse", "wife", "husband"), "led": ("leader",), "ran": ("runner",),
+    "built": ("builder", "architect"), "born": ("birth", "birthplace"),
+    "founded": ("founder",), "discovered": ("discoverer",),
+}  # fmt: skip
+"""Verbs whose agent noun does not share their stem (``directed``/``director`` do)."""
+
+
+_SYNONYMS = {
+    "times": "multiply", "multiplied": "multiply", "product": "multiply",
+    "minus": "subtract", "less": "subtract", "difference": "subtract",
+    "plus": "add", "added": "add", "sum": "add", "divided": "divide", "quotient": "divide",
+    "began": "begin", "begun": "begin", "people": "population",
+}  # fmt: skip
+"""Words a sub-query may ask with another word (operators, irregular verb forms)."""
+
+
+def _stem(word: str) -> str:
+    """A crude stem: lower case, no possessive, synonyms merged, at most five letters
+    ("directed" and "director" meet at "direc")."""
+    word = re.sub(r"['’]s?$", "", word.lower())
+    if word in _NUMBER_WORDS:  # "triple the answer" asks what "3 times {q1}" does
+        return str(_NUMBER_WORDS[word])
+    return _SYNONYMS.get(word, word)[:5]
+
+
+_ENUMERATOR = re.compile(
+    r"\(\d{1,2}\)|\[\d{1,2}\]|^\s*\d{1,2}[.)]|\b(?:question|part)\s+\d{1,2}\b"
+    r"|\b\d{1,2}\s+(?:questions?|things|parts|queries)\b|(?:^|(?<=\s))\(?[a-hA-H]\)(?=\s)",
+    re.IGNORECASE | re.MULTILINE,
+)
+"""Labels of an enumeration ("(1)", "2.", "Part 3"): not numbers the question asks about."""
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(_ENUMERATOR.sub(" ", text)) if not w.startswith("{")]
+
+
+def _content(text: str) -> set[str]:
+    """The stems of the words a question asks about."""
+    return {_stem(w) for w in _words(text) if w.lower() not in _STOPWORDS}
+
+
+_ASKED_BY = {
+    "where": ("place", "location", "located"), "when": ("year", "date", "time"),
+    "who": ("person", "name"), "whom": ("person", "name"), "many": ("number",),
+    "much": ("amount",), "old": ("age",),
+}  # fmt: skip
+"""What a question word asks for: "Where was {q1} born?" asks the place of birth."""
+
+
+def _content_with_agents(text: str) -> set[str]:
+    """The content stems of a sub-query plus what its words also ask: the agent nouns of
+    its verbs ("wrote" covers "author") and what its question words ask ("where": place)."""
+    stems = _content(text)
+    for word in _words(text):
+        related = _AGENT_NOUNS.get(word.lower(), ()) + _ASKED_BY.get(word.lower(), ())
+        stems.update(_stem(noun) for noun in related)
+    return stems
+
+
+def _numbers(text: str) -> set[str]:
+    """Numbers written in digits or words, normalised ("1,000" and "1000" are one)."""
+    found = {n.replace(",", "") for n in _NUMBER.findall(text)}
+    found.update(str(_NUMBER_WORDS[w.lower()]) for w in _words(text) if w.lower() in _NUMBER_WORDS)
+    if "%" in text:
+        found.add("100")
+    return found
+
+
+def _overlap(a: set[str], b: set[str]) -> float:
+    """Share of ``a`` found in ``b`` (1 when ``a`` is empty)."""
+    return len(a & b) / len(a) if a else 1.0
+
+
+def _f1(a: set[str], b: set[str]) -> float:
+    if not a or not b:
+        return 0.0
+    hits = len(a & b)
+    return 2 * hits / (len(a) + len(b))
+
+
+# --- the mutable plan -------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    id: str
+    question: str
+    depends_on: list[str]
+
+    @property
+    def placeholders(self) -> list[str]:
+        return list(dict.fromkeys(_PLACEHOLDER.findall(self.question)))
+
+
+@dataclass
+class _Work:
+    query: str
+    steps: list[_Step]
+    notes: list[str] = field(default_factory=list)
+
+    def index(self, sq_id: str) -> int:
+        return next(i for i, s in enumerate(self.steps) if s.id == sq_id)
+
+    def dependents(self, sq_id: str) -> list[_Step]:
+        return [s for s in self.steps if sq_id in s.depends_on]
+
+    def remove(self, step: _Step, replacement: str | None, why: str) -> None:
+        """Drop ``step``; its dependents depend on ``replacement`` (or on its own parents)."""
+        self.steps.remove(step)
+        for other in self.dependents(step.id):
+            new_parents = [replacement] if replacement else step.depends_on
+            other.depends_on = list(
+                dict.fromkeys(
+                    p for d in other.depends_on for p in (new_parents if d == step.id else [d])
+                )
+            )
+            if replacement:
+                other.question = other.question.replace(
+                    "{" + step.id + "}", "{" + replacement + "}"
+                )
+        self.notes.append(f"{step.id}: removed ({why})")
+
+    def new_id(self) -> str:
+        taken = {s.id for s in self.steps}
+        n = len(self.steps) + 1
+        while f"q{n}" in taken:
+            n += 1
+        return f"q{n}"
+
+    def ancestors(self, sq_id: str) -> set[str]:
+        by_id = {s.id: s for s in self.steps}
+        seen: set[str] = set()
+        stack = [sq_id]
+        while stack:
+            node = by_id.get(stack.pop())
+            for parent in node.depends_on if node else ():
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return seen
+
+    def add_dependency(self, step: _Step, parent: str) -> bool:
+        """Add ``parent`` to ``step``'s dependencies unless that would close a cycle."""
+        if parent == step.id or parent in step.depends_on:
+            return False
+        if step.id in self.ancestors(parent):
+            return False
+        step.depends_on.append(parent)
+        return True
+
+
+# --- 1-3: removals ------------------------------------------------------------------------------
+
+
+def _remove_repeats(work: _Work) -> None:
+    seen: dict[tuple[frozenset[str], frozenset[str], str], str] = {}
+    for step in list(work.steps):
+        content = frozenset(_content(step.question))
+        normalized = " ".join(_words(step.question.lower())) if not content else ""
+        key = (content, frozenset(step.depends_on), normalized)
+        if key in seen:
+            work.remove(step, seen[key], f"repeats {seen[key]}")
+        else:
+            seen[key] = step.id
+
+
+def _covers(steps: Iterable[_Step], query: str) -> bool:
+    asked: set[str] = set()
+    for step in steps:
+        asked |= _content_with_agents(step.question)
+    return all(_missing_share(unit, asked) <= _MISSING_OK for unit in _units(query))
+
+
+def _remove_whole_query_repeats(work: _Work) -> None:
+    if len(work.steps) < 2:
+        return
+    query = _content(work.query)
+    for step in list(work.steps):
+        if step.depends_on or work.dependents(step.id) or len(work.steps) < 2:
+            continue
+        own = _content(step.question)
+        others = [s for s in work.steps if s is not step]
+        # It holds another sub-query's question and more: the others are its parts.
+        subsumes = any(
+            0 < len(part) < len(own) and _overlap(part, own) >= 0.6
+            for part in (_content(o.question) for o in others)
+        )
+        if _f1(own, query) >= 0.8 and subsumes and _covers(others, work.query):
+            work.remove(step, None, "re-asks the whole question")
+
+
+def _remove_invented_steps(work: _Work) -> None:
+    allowed = _numbers(work.query)
+    for step in list(work.steps):
+        if not step.depends_on or work.dependents(step.id):
+            continue
+        invented = _numbers(_PLACEHOLDER.sub(" ", step.question)) - allowed
+        if invented:
+            work.remove(
+                step, None, f"computes with {', '.join(sorted(invented))}, not in the question"
+            )
+
+
+# --- 4-5: references ----------------------------------------------------------------------------
+
+_LONG_SUB_QUERY_WORDS = 25
+"""Longer sub-queries (word problems, vignettes) introduce their own referents."""
+_OPTIONS = re.compile(r"\n\s*\(?[A-H][.)]\s")
+"""Multiple-choice options: such a question is a self-contained source question."""
+
+_PERSON = (
+    "person|man|woman|author|writer|director|actor|actress|singer|painter|artist|composer|"
+    "scientist|player|leader|king|queen|president|founder|inventor|poet|novelist|musician|"
+    "architect|philosopher|explorer|politician|athlete|individual|people|spouse|wife|husband"
+)
+_PLACE = "place|city|town|country|state|nation|capital|region|location|province|continent|island"
+_QUANTITY = (
+    "number|result|answer|value|amount|figure|sum|total|difference|product|quotient|"
+    "remainder|count|quantity|percentage|score|age|price|cost"
+)
+_TIME = "year|date|day|decade|century|month|time|era"
+_OPERATOR = (
+    r"by|times|multiplied|divided|plus|minus|squared|cubed|doubled|halved|increased|"
+    r"decreased|raised|to the power"
+)
+_BARE = r"(?=\s*(?:[?.!,;:]|$|\s(?:" + _OPERATOR + r"|and|is|was|in|of\s+(?:that|this|it))\b))"
+
+_PLURAL = re.compile(
+    r"\b(?:between|among|of|for|compare|comparing)\s+(?:them|the two|these two|those two|both)\b"
+    r"|\bthe two(?:\s+(?:" + _QUANTITY + r"|answers|results|numbers|values|years|dates))?\b"
+    r"|\bthe (?:difference|sum|ratio|product|total|average|gap)" + _BARE,
+    re.IGNORECASE,
+)
+_ANSWER_PHRASE = re.compile(
+    r"\b(?:that|this|the said|the same)\s+(?:"
+    + _QUANTITY
+    + r"|"
+    + _TIME
+    + r"|"
+    + _PERSON
+    + r"|"
+    + _PLACE
+    + r"|one)\b"
+    r"|\bthe (?:result|answer|number|value|amount|figure|total|sum|product|quotient)"
+    + _BARE
+    + r"|\b(?:that|this|it)"
+    + r"(?=\s*(?:[?.!]|$)|\s+(?:"
+    + _OPERATOR
+    + r")\b)",
+    re.IGNORECASE,
+)
+_OPERAND = re.compile(
+    r"\b(?:double|twice|triple|halve|square|cube|multiply|divide|add|subtract|increase|"
+    r"decrease)\s+(that|this|it)\b",
+    re.IGNORECASE,
+)
+_NAMED_REFERENCE = re.compile(r"\b(?:that|this|the said)\s+([^\W\d_]{3,})\b", re.IGNORECASE)
+_PLURAL_PRONOUN = re.compile(r"\b(?:they|them|their|theirs)\b", re.IGNORECASE)
+_PERSON_PRONOUN = re.compile(r"\b(?:he|she|him|his|her|hers)\b", re.IGNORECASE)
+_THING_PRONOUN = re.compile(r"\b(?:it|its)\b", re.IGNORECASE)
+_BARE_COMPARISON = re.compile(
+    r"^\W*(?:which|who|what)\s+(?:one\s+)?(?:is|was|are|were|has|had|came|comes|happened|did)?"
+    r"\s*(?:\w+er|more \w+|less \w+|first|earlier|later|bigger|older|younger|larger|longer|"
+    r"higher|lower)\b[^,]*\??$",
+    re.IGNORECASE,
+)
+
+_ASKS_PERSON = re.compile(r"^\W*(?:who|whom|whose)\b|\b(?:" + _PERSON + r")\b", re.IGNORECASE)
+_ASKS_PLACE = re.compile(
+    r"^\W*where\b|\b(?:which|what)\s+(?:" + _PLACE + r")\b|\bcapital\b", re.IGNORECASE
+)
+_ASKS_TIME = re.compile(
+    r"^\W*when\b|\b(?:what|which)\s+(?:" + _TIME + r")\b|\bhow long ago\b", re.IGNORECASE
+)
+_ASKS_QUANTITY = re.compile(
+    r"\bhow (?:many|much|old|long|far|tall|big|high|deep|heavy)\b|\d|%|\bpercent|\b(?:"
+    + _QUANTITY
+    + r"|population|area|height|distance|speed|temperature|weight|atomic|"
+    r"boiling|melting|length|mass|density)\b|\b(?:when|what year|which year)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    start: int
+    end: int
+    plural: bool
+    wants: re.Pattern[str] | None
+    """What the referent asks for (a person, a place, ...); None: the nearest one."""
+    substitute: bool
+    """Whether the words can be replaced by the placeholder (they name the answer)."""
+    possessive: bool = False
+
+
+def _find_reference(question: str, earlier: Sequence[_Step]) -> _Reference | None:
+    if m := _PLURAL.search(question):
+        return _Reference(m.start(), m.end(), plural=True, wants=None, substitute=True)
+    if _BARE_COMPARISON.match(question) and len(_content(question)) <= 2:
+        end = len(question.rstrip(" ?.!"))
+        return _Reference(end, end, plural=True, wants=None, substitute=True)
+    m = _ANSWER_PHRASE.search(question)
+    if m is None and (operand := _OPERAND.search(question)):
+        return _Reference(
+            operand.start(1), operand.end(1), plural=False, wants=_ASKS_QUANTITY, substitute=True
+        )
+    if m is not None:
+        words = m.group().lower()
+        wants = (
+            _ASKS_PERSON if re.search(_PERSON, words)
+            else _ASKS_PLACE if re.search(_PLACE, words)
+            else _ASKS_TIME if re.search(_TIME, words)
+            else _ASKS_QUANTITY if re.search(_QUANTITY + "|it|that|this", words)
+            else None
+        )  # fmt: skip
+        return _Reference(m.start(), m.end(), plural=False, wants=wants, substitute=True)
+    for m in _NAMED_REFERENCE.finditer(question):
+        if m.group(1).lower() in _STOPWORDS:
+            continue
+        noun = _stem(m.group(1))
+        asks = re.compile(r"\b(?:which|what)\s+(?:\w+\s+)?" + re.escape(m.group(1)), re.I)
+        if any(asks.search(s.question) or noun in _agent_stems(s.question) for s in earlier):
+            return _Reference(m.start(), m.end(), plural=False, wants=asks, substitute=True)
+    # A pronoun after the question has named things of its own most likely refers to them
+    # ("The pitch of a sound is related to its ...").
+    if (m := _PLURAL_PRONOUN.search(question)) and _names_little_before(question, m.start()):
+        return _Reference(m.start(), m.end(), plural=True, wants=None, substitute=True)
+    if (m := _PERSON_PRONOUN.search(question)) and _names_little_before(question, m.start()):
+        possessive = m.group().lower() in {"his", "hers"} or (
+            m.group().lower() == "her" and re.match(r"\s+[a-z]", question[m.end() :]) is not None
+        )
+        return _Reference(
+            m.start(), m.end(), plural=False, wants=_ASKS_PERSON, substitute=True,
+            possessive=possessive,
+        )  # fmt: skip
+    if (m := _THING_PRONOUN.search(question)) and _names_little_before(question, m.start()):
+        return _Reference(
+            m.start(), m.end(), plural=False, wants=None, substitute=True,
+            possessive=m.group().lower() == "its",
+        )  # fmt: skip
+    return None
+
+
+def _names_little_before(question: str, position: int) -> bool:
+    return len(_content(question[:position])) <= 1
+
+
+def _agent_stems(question: str) -> set[str]:
+    """Stems of the agent a "who <verb>" question asks for (``who directed`` -> ``direc``)."""
+    m = re.match(r"^\W*who\s+(?:was\s+|is\s+)?(\w+)", question, re.IGNORECASE)
+    if not m:
+        return set()
+    verb = m.group(1).lower()
+    return {_stem(verb), *(_stem(n) for n in _AGENT_NOUNS.get(verb, ()))}
+
+
+def _frontier(work: _Work, before: int) -> list[_Step]:
+    """Earlier sub-queries whose answers nothing uses yet, nearest last."""
+    used = {d for s in work.steps for d in s.depends_on}
+    return [s for s in work.steps[:before] if s.id not in used]
+
+
+def _pick_referents(work: _Work, index: int, ref: _Reference) -> list[_Step]:
+    earlier = work.steps[:index]
+    if ref.plural:
+        frontier = _frontier(work, index)
+        pool = frontier if len(frontier) >= 2 else earlier
+        return pool[-2:] if len(pool) >= 2 else []
+    if ref.wants is not None:
+        typed = [s for s in earlier if ref.wants.search(s.question)]
+        if typed:
+            return typed[-1:]
+        if ref.wants is _ASKS_PERSON:
+            return []  # "he" with no earlier "who": not an answer of this plan
+    return earlier[-1:]
+
+
+def _rewrite(question: str, ref: _Reference, ids: Sequence[str]) -> str:
+    names = [f"{{{i}}}" for i in ids]
+    words = question[ref.start : ref.end].lower()
+    if len(names) == 1:
+        replacement = names[0] + ("'s" if ref.possessive else "")
+    elif ref.start == ref.end:  # a bare comparison: "Which is older?"
+        return question[: ref.start] + f": {names[0]} or {names[1]}" + question[ref.end :]
+    elif words.startswith(("the difference", "the gap")):
+        replacement = f"{question[ref.start : ref.end]} between {names[0]} and {names[1]}"
+    elif words.startswith("the "):  # the sum, the ratio, ...
+        replacement = f"{question[ref.start : ref.end]} of {names[0]} and {names[1]}"
+    elif words in {"their", "theirs"}:
+        return _their(question, ref, names)
+    else:
+        preposition = re.match(r"(between|among|of|for|compare|comparing)\s", words)
+        lead = preposition.group(1) + " " if preposition else ""
+        replacement = f"{lead}{names[0]} and {names[1]}"
+    return question[: ref.start] + replacement + question[ref.end :]
+
+
+def _their(question: str, ref: _Reference, names: Sequence[str]) -> str:
+    """ "What is their sum?" -> "What is the sum of {q1} and {q2}?" """
+    m = re.match(r"\s+(\w+)", question[ref.end :])
+    if m is None:
+        return question[: ref.start] + f"{names[0]} and {names[1]}" + question[ref.end :]
+    noun_end = ref.end + m.end()
+    return (
+        question[: ref.start]
+        + f"the {m.group(1)} of {names[0]} and {names[1]}"
+        + question[noun_end:]
+    )
+
+
+def _link_references(work: _Work) -> None:
+    for index, step in enumerate(work.steps):
+        if index == 0 or step.depends_on or step.placeholders:
+            continue
+        if len(_words(step.question)) > _LONG_SUB_QUERY_WORDS or _OPTIONS.search(step.question):
+            continue
+        earlier = work.steps[:index]
+        ref = _find_reference(step.question, earlier)
+        if ref is None:
+            continue
+        referents = _pick_referents(work, index, ref)
+        if not referents:
+            continue
+        names = [s.id for s in referents]
+        if not all(work.add_dependency(step, n) for n in names):
+            continue
+        phrase = step.question[ref.start : ref.end] or "a comparison"
+        # A "it"/"he" pronoun that is not about the answer's kind names something of the
+        # earlier question ("Who wrote Hamlet? When was it written?"): context only.
+        thing_of_a_person = _THING_PRONOUN.fullmatch(phrase) and _ASKS_PERSON.search(
+            referents[0].question
+        )
+        if ref.substitute and not thing_of_a_person:
+            step.question = _rewrite(step.question, ref, names)
+            work.notes.append(
+                f"{step.id}: {phrase!r} refers to {', '.join(names)}: dependency and placeholder"
+            )
+        else:
+            work.notes.append(f"{step.id}: {phrase!r} refers to {', '.join(names)}: dependency")
+
+
+def _link_placeholders(work: _Work) -> None:
+    ids = {s.id for s in work.steps}
+    for step in work.steps:
+        for name in step.placeholders:
+            if name in ids and name not in step.depends_on and work.add_dependency(step, name):
+                work.notes.append(f"{step.id}: uses {{{name}}}: dependency on {name} added")
+
+
+# --- 6: coverage --------------------------------------------------------------------------------
+
+_MISSING_OK = 0.15
+"""A part of the question is asked when at most this share of its content words is missing
+from every sub-query (paraphrases drop a word or two)."""
+_MISSING_OK_STEPPED = 0.4
+"""The same for a part the plan asks in dependent steps, which rephrase more."""
+_DROPPED = 0.34
+"""A part with less than this share of its content words asked was dropped, not cut short."""
+_UNRELATED = 0.2
+"""A plan whose sub-queries share less than this with the question asks something else."""
+
+
+_UNIT_BREAK = re.compile(
+    r"(?<=[?!])\s+"  # after a question
+    r"|\n(?!\s*\(?[A-Ha-h][.)]\s)"  # a new line that is not a multiple-choice option
+    r"|;\s+"
+    r"|,?\s+and\s+(?=(?:what|who|whom|whose|which|when|where|why|how)\b)",
+    re.IGNORECASE,
+)
+
+
+def _units(query: str) -> list[str]:
+    """The parts of a question whose coverage is checked: its questions, lines and
+    "..., and what ..." clauses. Preambles ("I have two questions.") ask nothing and pass."""
+    units = [u.strip() for u in _UNIT_BREAK.split(query)]
+    return [u for u in units if u] or [query]
+
+
+def _missing_share(unit: str, asked: set[str]) -> float:
+    content = _content(unit)
+    return 1.0 - _overlap(content, asked) if content else 0.0
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: int
+    end: int
+    step: _Step
+
+
+def _span(unit: str, step: _Step) -> _Span | None:
+    """Where in ``unit`` the question of ``step`` is asked: the longest run of its content
+    words (gaps of up to three other words), widened over a leading article."""
+    wanted = _content_with_agents(step.question)
+    tokens = [(m.start(), m.end(), _stem(m.group())) for m in _WORD.finditer(unit)]
+    hits = [
+        i
+        for i, (start, end, stem) in enumerate(tokens)
+        if stem in wanted and unit[start:end].lower() not in _STOPWORDS
+    ]
+    if not hits:
+        return None
+    runs: list[list[int]] = [[hits[0]]]
+    for i in hits[1:]:
+        if i - runs[-1][-1] <= 4:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    best = max(runs, key=len)
+    in_unit = wanted & {tokens[i][2] for i in hits}
+    if len({tokens[i][2] for i in best}) < max(1, len(in_unit) / 2):
+        return None
+    first = best[0]
+    while first > 0 and unit[tokens[first - 1][0] : tokens[first - 1][1]].lower() in {
+        "the", "a", "an", "that", "this",
+    }:  # fmt: skip
+        first -= 1
+    return _Span(tokens[first][0], tokens[best[-1]][1], step)
+
+
+def _complete(work: _Work, unit: str, candidates: Sequence[_Step]) -> _Step:
+    """A step that asks ``unit`` with the spans the candidates ask replaced by their
+    placeholders (a chain's next hop, or the comparison of parallel lookups)."""
+    spans: list[_Span] = []
+    for step in candidates:
+        span = _span(unit, step)
+        if span and not any(span.start < s.end and s.start < span.end for s in spans):
+            spans.append(span)
+    text = unit
+    for span in sorted(spans, key=lambda s: s.start, reverse=True):
+        text = text[: span.start] + "{" + span.step.id + "}" + text[span.end :]
+    if not spans or not _content(text):
+        # Nothing to put a placeholder in: the part itself, with the others as context.
+        text, parents = unit, [s.id for s in candidates]
+    else:
+        parents = [s.step.id for s in sorted(spans, key=lambda s: s.start)]
+    return _Step(id=work.new_id(), question=text.strip(), depends_on=parents)
+
+
+def _readable(query: str) -> bool:
+    """Whether the coverage rules can judge the question: English words (the stopwords are
+    English), and enough of them to ask about something."""
+    words = _words(query)
+    function_words = sum(w.lower() in _STOPWORDS for w in words)
+    return len(_content(query)) >= 2 and function_words >= 0.15 * len(words)
+
+
+def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
+    """Make the plan ask every part of the question; False when it asks none of it. No
+    step is added beyond ``max_sub_queries``."""
+    if not _readable(work.query):
+        return True
+    query_content = _content(work.query)
+    plan_content: set[str] = set()
+    for step in work.steps:
+        plan_content |= _content_with_agents(step.question)
+    own_content = set().union(*(_content(s.question) for s in work.steps))
+    if query_content and own_content and _overlap(own_content, query_content) < _UNRELATED:
+        return False
+    if query_content and _overlap(query_content, plan_content) < _UNRELATED:
+        return False
+    for unit in _units(work.query):
+        asked: set[str] = set()
+        for step in work.steps:
+            asked |= _content_with_agents(step.question)
+        share = _missing_share(unit, asked)
+        unit_content = _content(unit)
+        related = [s for s in work.steps if _content_with_agents(s.question) & unit_content]
+        # A part the plan already answers in steps was rephrased on purpose: its words
+        # ("the usual first-line drug") may be gone without a hop being lost.
+        stepped = any(s.depends_on or work.dependents(s.id) for s in related)
+        if share <= (_MISSING_OK_STEPPED if stepped else _MISSING_OK):
+            continue
+        if max_sub_queries is not None and len(work.steps) >= max_sub_queries:
+            work.notes.append(f"the part {unit!r} is not asked; the plan is at its cap")
+            continue
+        if 1.0 - share < _DROPPED or not related:
+            text = unit[:1].upper() + unit[1:]
+            step = _Step(id=work.new_id(), question=text, depends_on=[])
+            work.steps.append(step)
+            work.notes.append(
+                f"{step.id}: added: the question's part {unit.strip()!r} was not asked"
+            )
+            continue
+        used = {d for s in work.steps for d in s.depends_on}
+        sinks = [s for s in related if s.id not in used]
+        step = _complete(work, unit, sinks or related)
+        work.steps.append(step)
+        work.notes.append(
+            f"{step.id}: added: completes the part {unit.strip()!r}, which "
+            f"{', '.join(step.depends_on)} only partly asked"
+        )
+    return True
+
+
+# --- public API ---------------------------------------------------------------------------------
+
+
+def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIES) -> Plan:
+    """Fix a decomposer's plan (see the module docstring); a plan needing nothing is
+    returned as it is. The result is not validated (the decomposer does that); repair adds
+    no sub-query beyond ``max_sub_queries``.
+
+    A plan whose sub-queries ask nothing of the question becomes :meth:`Plan.single` with a
+    ``fallback_reason``. Fallback plans are returned unchanged.
+    """
+    if plan.is_fallback or not plan.sub_queries:
+        return plan
+    work = _Work(
+        query=plan.query,
+        steps=[_Step(s.id, s.question, list(s.depends_on)) for s in plan.sub_queries],
+    )
+    _remove_repeats(work)
+    _remove_whole_query_repeats(work)
+    _remove_invented_steps(work)
+    _link_references(work)
+    _link_placeholders(work)
+    if not _repair_coverage(work, max_sub_queries):
+        return Plan.single(
+            plan.query,
+            fallback_reason="the plan's sub-queries do not ask the question: "
+            + "; ".join(s.question for s in plan.sub_queries)[:200],
+        )
+    if not work.notes:
+        return plan
+    sub_queries = tuple(
+        SubQuery(id=s.id, question=s.question, depends_on=tuple(s.depends_on)) for s in work.steps
+    )
+    return plan.model_copy(
+        update={"sub_queries": sub_queries, "repairs": (*plan.repairs, *work.notes)}
+    )
+
+
+__all__ = ["repair_plan"]

@@ -1,0 +1,365 @@
+"""Plan repair on hand-written broken plans, and leaving good plans alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+from langchain_complm.decompose.generator import SubQueryGenerator
+from langchain_complm.decompose.repair import repair_plan
+from langchain_complm.evaluation.sources import resolve_data_dir
+from langchain_complm.plan import Plan, SubQuery
+from langchain_complm.training.data import build_training_pairs
+
+Step = tuple[str, list[str]]
+
+
+def plan(query: str, *steps: Step) -> Plan:
+    return Plan(
+        query=query,
+        sub_queries=tuple(
+            SubQuery(id=f"q{i}", question=q, depends_on=tuple(d))
+            for i, (q, d) in enumerate(steps, 1)
+        ),
+    )
+
+
+def shape(p: Plan) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(sq.id, sq.question, sq.depends_on) for sq in p.sub_queries]
+
+
+def repaired(query: str, *steps: Step) -> Plan:
+    result = repair_plan(plan(query, *steps))
+    assert result.repairs, "expected a repair"
+    result.validate_dag()
+    return result
+
+
+# --- implicit references ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "steps", "expected"),
+    [
+        (
+            "What is the atomic number of oxygen, and what is twice that number?",
+            [("What is the atomic number of oxygen?", []), ("What is twice that number?", [])],
+            ("What is twice {q1}?", ("q1",)),
+        ),
+        (
+            "Which organ produces insulin, and how much does that organ weigh?",
+            [("Which organ produces insulin?", []), ("How much does that organ weigh?", [])],
+            ("How much does {q1} weigh?", ("q1",)),
+        ),
+        (
+            "Who wrote Dracula, and where was that author born?",
+            [("Who wrote Dracula?", []), ("Where was that author born?", [])],
+            ("Where was {q1} born?", ("q1",)),
+        ),
+        (
+            "Who directed Jaws, and in which year was he born?",
+            [("Who directed Jaws?", []), ("In which year was he born?", [])],
+            ("In which year was {q1} born?", ("q1",)),
+        ),
+        (
+            "What is the capital of France, and what is its population?",
+            [("What is the capital of France?", []), ("What is its population?", [])],
+            ("What is {q1}'s population?", ("q1",)),
+        ),
+        (
+            "What is 12 times 7, and what is the result divided by 4?",
+            [("What is 12 times 7?", []), ("What is the result divided by 4?", [])],
+            ("What is {q1} divided by 4?", ("q1",)),
+        ),
+        (
+            "What is 3 cubed? Then double it.",
+            [("What is 3 cubed?", []), ("Double it.", [])],
+            ("Double {q1}.", ("q1",)),
+        ),
+    ],
+)
+def test_a_reference_in_words_gets_the_dependency_and_the_placeholder(
+    query: str, steps: list[Step], expected: tuple[str, tuple[str, ...]]
+) -> None:
+    result = repaired(query, *steps)
+    assert (result.sub_queries[-1].question, result.sub_queries[-1].depends_on) == expected
+    assert "dependency and placeholder" in result.repairs[-1]
+
+
+@pytest.mark.parametrize(
+    ("last", "expected"),
+    [
+        ("What is the difference between them?", "What is the difference between {q1} and {q2}?"),
+        ("What is their sum?", "What is the sum of {q1} and {q2}?"),
+        ("What is the difference?", "What is the difference between {q1} and {q2}?"),
+        ("Which is larger?", "Which is larger: {q1} or {q2}?"),
+    ],
+)
+def test_a_plural_reference_depends_on_the_two_open_answers(last: str, expected: str) -> None:
+    result = repaired(
+        f"What are the populations of France and Spain? {last}",
+        ("What is the population of France?", []),
+        ("What is the population of Spain?", []),
+        (last, []),
+    )
+    assert shape(result)[-1] == ("q3", expected, ("q1", "q2"))
+
+
+def test_the_reference_goes_to_the_earlier_answer_of_its_kind() -> None:
+    # "that number" skips the nearer question about a person.
+    result = repaired(
+        "What is 15% of 80, who wrote Hamlet, and what is that number plus 3?",
+        ("What is 15% of 80?", []),
+        ("Who wrote Hamlet?", []),
+        ("What is that number plus 3?", []),
+    )
+    assert shape(result)[-1] == ("q3", "What is {q1} plus 3?", ("q1",))
+
+
+def test_a_pronoun_naming_the_earlier_question_gets_the_dependency_only() -> None:
+    # "it" is Hamlet, not the answer (a person): the expert needs the context, not a
+    # placeholder that would make it "When was Shakespeare written?".
+    result = repaired(
+        "Who wrote Hamlet, and when was it written?",
+        ("Who wrote Hamlet?", []),
+        ("When was it written?", []),
+    )
+    assert shape(result)[-1] == ("q2", "When was it written?", ("q1",))
+    assert result.repairs[-1].endswith(": dependency")
+
+
+def test_a_pronoun_with_its_own_antecedent_is_left_alone() -> None:
+    query = (
+        "What is 2+2? Also, when you squeeze an air-filled party balloon, what do you "
+        "increase its pressure or its volume?"
+    )
+    p = plan(
+        query,
+        ("What is 2+2?", []),
+        ("When you squeeze an air-filled party balloon, do you increase its pressure?", []),
+    )
+    assert repair_plan(p).sub_queries == p.sub_queries
+
+
+def test_a_placeholder_without_its_dependency_gets_it() -> None:
+    result = repaired(
+        "Who directed Jaws, and when was that director born?",
+        ("Who directed Jaws?", []),
+        ("When was {q1} born?", []),
+    )
+    assert shape(result)[-1] == ("q2", "When was {q1} born?", ("q1",))
+
+
+# --- removals -------------------------------------------------------------------------------
+
+
+def test_a_repeated_sub_query_is_removed_and_its_dependents_use_the_first() -> None:
+    result = repaired(
+        "Who directed Jaws, and when was the director born?",
+        ("Who directed Jaws?", []),
+        ("Who directed  jaws", []),
+        ("When was {q2} born?", ["q2"]),
+    )
+    assert shape(result) == [
+        ("q1", "Who directed Jaws?", ()),
+        ("q3", "When was {q1} born?", ("q1",)),
+    ]
+    assert result.repairs == ("q2: removed (repeats q1)",)
+
+
+def test_a_sub_query_re_asking_the_whole_question_is_removed() -> None:
+    query = "Who wrote Hamlet, and what is the boiling point of water?"
+    result = repaired(
+        query,
+        ("Who wrote Hamlet?", []),
+        ("What is the boiling point of water?", []),
+        (query, []),
+    )
+    assert [sq.question for sq in result.sub_queries] == [
+        "Who wrote Hamlet?",
+        "What is the boiling point of water?",
+    ]
+    assert result.repairs == ("q3: removed (re-asks the whole question)",)
+
+
+def test_the_whole_question_stays_when_the_others_do_not_cover_it() -> None:
+    query = "What is the capital of France?"
+    p = plan(query, (query, []), ("What is France?", []))
+    assert [sq.question for sq in repair_plan(p).sub_queries] == [query, "What is France?"]
+
+
+def test_an_invented_computation_is_removed() -> None:
+    result = repaired(
+        "What is the atomic number of oxygen, and what is twice that number?",
+        ("What is the atomic number of oxygen?", []),
+        ("What is twice that number?", []),
+        ("Add 16 to {q1} and multiply that result by 10", ["q1"]),
+    )
+    assert shape(result) == [
+        ("q1", "What is the atomic number of oxygen?", ()),
+        ("q2", "What is twice {q1}?", ("q1",)),
+    ]
+    assert result.repairs[0] == "q3: removed (computes with 10, 16, not in the question)"
+
+
+def test_numbers_the_question_writes_in_words_are_not_invented() -> None:
+    p = plan(
+        "What is 7 times 6? Then triple the answer.",
+        ("What is 7 times 6?", []),
+        ("What is 3 times {q1}?", ["q1"]),
+    )
+    assert repair_plan(p) == p
+
+
+# --- coverage -------------------------------------------------------------------------------
+
+
+def test_a_dropped_part_is_added() -> None:
+    result = repaired(
+        "What is 15% of 80, and what are the symptoms of iron-deficiency anemia?",
+        ("What is 15% of 80?", []),
+    )
+    assert shape(result) == [
+        ("q1", "What is 15% of 80?", ()),
+        ("q2", "What are the symptoms of iron-deficiency anemia?", ()),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "first", "completion"),
+    [
+        (
+            "What is the place of birth of the director of film Jaws?",
+            "Who directed the film Jaws?",
+            "What is the place of birth of {q1}?",
+        ),
+        (
+            "Who founded the company that distributed the film UHF?",
+            "Which company distributed the film UHF?",
+            "Who founded {q1}?",
+        ),
+        (
+            "Where is Ulrich Walter's employer headquartered?",
+            "Who is Ulrich Walter's employer?",
+            "Where is {q1} headquartered?",
+        ),
+        (
+            "Where was the author of Beloved born?",
+            "Who wrote Beloved?",
+            "Where was {q1} born?",
+        ),
+    ],
+)
+def test_a_chain_cut_short_gets_its_next_hop(query: str, first: str, completion: str) -> None:
+    result = repaired(query, (first, []))
+    assert shape(result) == [("q1", first, ()), ("q2", completion, ("q1",))]
+    assert "only partly asked" in result.repairs[0]
+
+
+def test_a_complete_chain_is_left_alone() -> None:
+    p = plan(
+        "What is the place of birth of the director of film Jaws?",
+        ("Who directed the film Jaws?", []),
+        ("Where was {q1} born?", ["q1"]),
+    )
+    assert repair_plan(p) == p
+
+
+def test_a_plan_that_asks_something_else_falls_back() -> None:
+    result = repair_plan(
+        plan("What is the boiling point of water?", ("What is the capital of Peru?", []))
+    )
+    assert result.is_fallback
+    assert result.sub_queries[0].question == "What is the boiling point of water?"
+    assert "do not ask the question" in (result.fallback_reason or "")
+
+
+def test_repair_adds_nothing_beyond_the_cap() -> None:
+    p = plan("What is 2+2, who wrote Hamlet, and where is Peru?", ("What is 2+2?", []))
+    assert len(repair_plan(p, max_sub_queries=1).sub_queries) == 1
+    assert len(repair_plan(p).sub_queries) == 3
+
+
+def test_fallback_and_unreadable_plans_are_returned_unchanged() -> None:
+    fallback = Plan.single("Who wrote Hamlet?", fallback_reason="model down")
+    assert repair_plan(fallback) is fallback
+    spanish = plan("¿Cuál es la capital de Francia?", ("What is the capital of France?", []))
+    assert repair_plan(spanish) is spanish
+
+
+# --- good plans -----------------------------------------------------------------------------
+
+
+def _has_data() -> bool:
+    try:
+        return resolve_data_dir().is_dir()
+    except FileNotFoundError:
+        return False
+
+
+TEMPLATES = {
+    "template_parallel": 1.0,
+    "template_chain": 1.0,
+    "template_fan_in": 1.0,
+    "single_template": 1.0,
+}
+
+
+def test_gold_plans_of_the_template_pairs_are_left_alone() -> None:
+    for pair in build_training_pairs(400, seed=3, mix=TEMPLATES):
+        gold = pair.plan
+        assert repair_plan(gold) == gold, pair.query
+
+
+@pytest.mark.skipif(not _has_data(), reason="public benchmark data is not available")
+def test_gold_plans_of_the_benchmark_pairs_are_left_alone() -> None:
+    mix = {"benchmark": 1.0, "recomposed": 1.0, "math_chain": 1.0, "single_source": 1.0}
+    for pair in build_training_pairs(400, seed=0, mix=mix):
+        gold = pair.plan
+        assert repair_plan(gold) == gold, pair.query
+
+
+def test_repair_is_idempotent() -> None:
+    once = repaired(
+        "What are the populations of France and Spain, and what is the difference between them?",
+        ("What is the population of France?", []),
+        ("What is the population of Spain?", []),
+        ("What is the difference between them?", []),
+    )
+    assert repair_plan(once) == once
+
+
+# --- in the generator -----------------------------------------------------------------------
+
+
+def test_the_generator_repairs_the_models_plan() -> None:
+    reply = json.dumps(
+        {
+            "sub_queries": [
+                {"id": "q1", "question": "What is the atomic number of oxygen?", "depends_on": []},
+                {"id": "q2", "question": "What is twice that number?", "depends_on": []},
+            ]
+        }
+    )
+    query = "What is the atomic number of oxygen, and what is twice that number?"
+    result = SubQueryGenerator(llm=FakeListChatModel(responses=[reply])).invoke(query)
+    assert shape(result)[-1] == ("q2", "What is twice {q1}?", ("q1",))
+    raw = SubQueryGenerator(llm=FakeListChatModel(responses=[reply]), repair=False).invoke(query)
+    assert shape(raw)[-1] == ("q2", "What is twice that number?", ())
+
+
+def test_a_placeholder_without_dependency_is_no_longer_a_failed_reply() -> None:
+    reply = json.dumps(
+        {
+            "sub_queries": [
+                {"id": "q1", "question": "Who directed Jaws?", "depends_on": []},
+                {"id": "q2", "question": "When was {q1} born?", "depends_on": []},
+            ]
+        }
+    )
+    llm = FakeListChatModel(responses=[reply])
+    result = SubQueryGenerator(llm=llm).invoke("Who directed Jaws, and when was he born?")
+    assert not result.is_fallback
+    assert shape(result)[-1] == ("q2", "When was {q1} born?", ("q1",))
