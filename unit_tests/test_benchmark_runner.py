@@ -80,13 +80,17 @@ def make_components(generator_reply: str | None = None) -> Components:
         ("q2", "Multiply {q1} by two", ["q1"]),
     )
     generator = SubQueryGenerator(
-        llm=SizedChat(responses=[reply], num_parameters=2_000), structured_output=False
+        llm=SizedChat(responses=[reply], num_parameters=2_000),
+        structured_output=False,
+        repair=False,  # the fake plan is not about the items' questions
     )
     return Components(
         experts=experts,
         generator=generator,
         router=EmbeddingRouter(experts=experts, embeddings=SizedEmbeddings()),
-        aggregator=ResponseAggregator(llm=shared),
+        # A synthesizing aggregator with no coverage check: these tests count parameters
+        # and read the fake model's answer as it is.
+        aggregator=ResponseAggregator(llm=shared, mode="synthesize", check_coverage=False),
         chat_models=[("shared", shared)],
     )
 
@@ -168,6 +172,14 @@ def test_parameter_accounting_counts_shared_models_once(items_p: list[Item]) -> 
     expected = ROUTER_SIZE + AGGREGATOR_SIZE + sum(EXPERT_SIZE for e in called if e != "math")
     assert prediction.active_parameters == expected
     assert "aggregator" in prediction.active_models
+    # A small aggregator enumerates the answers without calling its model.
+    components.aggregator = ResponseAggregator(llm=components.aggregator.llm)
+    assert components.aggregator.resolved_mode() == "enumerate"
+    (oracle,) = build_systems(["oracle"], components)
+    prediction = oracle.predict(items_p[0])
+    math_called = AGGREGATOR_SIZE if "math" in called else 0  # the aggregator's model
+    assert prediction.active_parameters == expected - AGGREGATOR_SIZE + math_called
+    assert "aggregator" not in prediction.active_models
 
 
 def test_oracle_uses_the_gold_plan_and_maps_part_answers(items_p: list[Item]) -> None:

@@ -12,6 +12,8 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from langgraph.checkpoint.memory import InMemorySaver
 
 from langchain_complm import ChatCompLLM, Expert, create_comp_llm
+from langchain_complm.aggregate import ResponseAggregator
+from langchain_complm.decompose.generator import SubQueryGenerator
 
 PLAN = plan_json(("q1", "What is the sum of 2 and 3?", []), ("q2", "Which drug treats it?", []))
 
@@ -21,9 +23,10 @@ def comp_llm(answer: str = "Five, and aspirin. STOP here") -> Any:
     medicine, _ = make_expert("medicine")
     return create_comp_llm(
         [math, medicine],
-        generator=fake_llm(PLAN),
+        # The fake plan does not ask the tests' questions: no repair.
+        generator=SubQueryGenerator(llm=fake_llm(PLAN), repair=False),
         router=KeywordEmbeddings(),
-        aggregator=fake_llm(answer),
+        aggregator=ResponseAggregator(llm=fake_llm(answer), check_coverage=False),
     )
 
 
@@ -89,7 +92,7 @@ def test_failure_policy_overrides_reach_the_executor() -> None:
         [math, medicine],
         generator=fake_llm(PLAN),
         router=KeywordEmbeddings(),
-        aggregator=fake_llm("done"),
+        aggregator=ResponseAggregator(llm=fake_llm("done"), check_coverage=False),
     )
     reply = ChatCompLLM(comp_llm=comp, max_retries=1).invoke("q")
     assert reply.response_metadata["complm"]["results"]["q1"]["status"] == "ok"

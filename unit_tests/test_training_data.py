@@ -187,17 +187,18 @@ def test_cli_eval_needs_a_model_or_a_curve(capsys: pytest.CaptureFixture[str]) -
 
 def test_score_reply_and_curve_files(tmp_path: Path) -> None:
     from langchain_complm.plan import Plan
-    from langchain_complm.training.evaluate import EvalExample, score_reply, write_curve
+    from langchain_complm.evaluation.plans import PlanExample
+    from langchain_complm.training.evaluate import score_reply, write_curve
 
     pair = build_training_pairs(1, seed=0, mix={"template_chain": 1.0})[0]
-    example = EvalExample(query=pair.query, gold=pair.plan, kind="chain")
+    example = PlanExample(query=pair.query, gold=pair.plan, kind="chain")
     perfect = score_reply(pair.target, example)
     assert perfect["json_valid"] == perfect["exact_match"] == 1.0
     assert perfect["sub_query_f1"] == perfect["edge_f1"] == 1.0
     garbage = score_reply("I cannot do that.", example)
     assert garbage["json_valid"] == garbage["exact_match"] == 0.0
     assert garbage["n_predicted"] == 1  # scored as the fallback plan
-    single = EvalExample(query="What is 2+2?", gold=Plan.single("What is 2+2?"), kind="single")
+    single = PlanExample(query="What is 2+2?", gold=Plan.single("What is 2+2?"), kind="single")
     assert score_reply("no json", single)["sub_query_f1"] == 1.0
     spaced = pair.target.replace('","', '", "')
     assert score_reply(f"```json\n{spaced}\n```", example)["exact_match"] == 1.0
@@ -211,11 +212,12 @@ def test_score_reply_and_curve_files(tmp_path: Path) -> None:
 
 
 def test_rescore_replies_scores_kept_replies_and_names_a_missing_one() -> None:
-    from langchain_complm.training.evaluate import EvalExample, rescore_replies
+    from langchain_complm.evaluation.plans import PlanExample
+    from langchain_complm.training.evaluate import rescore_replies
 
     pair = build_training_pairs(1, seed=0, mix={"template_chain": 1.0})[0]
-    good = EvalExample(query=pair.query, gold=pair.plan, kind="chain")
-    bad = EvalExample(query="What is 2+2?", gold=pair.plan, kind="chain")
+    good = PlanExample(query=pair.query, gold=pair.plan, kind="chain")
+    bad = PlanExample(query="What is 2+2?", gold=pair.plan, kind="chain")
     report = rescore_replies({pair.query: pair.target, bad.query: "no json"}, [good, bad])
     assert report.n == 2 and report.metrics["json_valid"] == 0.5
     assert [row["reply"] for row in report.rows] == [pair.target, "no json"]

@@ -245,14 +245,16 @@ def test_full_fine_tune_then_loader_returns_a_working_generator(
 
     generator = load_trained_generator(result.out, device="cpu", max_new_tokens=16)
     assert isinstance(generator, SubQueryGenerator)
-    assert generator.structured_output is False
+    assert generator.structured_output is True  # decoding held to the plan grammar
+    free = load_trained_generator(result.out, device="cpu", max_new_tokens=16, constrained=False)
+    assert free.structured_output is False
     # The generator sends exactly the prompt the model was trained on.
     from langchain_complm.models.huggingface import _to_conversation
 
     tokenizer = generator.llm.engine.tokenizer  # type: ignore[attr-defined]
     query = pairs[0].query
     sent = tokenizer.apply_chat_template(
-        _to_conversation(generator._messages(query)), tokenize=False, add_generation_prompt=True
+        _to_conversation(generator.messages(query)), tokenize=False, add_generation_prompt=True
     )
     ids, labels = encode_pair(tokenizer, pairs[0])
     first = next(i for i, label in enumerate(labels) if label != -100)

@@ -34,7 +34,8 @@ every role of the embedded default, are one model), so a model shared by several
 counts once. ``total_parameters`` sums the distinct models of a system: generator, experts,
 aggregator and the router's embeddings. ``active_parameters`` sums the distinct models used
 for one item: the generator when it is a model, the router, every expert called, and the
-aggregator unless a single answer passed through. A rule-based generator has no parameters.
+aggregator when it called its model (not for a single answer passing through, nor for an
+enumerated answer of answered parts). A rule-based generator has no parameters.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from langchain_complm.config import PipelineParts, build_parts
 from langchain_complm.evaluation.metrics import match_sub_queries
 from langchain_complm.evaluation.multiexpertqa import Item
 from langchain_complm.evaluation.routing_data import DOMAIN_ALIASES, domain_expert_map
-from langchain_complm.execute.executor import ScheduleMode, SubQueryResult
+from langchain_complm.execute.executor import ScheduleMode
 from langchain_complm.pipeline import (
     CHECKPOINT_TYPES,
     CompLLMOutput,
@@ -355,7 +356,7 @@ class _ComponentSystem(System):
             used.append(self._router)
         if generator is not None:
             used.append(generator)
-        if not _passes_through(results):
+        if self.components.aggregator.calls_model(results):
             used.append(self._aggregator)
         sub_answers = {k: r.answer for k, r in output.results.items() if r.answer is not None}
         errors = [f"{k}: {r.error or r.status}" for k, r in output.results.items() if r.error]
@@ -476,11 +477,6 @@ def route_gold_plan(
 
 def _saver() -> InMemorySaver:
     return InMemorySaver(serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
-
-
-def _passes_through(results: Sequence[SubQueryResult]) -> bool:
-    """Whether the aggregator returns the single answer without calling its model."""
-    return len(results) == 1 and results[0].answer is not None
 
 
 def drop_dependencies(plan: Plan) -> Plan:

@@ -109,8 +109,22 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
         metavar="PATH_OR_ID",
         help="trained generator folder or hub id (not needed with --curve)",
     )
-    parser.add_argument("--split", choices=("dev", "test"), default="dev")
+    parser.add_argument(
+        "--split",
+        choices=("dev", "test", "heldout", "multihop"),
+        default="dev",
+        help="a benchmark split; heldout: the 126 held-out compound questions; multihop: "
+        "HotpotQA/MuSiQue/Bamboogle test-split questions by kind (--n per kind)",
+    )
     parser.add_argument("--n", type=int, default=200, help="evaluation examples")
+    parser.add_argument(
+        "--free-decoding",
+        action="store_true",
+        help="let the model write its JSON freely (default: decoding held to the plan grammar)",
+    )
+    parser.add_argument(
+        "--no-repair", action="store_true", help="score the plans as parsed, without plan repair"
+    )
     parser.add_argument("--seed", type=int, default=None, help="default: the training seed")
     parser.add_argument("--max-chars", type=int, default=None, help="skip longer queries")
     parser.add_argument("--device", help="cpu, cuda:0, ...")
@@ -168,7 +182,11 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
                 "data_dir": args.data_dir,
                 "progress": not args.quiet,
             },
-            generator_options={"device": args.device, "max_new_tokens": max_new},
+            generator_options={
+                "device": args.device,
+                "max_new_tokens": max_new,
+                "constrained": not args.free_decoding,
+            },
             progress=console.progress,
         )
         if args.docs:
@@ -186,16 +204,31 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
 
         seed = args.seed if args.seed is not None else read_metadata(args.model).get("seed", 0)
         console.progress(f"Loading {args.model}...")
-        generator = load_trained_generator(args.model, device=args.device, max_new_tokens=max_new)
+        generator = load_trained_generator(
+            args.model,
+            device=args.device,
+            max_new_tokens=max_new,
+            constrained=not args.free_decoding,
+        )
         examples = eval_examples(
             args.split, args.n, seed, max_chars=args.max_chars, data_dir=args.data_dir
         )
         # The report file keeps each raw reply, to rescore (--replies) or inspect later.
         report = evaluate_generator(
-            generator, examples, keep_replies=bool(args.report), progress=console.progress
+            generator,
+            examples,
+            keep_replies=bool(args.report),
+            progress=console.progress,
+            repair=not args.no_repair,
         )
         model = args.model
-    data: dict[str, Any] = report.to_dict() | {"model": model, "split": args.split}
+    data: dict[str, Any] = report.to_dict() | {
+        "model": model,
+        "split": args.split,
+        # Rescored replies keep the decoding of the run that made them.
+        "decoding": None if args.replies else "free" if args.free_decoding else "constrained",
+        "repair": not args.no_repair,
+    }
     if args.report:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
@@ -223,7 +256,8 @@ def _rescore(args: argparse.Namespace) -> tuple[Any, str]:
         args.split, args.n, args.seed or 0, max_chars=args.max_chars, data_dir=args.data_dir
     )
     try:
-        return rescore_replies(replies, examples), kept.get("model", args.replies)
+        report = rescore_replies(replies, examples, repair=not args.no_repair)
+        return report, kept.get("model", args.replies)
     except ValueError as exc:
         raise UsageError(f"--replies {args.replies}: {exc}") from None
 

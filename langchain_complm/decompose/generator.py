@@ -531,14 +531,9 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
         return self.llm
 
     def _to_plan(self, reply: Any, query: str) -> Plan:
-        plan = _reply_plan(reply, query)
-        if self.repair:
-            repaired = repair_plan(plan, self.max_sub_queries)
-            if repaired.is_fallback:
-                plan.validate_dag(self.max_sub_queries)  # a malformed plan says so first
-                raise PlanValidationError(repaired.fallback_reason)
-            plan = repaired
-        return plan.validate_dag(self.max_sub_queries)
+        return plan_from_reply(
+            reply, query, max_sub_queries=self.max_sub_queries, repair=self.repair
+        )
 
     def _decompose(
         self,
@@ -653,6 +648,32 @@ def reply_text(reply: Any) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def plan_from_reply(
+    reply: Any,
+    query: str,
+    *,
+    max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIES,
+    repair: bool = True,
+) -> Plan:
+    """The validated plan a generator model's reply stands for, as the generator makes it:
+    parsed (structured output, or :func:`parse_plan`), repaired
+    (:func:`~langchain_complm.decompose.repair.repair_plan`) unless ``repair=False``, and
+    validated.
+
+    Raises:
+        ValueError: the reply holds no plan, or its plan is invalid (``PlanValidationError``),
+            or repair found that it asks nothing of the question.
+    """
+    plan = _reply_plan(reply, query)
+    if repair:
+        repaired = repair_plan(plan, max_sub_queries)
+        if repaired.is_fallback:
+            plan.validate_dag(max_sub_queries)  # a malformed plan says so first
+            raise PlanValidationError(repaired.fallback_reason)
+        plan = repaired
+    return plan.validate_dag(max_sub_queries)
+
+
 def _reply_plan(reply: Any, query: str) -> Plan:
     """The plan in a reply, not yet repaired or validated."""
     if isinstance(reply, dict) and "raw" in reply:
@@ -691,6 +712,7 @@ __all__ = [
     "PlanValidationError",
     "SubQueryGenerator",
     "parse_plan",
+    "plan_from_reply",
     "reply_text",
     "supports_structured_output",
 ]

@@ -36,40 +36,17 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
+from langchain_complm.text import (
+    FUNCTION_WORDS,
+    content_stems,
+    numbers,
+    stem,
+    word_spans,
+    words,
+)
 
 # --- words ------------------------------------------------------------------------------------
-
-_FUNCTION_WORDS = """
-    a an the and or but nor of to in on at by for with from into onto upon over under about as
-    than then so if is are was were be been being am do does did done doing has have had
-    having it its it's this that these those there here such which who whom whose what when
-    where why how whether can could should would will shall may might must i me my we our you
-    your he him his she her they them their one ones not no yes also too very just only more
-    most much many some any each every both either neither all other another same own
-    please answer answers question questions tell give name find list explain describe state
-    show compute calculate determine know like want help following part parts quick things
-    thing two three four first second third fourth next finally lastly last now previous step
-    found result number get value out up down off again still besides additionally moreover
-    furthermore however meanwhile afterwards solve unrelated thanks thank thx cheers hi
-    hello hey"""
-_STOPWORDS = frozenset(_FUNCTION_WORDS.split())
-"""Function words, question words and request words: not what a question asks about."""
-
-_WORD = re.compile(r"\{[^{}\s]+\}|[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
-_PLACEHOLDER = re.compile(r"\{([^{}\s]+)\}")
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*")
-
-_NUMBER_WORDS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
-    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
-    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "hundred": 100,
-    "thousand": 1000, "million": 1000000, "twice": 2, "double": 2, "doubled": 2, "half": 2,
-    "halve": 2, "halved": 2, "triple": 3, "tripled": 3, "thrice": 3, "quadruple": 4,
-    "square": 2, "squared": 2, "cube": 3, "cubed": 3, "percent": 100, "dozen": 12,
-}  # fmt: skip
-"""Number words of a question: a sub-query may write them as digits."""
 
 _AGENT_NOUNS = {
     "wrote": ("author", "writer"), "written": ("author", "writer"), "write": ("author", "writer"),
@@ -79,41 +56,6 @@ _AGENT_NOUNS = {
     "founded": ("founder",), "discovered": ("discoverer",),
 }  # fmt: skip
 """Verbs whose agent noun does not share their stem (``directed``/``director`` do)."""
-
-
-_SYNONYMS = {
-    "times": "multiply", "multiplied": "multiply", "product": "multiply",
-    "minus": "subtract", "less": "subtract", "difference": "subtract",
-    "plus": "add", "added": "add", "sum": "add", "divided": "divide", "quotient": "divide",
-    "began": "begin", "begun": "begin", "people": "population",
-}  # fmt: skip
-"""Words a sub-query may ask with another word (operators, irregular verb forms)."""
-
-
-def _stem(word: str) -> str:
-    """A crude stem: lower case, no possessive, synonyms merged, at most five letters
-    ("directed" and "director" meet at "direc")."""
-    word = re.sub(r"['’]s?$", "", word.lower())
-    if word in _NUMBER_WORDS:  # "triple the answer" asks what "3 times {q1}" does
-        return str(_NUMBER_WORDS[word])
-    return _SYNONYMS.get(word, word)[:5]
-
-
-_ENUMERATOR = re.compile(
-    r"\(\d{1,2}\)|\[\d{1,2}\]|^\s*\d{1,2}[.)]|\b(?:question|part)\s+\d{1,2}\b"
-    r"|\b\d{1,2}\s+(?:questions?|things|parts|queries)\b|(?:^|(?<=\s))\(?[a-hA-H]\)(?=\s)",
-    re.IGNORECASE | re.MULTILINE,
-)
-"""Labels of an enumeration ("(1)", "2.", "Part 3"): not numbers the question asks about."""
-
-
-def _words(text: str) -> list[str]:
-    return [w for w in _WORD.findall(_ENUMERATOR.sub(" ", text)) if not w.startswith("{")]
-
-
-def _content(text: str) -> set[str]:
-    """The stems of the words a question asks about."""
-    return {_stem(w) for w in _words(text) if w.lower() not in _STOPWORDS}
 
 
 _ASKED_BY = {
@@ -127,20 +69,11 @@ _ASKED_BY = {
 def _content_with_agents(text: str) -> set[str]:
     """The content stems of a sub-query plus what its words also ask: the agent nouns of
     its verbs ("wrote" covers "author") and what its question words ask ("where": place)."""
-    stems = _content(text)
-    for word in _words(text):
+    stems = content_stems(text)
+    for word in words(text):
         related = _AGENT_NOUNS.get(word.lower(), ()) + _ASKED_BY.get(word.lower(), ())
-        stems.update(_stem(noun) for noun in related)
+        stems.update(stem(noun) for noun in related)
     return stems
-
-
-def _numbers(text: str) -> set[str]:
-    """Numbers written in digits or words, normalised ("1,000" and "1000" are one)."""
-    found = {n.replace(",", "") for n in _NUMBER.findall(text)}
-    found.update(str(_NUMBER_WORDS[w.lower()]) for w in _words(text) if w.lower() in _NUMBER_WORDS)
-    if "%" in text:
-        found.add("100")
-    return found
 
 
 def _overlap(a: set[str], b: set[str]) -> float:
@@ -165,8 +98,9 @@ class _Step:
     depends_on: list[str]
 
     @property
-    def placeholders(self) -> list[str]:
-        return list(dict.fromkeys(_PLACEHOLDER.findall(self.question)))
+    def braced(self) -> list[str]:
+        """Names in braces: placeholders once they name a dependency."""
+        return braced_names(self.question)
 
 
 @dataclass
@@ -232,8 +166,8 @@ class _Work:
 def _remove_repeats(work: _Work) -> None:
     seen: dict[tuple[frozenset[str], frozenset[str], str], str] = {}
     for step in list(work.steps):
-        content = frozenset(_content(step.question))
-        normalized = " ".join(_words(step.question.lower())) if not content else ""
+        content = frozenset(content_stems(step.question))
+        normalized = " ".join(words(step.question.lower())) if not content else ""
         key = (content, frozenset(step.depends_on), normalized)
         if key in seen:
             work.remove(step, seen[key], f"repeats {seen[key]}")
@@ -251,31 +185,39 @@ def _covers(steps: Iterable[_Step], query: str) -> bool:
 def _remove_whole_query_repeats(work: _Work) -> None:
     if len(work.steps) < 2:
         return
-    query = _content(work.query)
+    query = content_stems(work.query)
     for step in list(work.steps):
         if step.depends_on or work.dependents(step.id) or len(work.steps) < 2:
             continue
-        own = _content(step.question)
+        own = content_stems(step.question)
         others = [s for s in work.steps if s is not step]
         # It holds another sub-query's question and more: the others are its parts.
         subsumes = any(
             0 < len(part) < len(own) and _overlap(part, own) >= 0.6
-            for part in (_content(o.question) for o in others)
+            for part in (content_stems(o.question) for o in others)
         )
         if _f1(own, query) >= 0.8 and subsumes and _covers(others, work.query):
             work.remove(step, None, "re-asks the whole question")
 
 
 def _remove_invented_steps(work: _Work) -> None:
-    allowed = _numbers(work.query)
+    """Remove final dependent steps the question does not ask for: computing with numbers
+    it does not hold, or (one parent) asking about nothing it names ("What is the mass
+    of {q1}?" when the question asks no mass)."""
+    allowed = numbers(work.query)
+    named = _content_with_agents(work.query)
     for step in list(work.steps):
         if not step.depends_on or work.dependents(step.id):
             continue
-        invented = _numbers(_PLACEHOLDER.sub(" ", step.question)) - allowed
+        invented = numbers(step.question) - allowed
         if invented:
             work.remove(
                 step, None, f"computes with {', '.join(sorted(invented))}, not in the question"
             )
+            continue
+        own = _content_with_agents(step.question)
+        if _readable(work.query) and len(step.depends_on) == 1 and own and not own & named:
+            work.remove(step, None, "asks about nothing the question names")
 
 
 # --- 4-5: references ----------------------------------------------------------------------------
@@ -373,7 +315,7 @@ class _Reference:
 def _find_reference(question: str, earlier: Sequence[_Step]) -> _Reference | None:
     if m := _PLURAL.search(question):
         return _Reference(m.start(), m.end(), plural=True, wants=None, substitute=True)
-    if _BARE_COMPARISON.match(question) and len(_content(question)) <= 2:
+    if _BARE_COMPARISON.match(question) and len(content_stems(question)) <= 2:
         end = len(question.rstrip(" ?.!"))
         return _Reference(end, end, plural=True, wants=None, substitute=True)
     m = _ANSWER_PHRASE.search(question)
@@ -392,9 +334,9 @@ def _find_reference(question: str, earlier: Sequence[_Step]) -> _Reference | Non
         )  # fmt: skip
         return _Reference(m.start(), m.end(), plural=False, wants=wants, substitute=True)
     for m in _NAMED_REFERENCE.finditer(question):
-        if m.group(1).lower() in _STOPWORDS:
+        if m.group(1).lower() in FUNCTION_WORDS:
             continue
-        noun = _stem(m.group(1))
+        noun = stem(m.group(1))
         asks = re.compile(r"\b(?:which|what)\s+(?:\w+\s+)?" + re.escape(m.group(1)), re.I)
         if any(asks.search(s.question) or noun in _agent_stems(s.question) for s in earlier):
             return _Reference(m.start(), m.end(), plural=False, wants=asks, substitute=True)
@@ -419,7 +361,7 @@ def _find_reference(question: str, earlier: Sequence[_Step]) -> _Reference | Non
 
 
 def _names_little_before(question: str, position: int) -> bool:
-    return len(_content(question[:position])) <= 1
+    return len(content_stems(question[:position])) <= 1
 
 
 def _agent_stems(question: str) -> set[str]:
@@ -428,7 +370,7 @@ def _agent_stems(question: str) -> set[str]:
     if not m:
         return set()
     verb = m.group(1).lower()
-    return {_stem(verb), *(_stem(n) for n in _AGENT_NOUNS.get(verb, ()))}
+    return {stem(verb), *(stem(n) for n in _AGENT_NOUNS.get(verb, ()))}
 
 
 def _frontier(work: _Work, before: int) -> list[_Step]:
@@ -487,9 +429,9 @@ def _their(question: str, ref: _Reference, names: Sequence[str]) -> str:
 
 def _link_references(work: _Work) -> None:
     for index, step in enumerate(work.steps):
-        if index == 0 or step.depends_on or step.placeholders:
+        if index == 0 or step.depends_on or step.braced:
             continue
-        if len(_words(step.question)) > _LONG_SUB_QUERY_WORDS or _OPTIONS.search(step.question):
+        if len(words(step.question)) > _LONG_SUB_QUERY_WORDS or _OPTIONS.search(step.question):
             continue
         earlier = work.steps[:index]
         ref = _find_reference(step.question, earlier)
@@ -519,7 +461,7 @@ def _link_references(work: _Work) -> None:
 def _link_placeholders(work: _Work) -> None:
     ids = {s.id for s in work.steps}
     for step in work.steps:
-        for name in step.placeholders:
+        for name in step.braced:
             if name in ids and name not in step.depends_on and work.add_dependency(step, name):
                 work.notes.append(f"{step.id}: uses {{{name}}}: dependency on {name} added")
 
@@ -541,20 +483,25 @@ _UNIT_BREAK = re.compile(
     r"(?<=[?!])\s+"  # after a question
     r"|\n(?!\s*\(?[A-Ha-h][.)]\s)"  # a new line that is not a multiple-choice option
     r"|;\s+"
-    r"|,?\s+and\s+(?=(?:what|who|whom|whose|which|when|where|why|how)\b)",
+    r"|(?:,?\s+and|:)\s+(?=(?:what|who|whom|whose|which|when|where|why|how)\b)"
+    r"|,?\s+and\s+(?:also|then)\s+|,\s+and\s+(?=(?:list|tell|give|name|explain|describe|"
+    r"compute|calculate|find|convert|define)\b)",
     re.IGNORECASE,
 )
+_PREAMBLE = re.compile(r"\b(?:questions?|things|facts|queries|tasks)\b", re.IGNORECASE)
+"""A part that talks about the request ("Two questions about space:") asks nothing."""
 
 
 def _units(query: str) -> list[str]:
     """The parts of a question whose coverage is checked: its questions, lines and
     "..., and what ..." clauses. Preambles ("I have two questions.") ask nothing and pass."""
     units = [u.strip() for u in _UNIT_BREAK.split(query)]
-    return [u for u in units if u] or [query]
+    asked = [u for u in units if u and not (_PREAMBLE.search(u) and "?" not in u)]
+    return asked or [query]
 
 
 def _missing_share(unit: str, asked: set[str]) -> float:
-    content = _content(unit)
+    content = content_stems(unit)
     return 1.0 - _overlap(content, asked) if content else 0.0
 
 
@@ -569,11 +516,11 @@ def _span(unit: str, step: _Step) -> _Span | None:
     """Where in ``unit`` the question of ``step`` is asked: the longest run of its content
     words (gaps of up to three other words), widened over a leading article."""
     wanted = _content_with_agents(step.question)
-    tokens = [(m.start(), m.end(), _stem(m.group())) for m in _WORD.finditer(unit)]
+    tokens = [(start, end, stem(word)) for start, end, word in word_spans(unit)]
     hits = [
         i
         for i, (start, end, stem) in enumerate(tokens)
-        if stem in wanted and unit[start:end].lower() not in _STOPWORDS
+        if stem in wanted and unit[start:end].lower() not in FUNCTION_WORDS
     ]
     if not hits:
         return None
@@ -595,9 +542,10 @@ def _span(unit: str, step: _Step) -> _Span | None:
     return _Span(tokens[first][0], tokens[best[-1]][1], step)
 
 
-def _complete(work: _Work, unit: str, candidates: Sequence[_Step]) -> _Step:
+def _complete(work: _Work, unit: str, candidates: Sequence[_Step]) -> _Step | None:
     """A step that asks ``unit`` with the spans the candidates ask replaced by their
-    placeholders (a chain's next hop, or the comparison of parallel lookups)."""
+    placeholders (a chain's next hop, or the comparison of parallel lookups); None when
+    the spans leave nothing to ask (the candidates ask the whole part, in other words)."""
     spans: list[_Span] = []
     for step in candidates:
         span = _span(unit, step)
@@ -606,20 +554,18 @@ def _complete(work: _Work, unit: str, candidates: Sequence[_Step]) -> _Step:
     text = unit
     for span in sorted(spans, key=lambda s: s.start, reverse=True):
         text = text[: span.start] + "{" + span.step.id + "}" + text[span.end :]
-    if not spans or not _content(text):
-        # Nothing to put a placeholder in: the part itself, with the others as context.
-        text, parents = unit, [s.id for s in candidates]
-    else:
-        parents = [s.step.id for s in sorted(spans, key=lambda s: s.start)]
+    if not spans or not content_stems(text):
+        return None
+    parents = [s.step.id for s in sorted(spans, key=lambda s: s.start)]
     return _Step(id=work.new_id(), question=text.strip(), depends_on=parents)
 
 
 def _readable(query: str) -> bool:
     """Whether the coverage rules can judge the question: English words (the stopwords are
     English), and enough of them to ask about something."""
-    words = _words(query)
-    function_words = sum(w.lower() in _STOPWORDS for w in words)
-    return len(_content(query)) >= 2 and function_words >= 0.15 * len(words)
+    all_words = words(query)
+    function_words = sum(w.lower() in FUNCTION_WORDS for w in all_words)
+    return len(content_stems(query)) >= 2 and function_words >= 0.15 * len(all_words)
 
 
 def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
@@ -627,11 +573,11 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
     step is added beyond ``max_sub_queries``."""
     if not _readable(work.query):
         return True
-    query_content = _content(work.query)
+    query_content = content_stems(work.query)
     plan_content: set[str] = set()
     for step in work.steps:
         plan_content |= _content_with_agents(step.question)
-    own_content = set().union(*(_content(s.question) for s in work.steps))
+    own_content = set().union(*(content_stems(s.question) for s in work.steps))
     if query_content and own_content and _overlap(own_content, query_content) < _UNRELATED:
         return False
     if query_content and _overlap(query_content, plan_content) < _UNRELATED:
@@ -641,7 +587,7 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
         for step in work.steps:
             asked |= _content_with_agents(step.question)
         share = _missing_share(unit, asked)
-        unit_content = _content(unit)
+        unit_content = content_stems(unit)
         related = [s for s in work.steps if _content_with_agents(s.question) & unit_content]
         # A part the plan already answers in steps was rephrased on purpose: its words
         # ("the usual first-line drug") may be gone without a hop being lost.
@@ -661,7 +607,10 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
             continue
         used = {d for s in work.steps for d in s.depends_on}
         sinks = [s for s in related if s.id not in used]
-        step = _complete(work, unit, sinks or related)
+        completion = _complete(work, unit, sinks or related)
+        if completion is None:
+            continue
+        step = completion
         work.steps.append(step)
         work.notes.append(
             f"{step.id}: added: completes the part {unit.strip()!r}, which "

@@ -1,8 +1,11 @@
 """The trained Sub-query Generator: a fine-tuned chat model that writes the plan JSON itself.
 
 The model is trained on :data:`~langchain_complm.prompts.TRAINED_DECOMPOSE_PROMPT`, so at
-inference it gets exactly that prompt, with structured output off. Loading the weights is the
-backend's job (:func:`langchain_complm.models.trained.load_trained_generator`).
+inference it gets exactly that prompt. By default its decoding is held to the plan's JSON
+grammar (structured output: constrained decoding of a local model), which the compact format
+it learned already follows, so a reply the model would have broken (an unescaped quote, a
+cut-off loop) still parses. Loading the weights is the backend's job
+(:func:`langchain_complm.models.trained.load_trained_generator`).
 """
 
 from __future__ import annotations
@@ -16,16 +19,17 @@ from langchain_complm.prompts import TRAINED_DECOMPOSE_PROMPT
 
 
 def trained_generator(
-    llm: BaseChatModel, *, max_sub_queries: int | None = None
+    llm: BaseChatModel, *, max_sub_queries: int | None = None, constrained: bool = True
 ) -> SubQueryGenerator:
-    """A :class:`SubQueryGenerator` over a model fine-tuned on the training format."""
+    """A :class:`SubQueryGenerator` over a model fine-tuned on the training format;
+    ``constrained=False`` lets the model write its JSON freely, as it was trained."""
     options: dict[str, Any] = {}
     if max_sub_queries is not None:
         options["max_sub_queries"] = max_sub_queries
     return SubQueryGenerator(
         llm=llm,
         prompt=TRAINED_DECOMPOSE_PROMPT,
-        structured_output=False,
+        structured_output=constrained,
         name="TrainedSubQueryGenerator",
         **options,
     )

@@ -231,6 +231,20 @@ def _split_pools(
     return pools
 
 
+def split_sources(
+    domain: Domain,
+    split: Split,
+    seed: int = 0,
+    data_dir: DataLocation = None,
+    max_part_chars: int | None = DEFAULT_MAX_PART_CHARS,
+) -> tuple[SourceRecord, ...]:
+    """The source questions of one domain in one split, as :func:`build_dataset` draws
+    them (``"general"``: the HotpotQA, MuSiQue and Bamboogle questions). Questions never
+    cross splits, so training on ``"train"`` and evaluating on ``"test"`` share none."""
+    location = data_dir if data_dir == HUB else str(resolve_data_dir(data_dir).resolve())
+    return _split_pools(split, seed, location, max_part_chars)[domain]
+
+
 def save_items(items: Iterable[Item], path: str | os.PathLike[str]) -> None:
     """Write items as JSON Lines, one item per line."""
     with Path(path).open("w", encoding="utf-8") as f:

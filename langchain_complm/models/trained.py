@@ -114,14 +114,16 @@ def load_trained_generator(
     device: str | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_sub_queries: int | None = None,
+    constrained: bool = True,
     **chat_kwargs: Any,
 ) -> SubQueryGenerator:
     """A :class:`~langchain_complm.decompose.generator.SubQueryGenerator` over a trained model.
 
     The chat model is a :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace` over
-    the base with the adapter merged; the prompt is the training format's; structured output
-    is off (the model writes the JSON itself). ``chat_kwargs`` set fields of the chat model
-    (``max_batch_size``, ...).
+    the base with the adapter merged; the prompt is the training format's. Decoding is held
+    to the plan's JSON grammar unless ``constrained=False`` (see
+    :func:`~langchain_complm.decompose.trained.trained_generator`). ``chat_kwargs`` set
+    fields of the chat model (``max_batch_size``, ...).
 
     Example:
         .. code-block:: python
@@ -137,7 +139,7 @@ def load_trained_generator(
         max_new_tokens=max_new_tokens,
         **chat_kwargs,
     )
-    return trained_generator(llm, max_sub_queries=max_sub_queries)
+    return trained_generator(llm, max_sub_queries=max_sub_queries, constrained=constrained)
 
 
 __all__ = [

@@ -21,23 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from langchain_complm.evaluation.plans import (
+    PlanExample,
+    heldout_examples,
+    multihop_examples,
+    plan_shape_ok,
+)
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan
 
 Progress = Callable[[str], None]
-METRICS = ("json_valid", "exact_match", "sub_query_f1", "edge_f1")
-
-
-class EvalExample(BaseModel):
-    """A query and its gold plan."""
-
-    model_config = ConfigDict(frozen=True)
-
-    query: str
-    gold: Plan
-    kind: str
-    """``parallel``, ``chain`` or ``single``."""
+METRICS = ("json_valid", "exact_match", "count_match", "sub_query_f1", "edge_f1", "shape")
+CURVE_METRICS = ("json_valid", "exact_match", "sub_query_f1", "edge_f1")
+"""The learning curve's columns (its points since the first curve have these)."""
 
 
 def eval_examples(
@@ -48,11 +43,13 @@ def eval_examples(
     singles: float = 0.25,
     max_chars: int | None = None,
     data_dir: Any = None,
-) -> list[EvalExample]:
+) -> list[PlanExample]:
     """``n`` examples of a split: compound items with gold plans and a share of singles.
 
     Args:
-        split: ``"dev"`` or ``"test"`` (never ``"train"``).
+        split: ``"dev"`` or ``"test"`` (never ``"train"``); ``"heldout"``: the first ``n``
+            held-out compound questions; ``"multihop"``: ``n`` multi-hop questions of each
+            kind from the test split (see :mod:`langchain_complm.evaluation.plans`).
         n: number of examples.
         seed: the builder's seed (use the training data's).
         singles: share of single source questions.
@@ -61,6 +58,10 @@ def eval_examples(
     """
     from langchain_complm.evaluation.multiexpertqa import build_dataset
 
+    if split == "heldout":
+        return heldout_examples()[:n]
+    if split == "multihop":
+        return multihop_examples(n, "test", seed, data_dir=data_dir)
     if split == "train":
         raise ValueError("evaluate on 'dev' or 'test'; the generator is trained on 'train'")
     items = None
@@ -80,12 +81,12 @@ def eval_examples(
 
     n_single = round(n * singles)
     chosen = [
-        EvalExample(query=i.question, gold=i.gold_plan, kind=i.kind)  # type: ignore[arg-type]
+        PlanExample(query=i.question, gold=i.gold_plan, kind=i.kind)  # type: ignore[arg-type]
         for i in compound
         if fits(i.question)
     ][: n - n_single]
     chosen += [
-        EvalExample(query=p.prompt, gold=Plan.single(p.prompt), kind="single")
+        PlanExample(query=p.prompt, gold=Plan.single(p.prompt), kind="single")
         for p in parts[::-1]  # from the end: other questions than the compounds' first ones
         if fits(p.prompt)
     ][:n_single]
@@ -117,61 +118,79 @@ def _normalized(plan: Plan) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def score_reply(
-    text: str, example: EvalExample, max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES
+    text: str,
+    example: PlanExample,
+    max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES,
+    *,
+    repair: bool = True,
 ) -> dict[str, Any]:
-    """Metrics of one raw model reply against the example's gold plan."""
-    from langchain_complm.decompose.generator import parse_plan
+    """Metrics of one raw model reply against the example (see the module docstring)."""
+    from langchain_complm.decompose.generator import plan_from_reply
     from langchain_complm.evaluation.metrics import score_plan
 
-    try:
-        plan = parse_plan(text, example.query).validate_dag(max_sub_queries)
-        valid = True
-    except ValueError:
-        plan, valid = Plan.single(example.query, fallback_reason="invalid"), False
-    score = score_plan(plan, example.gold)
-    return {
+    def plan_of(repaired: bool) -> Plan | None:
+        try:
+            return plan_from_reply(
+                text, example.query, max_sub_queries=max_sub_queries, repair=repaired
+            )
+        except ValueError:
+            return None
+
+    valid = plan_of(False) is not None
+    plan = plan_of(repair) or Plan.single(example.query, fallback_reason="invalid")
+    row: dict[str, Any] = {
         "kind": example.kind,
         "json_valid": float(valid),
-        "exact_match": float(valid and _normalized(plan) == _normalized(example.gold)),
-        "sub_query_f1": score.sub_query_f1 or 0.0,
-        "edge_f1": score.edge_f1 or 0.0,
+        "shape": float(plan_shape_ok(plan, example.kind, example.gold)),
         "n_predicted": len(plan.sub_queries),
-        "n_gold": len(example.gold.sub_queries),
+        "repairs": list(plan.repairs),
     }
+    if example.gold is not None:
+        score = score_plan(plan, example.gold)
+        row |= {
+            "exact_match": float(
+                not plan.is_fallback and _normalized(plan) == _normalized(example.gold)
+            ),
+            "count_match": float(score.count_match or False),
+            "sub_query_f1": score.sub_query_f1 or 0.0,
+            "edge_f1": score.edge_f1 or 0.0,
+            "n_gold": len(example.gold.sub_queries),
+        }
+    return row
 
 
 def evaluate_generator(
     generator: Any,
-    examples: Sequence[EvalExample],
+    examples: Sequence[PlanExample],
     *,
     batch_size: int = 8,
     keep_replies: bool = False,
     progress: Progress | None = None,
+    repair: bool = True,
 ) -> EvalReport:
     """Run a :class:`~langchain_complm.decompose.SubQueryGenerator`'s model once per example
     (batched) and score the raw replies.
 
-    The generator's own prompt is used; its retry and fallback are not, so ``json_valid``
-    measures the model. ``sub_query_f1`` and ``edge_f1`` score the plan the pipeline would
-    run (the fallback when the reply is invalid).
+    The generator's own prompt and decoding are used (its structured output: constrained
+    decoding on a local model); its retry and fallback are not, so ``json_valid`` measures
+    the model. The other metrics score the plan the pipeline would run: repaired unless
+    ``repair=False``, the fallback when the reply is invalid.
     """
+    from langchain_complm.decompose.generator import reply_text
+
     started = time.perf_counter()
+    model = generator.reply_model()
     rows: dict[int, dict[str, Any]] = {}
     # Plans copy their query, so reply length follows query length: batching similar
     # lengths keeps a batch from generating for its longest member alone.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].query))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        prompts = [
-            generator.prompt.format_messages(
-                query=examples[i].query, max_sub_queries=generator.max_sub_queries
-            )
-            for i in chunk
-        ]
-        replies = generator.llm.batch(prompts)
+        replies = model.batch([generator.messages(examples[i].query) for i in chunk])
         for i, reply in zip(chunk, replies, strict=True):
-            text = reply.text if hasattr(reply, "text") else str(reply)
-            rows[i] = _row(text, examples[i], generator.max_sub_queries, keep_replies)
+            rows[i] = _row(
+                reply_text(reply), examples[i], generator.max_sub_queries, keep_replies, repair
+            )
         if progress is not None:
             progress(f"evaluated {len(rows)}/{len(examples)}")
     return _report([rows[i] for i in range(len(examples))], time.perf_counter() - started)
@@ -179,12 +198,14 @@ def evaluate_generator(
 
 def rescore_replies(
     replies: Mapping[str, str],
-    examples: Sequence[EvalExample],
+    examples: Sequence[PlanExample],
     max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES,
+    *,
+    repair: bool = True,
 ) -> EvalReport:
     """Score replies kept by an earlier evaluation (query -> raw reply, e.g. the ``rows`` of
     a ``--report`` file) against ``examples``, without generating: the way to see what a
-    parser change does to a model's numbers.
+    parser change, or repair (``repair``), does to a model's numbers.
 
     Raises:
         ValueError: naming the first example without a reply (the replies were made for
@@ -197,18 +218,22 @@ def rescore_replies(
                 f"no kept reply for example {k} of {len(examples)} ({example.query[:60]!r}...): "
                 "the report was made for other examples (split, n or seed)"
             )
-        rows.append(_row(replies[example.query], example, max_sub_queries, keep_reply=True))
+        rows.append(_row(replies[example.query], example, max_sub_queries, True, repair))
     return _report(rows, 0.0)
 
 
-def _row(text: str, example: EvalExample, max_sub_queries: int, keep_reply: bool) -> dict[str, Any]:
-    row = score_reply(text, example, max_sub_queries)
+def _row(
+    text: str, example: PlanExample, max_sub_queries: int, keep_reply: bool, repair: bool
+) -> dict[str, Any]:
+    row = score_reply(text, example, max_sub_queries, repair=repair)
     return row | {"query": example.query, "reply": text} if keep_reply else row
 
 
 def _report(rows: list[dict[str, Any]], seconds: float) -> EvalReport:
     def mean(subset: list[dict[str, Any]]) -> dict[str, float]:
-        return {m: round(sum(r[m] for r in subset) / len(subset), 4) for m in METRICS}
+        # Multi-hop examples have no gold plan: their plan metrics are not averaged in.
+        values = {m: [r[m] for r in subset if m in r] for m in METRICS}
+        return {m: round(sum(v) / len(v), 4) for m, v in values.items() if v}
 
     kinds = sorted({r["kind"] for r in rows})
     return EvalReport(
@@ -227,7 +252,7 @@ def learning_curve(
     sizes: Sequence[int],
     out: str | Path,
     *,
-    examples: Sequence[EvalExample],
+    examples: Sequence[PlanExample],
     train_options: dict[str, Any] | None = None,
     generator_options: dict[str, Any] | None = None,
     progress: Progress | None = None,
@@ -274,7 +299,9 @@ def learning_curve(
                 device=generator_options.get("device"),
                 max_new_tokens=generator_options.get("max_new_tokens", 256),
             )
-            generator = trained_generator(llm)
+            generator = trained_generator(
+                llm, constrained=generator_options.get("constrained", True)
+            )
             info["steps"] = 0
         else:
             config = TrainConfig(
@@ -310,7 +337,7 @@ def write_curve(
         m = p["metrics"]
         lines.append(
             f"| {p['n_train']} | {p.get('steps', '')} | "
-            + " | ".join(f"{m[k]:.2f}" for k in METRICS)
+            + " | ".join(f"{m[k]:.2f}" for k in CURVE_METRICS)
             + " |"
         )
     Path(markdown).parent.mkdir(parents=True, exist_ok=True)
@@ -323,7 +350,7 @@ def write_curve(
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [p["n_train"] for p in points]
-    for metric in METRICS:
+    for metric in CURVE_METRICS:
         ax.plot(xs, [p["metrics"][metric] for p in points], marker="o", label=metric)
     ax.set_xlabel("training pairs")
     ax.set_ylabel("score")
@@ -338,7 +365,6 @@ def write_curve(
 
 __all__ = [
     "METRICS",
-    "EvalExample",
     "EvalReport",
     "eval_examples",
     "evaluate_generator",
