@@ -21,7 +21,7 @@ _FUNCTION_WORDS_TEXT = """
     thing two three four first second third fourth next finally lastly last now previous step
     found result number get value out up down off again still besides additionally moreover
     furthermore however meanwhile afterwards separately solve unrelated need needs fact facts
-    thanks thank thx cheers hi hello hey"""
+    thanks thank thx cheers hi hello hey q after"""
 FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
 """Function words, question words and request words: not what a question asks about."""
 
@@ -44,8 +44,8 @@ _SYNONYMS = {
     "times": "multiply", "multiplied": "multiply", "product": "multiply",
     "minus": "subtract", "less": "subtract", "difference": "subtract",
     "plus": "add", "added": "add", "sum": "add", "divided": "divide", "quotient": "divide",
-    "people": "population", "square": "multiply", "squared": "multiply", "cube": "multiply",
-    "cubed": "multiply", "double": "multiply", "doubled": "multiply", "twice": "multiply",
+    "people": "population", "cubed": "cube", "total": "add", "away": "subtract",
+    "apart": "subtract", "double": "multiply", "doubled": "multiply", "twice": "multiply",
     "triple": "multiply", "tripled": "multiply", "thrice": "multiply", "half": "divide",
     "halve": "divide", "halved": "divide",
     # irregular verbs: the question's tense is not the sub-query's
@@ -56,7 +56,13 @@ _SYNONYMS = {
     "sung": "sing", "ran": "run", "flew": "fly", "flown": "fly", "drew": "draw",
     "drawn": "draw", "threw": "throw", "thrown": "throw", "knew": "know", "known": "know",
     "saw": "see", "seen": "see", "came": "come", "became": "become", "went": "go",
-    "gone": "go", "died": "die", "dead": "die", "death": "die",
+    "gone": "go", "died": "die", "dead": "die", "death": "die", "formed": "found",
+    "founded": "found",
+    # comparatives: "Which is bigger?" asks what "Which number is larger?" asks
+    "bigger": "large", "larger": "large", "greater": "large", "more": "large",
+    "largest": "large", "biggest": "large", "older": "early", "earlier": "early",
+    "before": "early", "oldest": "early", "younger": "late", "later": "late",
+    "newer": "late", "youngest": "late", "higher": "tall", "taller": "tall",
 }  # fmt: skip
 """Words a sub-query may ask with another word (operators, irregular verb forms)."""
 

@@ -304,6 +304,10 @@ TEMPLATES = {
     "template_chain": 1.0,
     "template_fan_in": 1.0,
     "single_template": 1.0,
+    "reference": 1.0,
+    "multihop_chain": 1.0,
+    "comparison": 1.0,
+    "bridge": 1.0,
 }
 
 
@@ -315,7 +319,13 @@ def test_gold_plans_of_the_template_pairs_are_left_alone() -> None:
 
 @pytest.mark.skipif(not _has_data(), reason="public benchmark data is not available")
 def test_gold_plans_of_the_benchmark_pairs_are_left_alone() -> None:
-    mix = {"benchmark": 1.0, "recomposed": 1.0, "math_chain": 1.0, "single_source": 1.0}
+    mix = {
+        "benchmark": 1.0,
+        "recomposed": 1.0,
+        "math_chain": 1.0,
+        "single_source": 1.0,
+        "multihop_comparison": 1.0,
+    }
     for pair in build_training_pairs(400, seed=0, mix=mix):
         gold = pair.plan
         assert repair_plan(gold) == gold, pair.query

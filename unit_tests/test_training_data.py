@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def test_every_target_is_a_valid_compact_plan(pairs: list) -> None:
             assert list(sq) == ["id", "question", "depends_on"]
             assert sq["id"] == f"q{i}"
         plan = target_to_plan(pair.target, pair.query)  # validate_dag inside
-        assert 1 <= len(plan.sub_queries) <= 4
+        assert 1 <= len(plan.sub_queries) <= 5
         assert plan_to_target(plan) == pair.target
         assert ": " not in re.sub(r'"question":".*?(?<!\\)"', "", pair.target)
         # The generator's own parser reads the target back to the same plan.
@@ -87,9 +88,9 @@ def test_mix_of_sizes_edges_and_singles(pairs: list) -> None:
     stats = pair_statistics(pairs)
     assert stats["pairs"] == N
     assert set(stats["by_kind"]) == set(DEFAULT_MIX)
-    assert set(stats["by_sub_queries"]) == {"1", "2", "3", "4"}
+    assert set(stats["by_sub_queries"]) == {"1", "2", "3", "4", "5"}
     assert stats["by_sub_queries"]["4"] >= 10
-    assert 0.2 * N <= stats["with_dependencies"] <= 0.6 * N
+    assert 0.3 * N <= stats["with_dependencies"] <= 0.75 * N
     assert 0.15 * N <= stats["singles"] <= 0.5 * N
     assert stats["singles_containing_and"] >= 0.05 * N
     # Chains use placeholders; fan-ins have a sub-query with two parents.
@@ -186,8 +187,8 @@ def test_cli_eval_needs_a_model_or_a_curve(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_score_reply_and_curve_files(tmp_path: Path) -> None:
-    from langchain_complm.plan import Plan
     from langchain_complm.evaluation.plans import PlanExample
+    from langchain_complm.plan import Plan
     from langchain_complm.training.evaluate import score_reply, write_curve
 
     pair = build_training_pairs(1, seed=0, mix={"template_chain": 1.0})[0]
@@ -252,3 +253,39 @@ def test_cli_eval_replies_rescores_a_report_without_a_model(
     path.write_text("[]")
     assert main(args) == 2
     assert "not a report with kept replies" in capsys.readouterr().err
+
+
+NEW_KINDS = {"reference": 1.0, "multihop_chain": 1.0, "comparison": 1.0, "bridge": 1.0}
+
+
+def test_what_real_questions_do_has_the_shape_of_its_kind() -> None:
+    from langchain_complm.evaluation.plans import plan_shape_ok
+
+    pairs = build_training_pairs(400, seed=2, mix=NEW_KINDS)
+    assert {p.kind for p in pairs} == set(NEW_KINDS)
+    for pair in pairs:
+        plan = pair.plan
+        if pair.kind == "reference":
+            # A follow-up in words became a dependency with a placeholder.
+            assert any(sq.depends_on and sq.placeholders for sq in plan.sub_queries)
+        else:
+            shape = "chain" if pair.kind == "multihop_chain" else pair.kind
+            assert plan_shape_ok(plan, shape), pair.query
+    hops = Counter(len(p.plan.sub_queries) for p in pairs if p.kind == "multihop_chain")
+    assert set(hops) == {2, 3, 4}
+    # Users' casing and punctuation vary; the sub-queries do not.
+    assert any(p.query.islower() or p.query.isupper() for p in pairs)
+    assert all(sq.question[:1].isupper() for p in pairs for sq in p.plan.sub_queries)
+
+
+@needs_data
+def test_multihop_comparisons_come_from_the_train_split_only() -> None:
+    from langchain_complm.evaluation.multiexpertqa import split_sources
+    from langchain_complm.evaluation.plans import plan_shape_ok
+
+    pairs = build_training_pairs(60, seed=0, mix={"multihop_comparison": 1.0})
+    train = {r.question for r in split_sources("general", "train")}
+    test = {r.question for r in split_sources("general", "test")}
+    for pair in pairs:
+        assert pair.query in train and pair.query not in test
+        assert plan_shape_ok(pair.plan, "comparison"), pair.query

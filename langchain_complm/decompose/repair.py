@@ -313,7 +313,13 @@ class _Reference:
 
 
 def _find_reference(question: str, earlier: Sequence[_Step]) -> _Reference | None:
-    if m := _PLURAL.search(question):
+    m = _PLURAL.search(question)
+    # "between them" always points back; "of them" may be the question's own things
+    # ("Dean has 30 marbles. He gives 1/5 of them ...").
+    if m and (
+        m.group().lower().startswith(("between", "among", "compar", "the "))
+        or _names_little_before(question, m.start())
+    ):
         return _Reference(m.start(), m.end(), plural=True, wants=None, substitute=True)
     if _BARE_COMPARISON.match(question) and len(content_stems(question)) <= 2:
         end = len(question.rstrip(" ?.!"))
@@ -471,8 +477,9 @@ def _link_placeholders(work: _Work) -> None:
 _MISSING_OK = 0.15
 """A part of the question is asked when at most this share of its content words is missing
 from every sub-query (paraphrases drop a word or two)."""
-_MISSING_OK_STEPPED = 0.4
-"""The same for a part the plan asks in dependent steps, which rephrase more."""
+_MISSING_OK_STEPPED = 0.5
+"""The same for a part the plan asks in dependent steps, which rephrase more (and may
+always drop two words: "how many people live in that city" is "the population of {q1}")."""
 _DROPPED = 0.34
 """A part with less than this share of its content words asked was dropped, not cut short."""
 _UNRELATED = 0.2
@@ -592,7 +599,8 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
         # A part the plan already answers in steps was rephrased on purpose: its words
         # ("the usual first-line drug") may be gone without a hop being lost.
         stepped = any(s.depends_on or work.dependents(s.id) for s in related)
-        if share <= (_MISSING_OK_STEPPED if stepped else _MISSING_OK):
+        missing = len(unit_content - asked)
+        if share <= _MISSING_OK or (stepped and (share <= _MISSING_OK_STEPPED or missing <= 2)):
             continue
         if max_sub_queries is not None and len(work.steps) >= max_sub_queries:
             work.notes.append(f"the part {unit!r} is not asked; the plan is at its cap")

@@ -46,17 +46,27 @@ PairKind = Literal[
     "template_fan_in",
     "single_source",
     "single_template",
+    "reference",
+    "multihop_chain",
+    "comparison",
+    "bridge",
+    "multihop_comparison",
 ]
 
 DEFAULT_MIX: dict[str, float] = {
-    "benchmark": 0.14,
-    "recomposed": 0.14,
-    "math_chain": 0.08,
-    "template_parallel": 0.16,
-    "template_chain": 0.14,
-    "template_fan_in": 0.06,
-    "single_source": 0.14,
-    "single_template": 0.14,
+    "benchmark": 0.09,
+    "recomposed": 0.08,
+    "math_chain": 0.06,
+    "template_parallel": 0.12,
+    "template_chain": 0.07,
+    "template_fan_in": 0.03,
+    "single_source": 0.10,
+    "single_template": 0.10,
+    "reference": 0.10,
+    "multihop_chain": 0.10,
+    "comparison": 0.06,
+    "bridge": 0.04,
+    "multihop_comparison": 0.05,
 }
 """Expected share of each kind of pair (a kind whose source runs out is skipped)."""
 
@@ -323,6 +333,20 @@ class _Sources:
         rng.shuffle(self.parts)
         self._item_iter = iter(self.items)
         self._single_iter = iter(list(self.parts))
+        self._comparison_iter = iter(self._comparisons(seed, data_dir) if items else ())
+
+    @staticmethod
+    def _comparisons(seed: int, data_dir: Any) -> list[str]:
+        """Comparison questions of the multi-hop train split (never the test split that
+        the multi-hop evaluation draws from)."""
+        from langchain_complm.evaluation.multiexpertqa import split_sources
+        from langchain_complm.evaluation.plans import multihop_kind
+
+        records = split_sources("general", "train", seed, data_dir)
+        return [r.question for r in records if multihop_kind(r.question) == "comparison"]
+
+    def next_comparison(self) -> str | None:
+        return next(self._comparison_iter, None)
 
     def next_item(self) -> Any:
         return next(self._item_iter, None)
@@ -562,7 +586,413 @@ def _single_template(rng: random.Random, src: _Sources) -> TrainingPair:
     return _pair(q, [(q, ())], "single_template")
 
 
-_SOURCE_KINDS = ("benchmark", "recomposed", "math_chain", "single_source")
+# --- what real questions do: references, multi-hop chains, comparisons ------------------------
+#
+# The kinds below teach what the first templates did not: a later part that refers to an
+# earlier answer in words ("twice that number", "that organ", "between them") becomes a
+# dependency with a placeholder; a nested question ("the X of the Y of Z") becomes a chain of
+# lookups, innermost first; a comparison looks each item up on its own, then compares; a
+# bridge comparison finds each item's related entity first. Vocabularies are their own (the
+# held-out evaluation questions were written apart from them), and every query may be
+# re-cased, re-punctuated or prefixed (:func:`_vary`): the sub-queries stay clean.
+
+_ORGANS = (
+    ("pumps blood through the body", "heart"), ("filters the blood", "kidneys"),
+    ("stores bile", "gallbladder"), ("produces bile", "liver"),
+    ("controls the body's balance", "cerebellum"), ("absorbs most nutrients", "small intestine"),
+    ("exchanges oxygen and carbon dioxide", "lungs"), ("produces red blood cells", "bone marrow"),
+)  # fmt: skip
+_ELEMENTS = (
+    "hydrogen", "helium", "carbon", "nitrogen", "neon", "sodium", "magnesium", "aluminium",
+    "silicon", "sulfur", "chlorine", "argon", "potassium", "calcium", "titanium", "chromium",
+    "manganese", "cobalt", "nickel", "zinc", "bromine", "krypton", "iodine", "xenon",
+    "platinum", "uranium",
+)  # fmt: skip
+_SHAPES = ("a pentagon", "an octagon", "a triangle", "a cube", "a square", "a decagon")
+_ANIMALS = ("an ant", "a crab", "an octopus", "a horse", "a starfish", "a scorpion", "a bee")
+_CITIES = (
+    "Lyon", "Osaka", "Porto", "Krakow", "Seville", "Munich", "Toronto", "Melbourne", "Cusco",
+    "Mombasa", "Bergen", "Kyoto", "Marseille", "Valparaiso", "Izmir", "Accra", "Fez", "Hue",
+)  # fmt: skip
+_COMPANIES = (
+    "Nokia", "Volvo", "Siemens", "Lego", "Nintendo", "Ikea", "Adidas", "Heineken", "Samsung",
+    "Philips", "Michelin", "Spotify",
+)  # fmt: skip
+_SONGS = (
+    "Hey Jude", "Bohemian Rhapsody", "Like a Rolling Stone", "Respect", "Hotel California",
+    "Smells Like Teen Spirit", "Purple Rain", "Dancing Queen",
+)  # fmt: skip
+
+# A relation: what it is asked about (type), what it yields (type), its question with {x},
+# and noun phrases that name its answer inside a longer question.
+_Relation = tuple[str, str, str, tuple[str, ...]]
+_RELATIONS: tuple[_Relation, ...] = (
+    ("film", "person", "Who directed {x}?",
+     ("the director of {x}", "the person who directed {x}", "{x}'s director")),
+    ("work", "person", "Who wrote {x}?",
+     ("the author of {x}", "the writer of {x}", "the person who wrote {x}")),
+    ("painting", "person", "Who painted {x}?",
+     ("the painter of {x}", "the artist who painted {x}")),
+    ("song", "person", "Who performed the song {x}?",
+     ("the performer of the song {x}", "the singer of {x}")),
+    ("company", "person", "Who founded {x}?", ("the founder of {x}", "the person who founded {x}")),
+    ("person", "city", "In which city was {x} born?",
+     ("the birthplace of {x}", "the city where {x} was born", "{x}'s birthplace")),
+    ("person", "person", "Who was the spouse of {x}?", ("the spouse of {x}", "{x}'s spouse")),
+    ("company", "city", "In which city is {x} headquartered?",
+     ("the headquarters city of {x}", "the city where {x} is headquartered")),
+    ("city", "country", "In which country is {x}?",
+     ("the country where {x} is", "the country that {x} is in")),
+    ("landmark", "country", "In which country is {x}?", ("the country where {x} is located",)),
+    ("country", "city", "What is the capital of {x}?", ("the capital of {x}", "{x}'s capital")),
+    ("country", "person", "Who is the head of state of {x}?", ("the head of state of {x}",)),
+    ("city", "number", "What is the population of {x}?", ()),
+    ("country", "language", "What is the official language of {x}?", ()),
+    ("country", "currency", "What is the currency of {x}?", ()),
+    ("person", "year", "In which year was {x} born?", ()),
+    ("person", "year", "In which year did {x} die?", ()),
+    ("person", "country", "What was the nationality of {x}?", ()),
+    ("city", "number", "What is the elevation of {x}?", ()),
+)  # fmt: skip
+"""Relations for multi-hop chains; those without noun phrases only end a chain."""
+
+_ENTITIES: dict[str, tuple[str, ...]] = {
+    "film": tuple(f"the film {f}" for f in _FILMS),
+    "work": _WORKS,
+    "painting": _PAINTINGS,
+    "song": _SONGS,
+    "company": _COMPANIES,
+    "person": _PEOPLE,
+    "city": _CITIES,
+    "landmark": _LANDMARKS,
+    "country": _COUNTRIES,
+}
+
+
+def _vary(rng: random.Random, query: str) -> str:
+    """The query as users type it: casing, punctuation, a lead-in or a sign-off."""
+    forms: tuple[Callable[[str], str], ...] = (
+        lambda q: q,
+        lambda q: q,
+        lambda q: q,
+        lambda q: q.lower(),
+        lambda q: q.rstrip("?.! "),
+        lambda q: q.rstrip("?") + "??",
+        lambda q: f"Q: {q}",
+        lambda q: f"Quick question - {_lower_first(q)}",
+        lambda q: f"{q} Thanks!",
+        lambda q: f"hey, {_lower_first(q)}",
+        lambda q: f"Can you tell me: {_lower_first(q)}",
+        lambda q: " ".join(q.split()).replace(", ", " , ") if rng.random() < 0.3 else q,
+        lambda q: q.upper() if len(q) < 90 else q,
+    )
+    return rng.choice(forms)(query)
+
+
+def _chain_path(rng: random.Random, hops: int) -> tuple[str, list[_Relation]] | None:
+    """A start entity and ``hops`` relations whose types line up, none twice in a row; all
+    but the last can be named by a noun phrase."""
+    start_type = rng.choice(list(_ENTITIES))
+    path: list[_Relation] = []
+    current = start_type
+    for hop in range(hops):
+        last = hop == hops - 1
+        options = [
+            r
+            for r in _RELATIONS
+            if r[0] == current and (last or r[3]) and (not path or r is not path[-1])
+        ]
+        if not options:
+            return None
+        relation = rng.choice(options)
+        path.append(relation)
+        current = relation[1]
+    return rng.choice(_ENTITIES[start_type]), path
+
+
+def _multihop_chain(rng: random.Random, src: _Sources) -> TrainingPair | None:
+    path = None
+    while path is None:
+        path = _chain_path(rng, rng.choice((2, 2, 2, 3, 3, 4)))
+    entity, relations = path
+    phrase = entity
+    for relation in relations[:-1]:
+        # "X's director" reads well for a name, not for a phrase of its own.
+        forms = [f for f in relation[3] if phrase == entity or not f.startswith("{x}'s")]
+        phrase = rng.choice(forms).format(x=phrase)
+    query = relations[-1][2].format(x=phrase)
+    query = query[0].upper() + query[1:]
+    steps: list[tuple[str, Sequence[str]]] = [(relations[0][2].format(x=entity), ())]
+    for i, relation in enumerate(relations[1:], start=1):
+        steps.append((relation[2].format(x=f"{{q{i}}}"), (f"q{i}",)))
+    return _pair(_vary(rng, query), steps, "multihop_chain")
+
+
+# (question about an earlier answer, ways to ask it in words). The answer of q1 is referred
+# to as the user would; the sub-query names it with the placeholder.
+_NUMERIC_FIRSTS: tuple[Callable[[random.Random], str], ...] = (
+    lambda rng: f"What is the atomic number of {rng.choice(_ELEMENTS)}?",
+    lambda rng: f"How many sides does {rng.choice(_SHAPES)} have?",
+    lambda rng: f"How many legs does {rng.choice(_ANIMALS)} have?",
+    lambda rng: f"What is {rng.randint(3, 40)} times {rng.randint(3, 40)}?",
+    lambda rng: f"What is {rng.randint(10, 500)} plus {rng.randint(10, 500)}?",
+    lambda rng: (
+        f"How many days are in {rng.choice(('a week', 'a year', 'February', 'a fortnight'))}?"
+    ),
+    lambda rng: f"What is the population of {rng.choice(_CITIES)}?",
+    lambda rng: f"In which year was {rng.choice(_PEOPLE)} born?",
+)
+_NUMERIC_FOLLOW_UPS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("what is twice that number?", "double it.", "what is double that?"), "What is 2 times {q}?"),
+    (("what is that plus {n}?", "add {n} to it.", "what do you get if you add {n} to that?"),
+     "What is {q} plus {n}?"),
+    (("multiply the result by {n}.", "what is that number times {n}?", "times {n}?"),
+     "What is {q} multiplied by {n}?"),
+    (("subtract {n} from it.", "what is that minus {n}?", "take away {n} from the result."),
+     "What is {q} minus {n}?"),
+    (("what is half of that?", "halve it.", "divide that by 2."), "What is {q} divided by 2?"),
+    (("is that more than {n}?", "is the result larger than {n}?"), "Is {q} more than {n}?"),
+    (("what is the square of that value?", "square it."), "What is {q} squared?"),
+)  # fmt: skip
+_JOINS: tuple[Callable[[str, str], str], ...] = (
+    lambda a, b: f"{a.rstrip('?')}, and {b}",
+    lambda a, b: f"{a} Then {b}",
+    lambda a, b: f"{a} And {b}",
+    lambda a, b: f"{a} {b[:1].upper()}{b[1:]}",
+    lambda a, b: f"{a.rstrip('?')}; {b}",
+    lambda a, b: f"{a} After that, {b}",
+)
+
+
+def _reference(rng: random.Random, src: _Sources) -> TrainingPair:
+    """A question and a follow-up that refers to its answer in words."""
+    choice = rng.random()
+    if choice < 0.2:
+        return _plural_reference(rng)
+    if choice < 0.6:
+        first = rng.choice(_NUMERIC_FIRSTS)(rng)
+        asks, canonical = rng.choice(_NUMERIC_FOLLOW_UPS)
+        n = rng.randint(2, 50)
+        follow, second = rng.choice(asks).format(n=n), canonical.format(q="{q1}", n=n)
+    else:
+        first, follow, second = _entity_reference(rng)
+    query = rng.choice(_JOINS)(first, follow)
+    steps: list[tuple[str, Sequence[str]]] = [(first, ()), (second, ("q1",))]
+    if rng.random() < 0.25:  # an independent part beside the pair
+        extra = _short_question(rng)
+        query, steps = f"{query} {extra}", [*steps, (extra, ())]
+    return _pair(_vary(rng, query), steps, "reference")
+
+
+def _entity_reference(rng: random.Random) -> tuple[str, str, str]:
+    """(first question, follow-up in words, follow-up with {q1}) about an entity answer."""
+    function, _ = rng.choice(_ORGANS)
+    options: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+        (f"Which organ {function}?",
+         (("how much does that organ weigh?", "How much does {q1} weigh?"),
+          ("how much does it weigh?", "How much does {q1} weigh?"),
+          ("what diseases affect that organ?", "What diseases affect {q1}?"))),
+        (f"Who wrote {rng.choice(_WORKS)}?",
+         (("where was that author born?", "Where was {q1} born?"),
+          ("where was the writer born?", "Where was {q1} born?"),
+          ("what else did that author write?", "What else did {q1} write?"))),
+        (f"Who directed the film {rng.choice(_FILMS)}?",
+         (("what other films did that director make?", "What other films did {q1} direct?"),
+          ("when was he born?", "When was {q1} born?"))),
+        (f"What is the capital of {rng.choice(_COUNTRIES)}?",
+         (("what is its population?", "What is the population of {q1}?"),
+          ("how many people live in that city?", "What is the population of {q1}?"),
+          ("what river runs through it?", "What river runs through {q1}?"))),
+        (f"In which country was {rng.choice(_PEOPLE)} born?",
+         (("what is the official language of that country?",
+           "What is the official language of {q1}?"),
+          ("what language is spoken there?", "What is the official language of {q1}?"))),
+        (f"Which element has the atomic number {rng.randint(1, 90)}?",
+         (("what is its symbol?", "What is the chemical symbol of {q1}?"),
+          ("what is the melting point of that element?", "What is the melting point of {q1}?"))),
+        (f"Who founded {rng.choice(_COMPANIES)}?",
+         (("when was he born?", "When was {q1} born?"),
+          ("where was that person born?", "Where was {q1} born?"),
+          ("what was the founder's nationality?", "What was the nationality of {q1}?"))),
+    )  # fmt: skip
+    first, follow_ups = rng.choice(options)
+    follow, second = rng.choice(follow_ups)
+    return first, follow, second
+
+
+_PLURAL_FOLLOW_UPS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("what is the difference between them?", "what is the difference?", "how far apart are they?"),
+     "What is the difference between {q1} and {q2}?"),
+    (("which of them is larger?", "which is bigger?", "which one is greater?"),
+     "Which is larger: {q1} or {q2}?"),
+    (("what is their sum?", "what do they add up to?", "what is the total?"),
+     "What is the sum of {q1} and {q2}?"),
+    (("are they equal?", "are the two the same?"), "Are {q1} and {q2} equal?"),
+)  # fmt: skip
+_PLURAL_PAIRS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("What is the population of {x}?", _CITIES),
+    ("What is the atomic number of {x}?", _ELEMENTS),
+    ("In which year was {x} born?", _PEOPLE),
+    ("How many sides does {x} have?", _SHAPES),
+    ("How many legs does {x} have?", _ANIMALS),
+)
+
+
+def _plural_reference(rng: random.Random) -> TrainingPair:
+    each, vocab = rng.choice(_PLURAL_PAIRS)
+    x, y = rng.sample(vocab, 2)
+    asks, canonical = rng.choice(_PLURAL_FOLLOW_UPS)
+    ask = rng.choice(asks)
+    first, second = each.format(x=x), each.format(x=y)
+    both = each.format(x=f"{x} and {y}")  # "What is the population of A and B?"
+    query = rng.choice(
+        (
+            f"{first} {second} {ask[:1].upper()}{ask[1:]}",
+            f"{both.rstrip('?')}, and {ask}",
+            f"{first.rstrip('?')}, {_lower_first(second).rstrip('?')}, and {ask}",
+        )
+    )
+    steps = [(first, ()), (second, ()), (canonical, ("q1", "q2"))]
+    return _pair(_vary(rng, query), steps, "reference")
+
+
+# (entity type, attribute question, comparative phrasings, final comparison).
+_COMPARISONS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("person", "In which year was {x} born?",
+     ("Who was born first, {a} or {b}?", "Which of {a} and {b} is older?",
+      "Was {a} born before {b}?", "Who is younger: {a} or {b}?"),
+     "Which year is earlier: {q1} or {q2}?"),
+    ("film", "In which year was {x} released?",
+     ("Which came out first, {a} or {b}?", "Was {a} released before {b}?",
+      "Which is the older movie, {a} or {b}?"),
+     "Which year is earlier: {q1} or {q2}?"),
+    ("city", "What is the population of {x}?",
+     ("Which city is bigger, {a} or {b}?", "Does {a} have more people than {b}?",
+      "Which has the larger population: {a} or {b}?"),
+     "Which number is larger: {q1} or {q2}?"),
+    ("person", "What was the nationality of {x}?",
+     ("Were {a} and {b} of the same nationality?", "Did {a} and {b} come from the same country?"),
+     "Are {q1} and {q2} the same?"),
+    ("work", "In which year was {x} first published?",
+     ("Which was published first, {a} or {b}?", "Is {a} older than {b}?"),
+     "Which year is earlier: {q1} or {q2}?"),
+    ("company", "In which year was {x} founded?",
+     ("Which company is older, {a} or {b}?", "Was {a} founded before {b}?"),
+     "Which year is earlier: {q1} or {q2}?"),
+)  # fmt: skip
+
+
+def _comparison(rng: random.Random, src: _Sources) -> TrainingPair:
+    kind, attribute, asks, compare = rng.choice(_COMPARISONS)
+    a, b = rng.sample(_ENTITIES[kind], 2)
+    query = rng.choice(asks).format(a=a, b=b)
+    steps = [(attribute.format(x=a), ()), (attribute.format(x=b), ()), (compare, ("q1", "q2"))]
+    return _pair(_vary(rng, query), steps, "comparison")
+
+
+# (item type, how each item's related entity is found, its attribute, (phrasing, comparison))
+_BRIDGES: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("film", "Who directed {x}?", "In which year was {x} born?",
+     (("Which film has the director born later, {a} or {b}?", "Which year is later: {q3} or {q4}?"),
+      ("Whose director was born first, {a} or {b}?", "Which year is earlier: {q3} or {q4}?"),
+      ("Was the director of {a} born before the director of {b}?",
+       "Is {q3} earlier than {q4}?"))),
+    ("work", "Who wrote {x}?", "In which country was {x} born?",
+     (("Were the authors of {a} and {b} born in the same country?",
+       "Are {q3} and {q4} the same country?"),
+      ("Do the writers of {a} and {b} come from the same country?",
+       "Are {q3} and {q4} the same country?"))),
+    ("painting", "Who painted {x}?", "In which year did {x} die?",
+     (("Which painting's artist died first, {a} or {b}?", "Which year is earlier: {q3} or {q4}?"),
+      ("Did the painter of {a} die before the painter of {b}?", "Is {q3} earlier than {q4}?"))),
+    ("company", "Who founded {x}?", "In which year was {x} born?",
+     (("Which company's founder is older, {a} or {b}?", "Which year is earlier: {q3} or {q4}?"),
+      ("Was the founder of {a} born before the founder of {b}?",
+       "Is {q3} earlier than {q4}?"))),
+    ("country", "What is the capital of {x}?", "What is the population of {x}?",
+     (("Which country has the more populous capital, {a} or {b}?",
+       "Which number is larger: {q3} or {q4}?"),
+      ("Is the capital of {a} bigger than the capital of {b}?", "Is {q3} larger than {q4}?"))),
+)  # fmt: skip
+
+
+def _bridge(rng: random.Random, src: _Sources) -> TrainingPair:
+    kind, find, attribute, asks = rng.choice(_BRIDGES)
+    ask, compare = rng.choice(asks)
+    a, b = rng.sample(_ENTITIES[kind], 2)
+    steps = [
+        (find.format(x=a), ()),
+        (find.format(x=b), ()),
+        (attribute.format(x="{q1}"), ("q1",)),
+        (attribute.format(x="{q2}"), ("q2",)),
+        (compare, ("q3", "q4")),
+    ]
+    return _pair(_vary(rng, ask.format(a=a, b=b)), steps, "bridge")
+
+
+# Comparative phrasings of real comparison questions and the attribute each asks.
+_COMPARED: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"\bborn (?:first|earlier)\b|\bolder\b", re.I), "When was {x} born?",
+     "Which date is earlier: {q1} or {q2}?"),
+    (re.compile(r"\bborn later\b|\byounger\b", re.I), "When was {x} born?",
+     "Which date is later: {q1} or {q2}?"),
+    (re.compile(r"\b(?:formed|founded|established|created) (?:first|earlier)\b", re.I),
+     "When was {x} {verb}?", "Which date is earlier: {q1} or {q2}?"),
+    (re.compile(r"\b(?:released|published|launched|opened|built) (?:first|earlier)\b", re.I),
+     "When was {x} {verb}?", "Which date is earlier: {q1} or {q2}?"),
+    (re.compile(r"\b(?:released|published|launched|opened|built) (?:later|more recently)\b", re.I),
+     "When was {x} {verb}?", "Which date is later: {q1} or {q2}?"),
+    (re.compile(r"\bsame nationality\b", re.I), "What is the nationality of {x}?",
+     "Are {q1} and {q2} the same nationality?"),
+    (re.compile(r"\blived longer\b", re.I), "How long did {x} live?",
+     "Which is longer: {q1} or {q2}?"),
+    (re.compile(r"\b(?:is|stands) (?:taller|higher)\s*[,:]", re.I), "How tall is {x}?",
+     "Which is taller: {q1} or {q2}?"),
+)  # fmt: skip
+
+
+def _multihop_comparison(rng: random.Random, src: _Sources) -> TrainingPair | None:
+    """A comparison question of HotpotQA's train split, with a plan from its phrasing: each
+    item's attribute looked up, then compared (questions whose phrasing maps to no attribute
+    are skipped)."""
+    from langchain_complm.evaluation.plans import comparison_items
+
+    while (question := src.next_comparison()) is not None:
+        items = comparison_items(question)
+        # Items with commas of their own ("University of California, Berkeley") or that
+        # point back ("his brother Dexter") cannot be cut out reliably.
+        if items is None or len(re.findall(r"[,:]", question)) > 1:
+            continue
+        if any(re.search(r"\b(?:his|her|its|their)\b", item, re.I) for item in items):
+            continue
+        # "Which American rock band ..." keeps its category in each lookup.
+        category = _CATEGORY.match(question)
+        for pattern, attribute, compare in _COMPARED:
+            if (match := pattern.search(question)) is None:
+                continue
+            verb = match.group().split()[0].lower()
+            named = [f"the {category.group(1)} {x}" if category else x for x in items]
+            steps = [
+                (attribute.format(x=named[0], verb=verb), ()),
+                (attribute.format(x=named[1], verb=verb), ()),
+                (compare, ("q1", "q2")),
+            ]
+            return _pair(question, steps, "multihop_comparison")
+    return None
+
+
+_CATEGORY = re.compile(
+    r"^\s*(?:which|what)\s+((?!of\b)[\w' -]+?)\s+(?:is|was|were|are|has|had|did|does)\b", re.I
+)
+
+
+_SOURCE_KINDS = (
+    "benchmark",
+    "recomposed",
+    "math_chain",
+    "single_source",
+    "multihop_comparison",
+)
 """Kinds made from the benchmark builder's train split (the others need no data)."""
 
 _MAKERS: dict[str, Callable[[random.Random, _Sources], TrainingPair | None]] = {
@@ -574,6 +1004,11 @@ _MAKERS: dict[str, Callable[[random.Random, _Sources], TrainingPair | None]] = {
     "template_fan_in": _template_fan_in,
     "single_source": _single_source,
     "single_template": _single_template,
+    "reference": _reference,
+    "multihop_chain": _multihop_chain,
+    "comparison": _comparison,
+    "bridge": _bridge,
+    "multihop_comparison": _multihop_comparison,
 }
 
 
