@@ -67,7 +67,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_ask_prints_the_answer_and_streams_progress(
     capsys: pytest.CaptureFixture[str], config_file: Path
 ) -> None:
-    code, out, err = run(capsys, "ask", "--config", str(config_file), "What is 2+3 and a drug?")
+    code, out, err = run(
+        capsys,
+        "ask",
+        "--config",
+        str(config_file),
+        "What is 2+3, which drug treats it, and times the war years?",
+    )
     assert code == 0
     assert out == ANSWER + "\n"
     assert "Plan ready: 3 sub-queries, up to 2 in parallel" in err
@@ -80,7 +86,13 @@ def test_ask_prints_the_answer_and_streams_progress(
 @pytest.mark.usefixtures("fake_models")
 def test_ask_show_plan(capsys: pytest.CaptureFixture[str], config_file: Path) -> None:
     code, out, _ = run(
-        capsys, "ask", "--show-plan", "--config", str(config_file), "What", "is", "2+3?"
+        capsys,
+        "ask",
+        "--show-plan",
+        "--config",
+        str(config_file),
+        "What is 2+3, which drug treats it,",
+        "and times the war years?",
     )
     assert code == 0
     assert "Plan (3 sub-queries, 2 levels):" in out
@@ -121,14 +133,15 @@ def test_quiet_prints_no_progress(capsys: pytest.CaptureFixture[str], config_fil
 def test_plan_prints_only_the_routed_plan(
     capsys: pytest.CaptureFixture[str], config_file: Path
 ) -> None:
-    code, out, err = run(capsys, "plan", "--config", str(config_file), "What is 2+3?")
+    query = "What is 2+3, which drug treats it, and times the war years?"
+    code, out, err = run(capsys, "plan", "--config", str(config_file), query)
     assert code == 0
     lines = out.splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("q1: What is the sum of 2 and 3?  [math ")
     assert "Plan ready: 3 sub-queries" in err
 
-    code, out, _ = run(capsys, "plan", "--json", "--config", str(config_file), "What is 2+3?")
+    code, out, _ = run(capsys, "plan", "--json", "--config", str(config_file), query)
     assert code == 0
     plan = json.loads(out)
     assert [sq["id"] for sq in plan["sub_queries"]] == ["q1", "q2", "q3"]

@@ -297,14 +297,15 @@ class Factory:
 
 def test_build_from_config_with_injected_models(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "complm.yaml", YAML_CONFIG))
-    factory = Factory({"planner": [PLAN], "default": ["Final: 5 and aspirin."]})
+    # The aggregator's answer holds the experts' ("says hi"): the coverage check keeps it.
+    factory = Factory({"planner": [PLAN], "default": ["Final: 5, and the shared expert says hi."]})
     progress: list[str] = []
     comp = build_comp_llm(
         config, model_factory=factory, embeddings=KeywordEmbeddings(), progress=progress.append
     )
     out = CompLLMOutput.model_validate(comp.invoke("What is 2+3, and which drug treats it?"))
 
-    assert out.answer == "Final: 5 and aspirin."
+    assert out.answer == "Final: 5, and the shared expert says hi."
     assert [sq.expert for sq in out.plan.sub_queries] == ["math", "medicine"]
     assert {r.answer for r in out.results.values()} == {"shared (org/expert-model) says hi"}
     # Each named model is built once, in generator, aggregator, expert order.
