@@ -138,3 +138,55 @@ def test_the_generator_uses_constrained_decoding_on_local_models(
     plan = generator.invoke("Who wrote Hamlet?")
     assert plan.is_fallback  # a cut-off reply that never repeats is not a plan
     assert PlanOutput.model_json_schema()["properties"]["sub_queries"]["minItems"] == 1
+
+
+def _accepts(tokenizer: Any, schema: dict[str, Any], text: str) -> bool:
+    import llguidance
+    import llguidance.hf
+
+    from langchain_complm.models._grammar import compile_schema, schema_text
+
+    matcher = llguidance.LLMatcher(
+        llguidance.hf.from_tokenizer(tokenizer), compile_schema(schema_text(schema)), log_level=0
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return matcher.consume_tokens(ids) and matcher.is_accepting()
+
+
+def _plan(*steps: tuple[str, str, list[str]]) -> str:
+    return json.dumps(
+        {"sub_queries": [{"id": i, "question": q, "depends_on": d} for i, q, d in steps]},
+        separators=(",", ":"),
+    )
+
+
+def test_the_plan_grammar_admits_only_valid_dags(tokenizer: Any) -> None:
+    from langchain_complm.decompose.generator import plan_json_schema
+
+    schema = plan_json_schema(3)
+    good = _plan(
+        ("q1", 'Who wrote "Hamlet"?', []),
+        ("q2", "Where was {q1} born? (f'{name}' is code)", ["q1"]),
+        ("q3", "Compare {q1} and {q2}.", ["q1", "q2"]),
+    )
+    assert _accepts(tokenizer, schema, good)
+    for bad in (
+        _plan(("q1", "A {q1}?", [])),  # names itself
+        _plan(("q1", "A?", []), ("q2", "B?", ["q2"])),  # depends on itself
+        _plan(("q1", "A {q2}?", []), ("q2", "B?", [])),  # a placeholder ahead
+        _plan(("q2", "A?", [])),  # ids run q1, q2, ...
+        _plan(*((f"q{i}", "A?", []) for i in range(1, 5))),  # over the cap
+        '{"sub_queries":[]}',
+    ):
+        assert not _accepts(tokenizer, schema, bad), bad
+
+
+def test_the_trained_generator_decodes_with_the_plan_grammar(llm: ChatLocalHuggingFace) -> None:
+    from langchain_complm.decompose.generator import plan_json_schema
+    from langchain_complm.decompose.trained import trained_generator
+
+    generator = trained_generator(llm.model_copy(update={"max_new_tokens": 30}), max_sub_queries=4)
+    assert generator.plan_schema == plan_json_schema(4)
+    reply = generator.reply_model().invoke(generator.messages("Who wrote Hamlet?"))
+    assert reply["raw"].text.startswith('{"sub_queries":[{"id":"q1","question":"')
+    assert trained_generator(llm, constrained=False).plan_schema is None

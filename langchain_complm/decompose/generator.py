@@ -74,6 +74,49 @@ _REPAIR_BUDGET = 2 * MAX_REPLY_CHARS
 reply: a few places in a long reply, all of them in a short one. Decoding as written is
 not counted: it stops at the first error."""
 
+
+def plan_json_schema(max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES) -> dict[str, Any]:
+    """The plan's grammar as a JSON schema, for constrained decoding: at most
+    ``max_sub_queries`` sub-queries; the k-th has the id ``qk``, depends only on ``q1`` to
+    ``q(k-1)`` and names no other id as a placeholder (other braces, as in code, are text).
+    A reply that follows it is a DAG by construction: no unknown or self dependency, no
+    cycle, no placeholder ahead of its sub-query (one without its dependency is added by
+    repair). Keys in the order the trained generator writes them.
+    """
+    items = []
+    for k in range(1, max_sub_queries + 1):
+        earlier = [f"q{i}" for i in range(1, k)]
+        placeholders = rf"|\{{(?:{'|'.join(earlier)})\}}" if earlier else ""
+        items.append(
+            {
+                "type": "object",
+                "properties": {
+                    "id": {"const": f"q{k}"},
+                    "question": {
+                        "type": "string",
+                        "pattern": rf"^(?:[^{{]|\{{[^q}}]{placeholders})+$",
+                    },
+                    "depends_on": {
+                        "type": "array",
+                        **({"items": {"enum": earlier}} if earlier else {}),
+                        "maxItems": len(earlier),
+                    },
+                },
+                "required": ["id", "question", "depends_on"],
+                "additionalProperties": False,
+            }
+        )
+    return {
+        "title": "PlanOutput",
+        "type": "object",
+        "properties": {
+            "sub_queries": {"type": "array", "prefixItems": items, "items": False, "minItems": 1}
+        },
+        "required": ["sub_queries"],
+        "additionalProperties": False,
+    }
+
+
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _PLACEHOLDER = re.compile(r"\{([^{}\s]+)\}")
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
@@ -495,6 +538,10 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     """System message before the question when it has a conversation (``conversation``)."""
     repair: bool = True
     """Repair every plan (see :mod:`~langchain_complm.decompose.repair`)."""
+    plan_schema: dict[str, Any] | None = None
+    """The JSON schema structured output asks for; None: :class:`PlanOutput`'s (what tool
+    calling and served engines get). A local model's constrained decoding can follow
+    :func:`plan_json_schema`, which only valid DAGs satisfy."""
     name: str | None = "SubQueryGenerator"
 
     def invoke(
@@ -527,7 +574,8 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
         structured output its ``with_structured_output(PlanOutput, include_raw=True)``
         runnable; :func:`reply_text` reads either reply."""
         if self._use_structured():
-            return self.llm.with_structured_output(PlanOutput, include_raw=True)
+            schema = self.plan_schema or PlanOutput
+            return self.llm.with_structured_output(schema, include_raw=True)
         return self.llm
 
     def _to_plan(self, reply: Any, query: str) -> Plan:
@@ -688,7 +736,7 @@ def _reply_plan(reply: Any, query: str) -> Plan:
             if not text.strip():
                 raise reply.get("parsing_error") or ValueError("the model returned no plan")
             return parse_plan(text, query)
-        reply = parsed
+        reply = PlanOutput.model_validate(parsed) if isinstance(parsed, dict) else parsed
     if isinstance(reply, PlanOutput):
         return Plan(
             query=query,
@@ -713,6 +761,7 @@ __all__ = [
     "SubQueryGenerator",
     "parse_plan",
     "plan_from_reply",
+    "plan_json_schema",
     "reply_text",
     "supports_structured_output",
 ]

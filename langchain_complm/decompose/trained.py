@@ -1,10 +1,11 @@
 """The trained Sub-query Generator: a fine-tuned chat model that writes the plan JSON itself.
 
 The model is trained on :data:`~langchain_complm.prompts.TRAINED_DECOMPOSE_PROMPT`, so at
-inference it gets exactly that prompt. By default its decoding is held to the plan's JSON
-grammar (structured output: constrained decoding of a local model), which the compact format
-it learned already follows, so a reply the model would have broken (an unescaped quote, a
-cut-off loop) still parses. Loading the weights is the backend's job
+inference it gets exactly that prompt. By default its decoding is held to the plan's grammar
+(:func:`~langchain_complm.decompose.generator.plan_json_schema`, by structured output:
+constrained decoding of a local model), which the compact format it learned already
+follows, so a reply the model would have broken (an unescaped quote, a sub-query naming
+itself, a cut-off loop) is still a plan. Loading the weights is the backend's job
 (:func:`langchain_complm.models.trained.load_trained_generator`).
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from langchain_complm.decompose.generator import SubQueryGenerator
+from langchain_complm.decompose.generator import SubQueryGenerator, plan_json_schema
+from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
 from langchain_complm.prompts import TRAINED_DECOMPOSE_PROMPT
 
 
@@ -26,6 +28,8 @@ def trained_generator(
     options: dict[str, Any] = {}
     if max_sub_queries is not None:
         options["max_sub_queries"] = max_sub_queries
+    if constrained:
+        options["plan_schema"] = plan_json_schema(max_sub_queries or DEFAULT_MAX_SUB_QUERIES)
     return SubQueryGenerator(
         llm=llm,
         prompt=TRAINED_DECOMPOSE_PROMPT,
