@@ -31,6 +31,8 @@ EXPECTED_ALL = {
         "StructuralSubQueryGenerator",
         "SubQueryGenerator",
         "parse_plan",
+        "plan_json_schema",
+        "repair_plan",
     ],
     "langchain_complm.route": [
         "BaseRouter",

@@ -5,7 +5,10 @@
   :class:`DecompositionInput` it also sees the conversation (bounded by a
   :class:`ConversationPolicy`);
 - :class:`StructuralSubQueryGenerator`: model-free decomposition at explicit structure;
-- :func:`parse_plan`: the tolerant parser of a model's plan reply.
+- :func:`parse_plan`: the tolerant parser of a model's plan reply;
+- :func:`repair_plan`: plan repair, which both decomposers apply (a custom decomposer can
+  too: ``my_decomposer | RunnableLambda(repair_plan)``);
+- :func:`plan_json_schema`: the plan's grammar, for a local model's constrained decoding.
 """
 
 from langchain_complm.decompose.generator import (
@@ -13,7 +16,9 @@ from langchain_complm.decompose.generator import (
     DecompositionInput,
     SubQueryGenerator,
     parse_plan,
+    plan_json_schema,
 )
+from langchain_complm.decompose.repair import repair_plan
 from langchain_complm.decompose.structural import StructuralSubQueryGenerator
 
 __all__ = [
@@ -22,4 +27,6 @@ __all__ = [
     "StructuralSubQueryGenerator",
     "SubQueryGenerator",
     "parse_plan",
+    "plan_json_schema",
+    "repair_plan",
 ]
