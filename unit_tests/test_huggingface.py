@@ -29,7 +29,7 @@ from langchain_complm.models.huggingface import (
     ChatLocalHuggingFace,
     truncate_at_stop,
 )
-from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
+from langchain_complm.models.testing import tiny_llama
 
 PROMPTS = [
     "hello",
@@ -41,14 +41,6 @@ PROMPTS = [
     "Translate 'good morning' to Spanish.",
     "Who wrote Hamlet?",
 ]
-
-
-@pytest.fixture(scope="session")
-def tokenizer() -> Any:
-    try:
-        return smollm2_tokenizer()
-    except ImportError as exc:
-        pytest.skip(str(exc))
 
 
 def tiny_model(tokenizer: Any, seed: int = 0) -> Any:
