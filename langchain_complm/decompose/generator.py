@@ -16,7 +16,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from langchain_complm.concurrency import DEFAULT_TIMEOUT, await_with_timeout, call_with_timeout
 from langchain_complm.decompose.repair import repair_plan
@@ -27,9 +27,9 @@ from langchain_complm.prompts import DECOMPOSE_CONVERSATION, DECOMPOSE_PROMPT, D
 logger = logging.getLogger(__name__)
 
 
-_ID_SCHEMA = {"pattern": "^q[1-9][0-9]?$"}
+_ID_SCHEMA: dict[str, JsonValue] = {"pattern": "^q[1-9][0-9]?$"}
 """Ids as the prompts ask for them (q1, q2, ...)."""
-_STRICT = {"additionalProperties": False}
+_STRICT: dict[str, JsonValue] = {"additionalProperties": False}
 """Schema-only strictness: a grammar built from the schema allows no other keys, while
 validation still ignores extra keys a tool-calling model adds."""
 

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    from llguidance._lib import JsonCompileOptions
 
-JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 """Compact JSON (no whitespace between tokens): what the trained generator was taught, and
 no room for a small model to loop on blank lines."""
 
