@@ -24,7 +24,7 @@ from fakes import make_expert
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableLambda
 from test_executor import routed
-from test_huggingface import tiny_model, tokenizer  # noqa: F401 (a fixture)
+from test_huggingface import tiny_model
 
 from langchain_complm import Expert
 from langchain_complm.concurrency import (
@@ -145,7 +145,7 @@ def test_stream_holds_the_permit_until_the_stream_ends() -> None:
     assert limiter.active == 0
 
 
-def test_callbacks_and_attributes_pass_through(model: Any, tokenizer: Any) -> None:  # noqa: F811
+def test_callbacks_and_attributes_pass_through(model: Any, tokenizer: Any) -> None:
     class Names(BaseCallbackHandler):
         def __init__(self) -> None:
             self.names: list[str] = []
@@ -221,7 +221,7 @@ def test_executor_respects_an_experts_limit() -> None:
 
 
 @pytest.fixture
-def model(tokenizer: Any) -> Any:  # noqa: F811
+def model(tokenizer: Any) -> Any:
     return tiny_model(tokenizer)
 
 
@@ -270,14 +270,14 @@ def run_two_models_at_once(tok: Any) -> tuple[Timeline, list[Any]]:
     return timeline, replies
 
 
-def test_device_lock_serializes_engines_of_different_models(tokenizer: Any) -> None:  # noqa: F811
+def test_device_lock_serializes_engines_of_different_models(tokenizer: Any) -> None:
     timeline, replies = run_two_models_at_once(tokenizer)
     assert timeline.peak == 1
     waits = sorted(r.response_metadata["device_wait_s"] for r in replies)
     assert waits[0] < 0.1 and waits[1] > 0.1  # the second waited for the first generate
 
 
-def test_device_concurrency_can_be_allowed(tokenizer: Any, cpu_unlimited: None) -> None:  # noqa: F811
+def test_device_concurrency_can_be_allowed(tokenizer: Any, cpu_unlimited: None) -> None:
     assert device_limiter("cpu") is None
     timeline, replies = run_two_models_at_once(tokenizer)
     assert timeline.peak == 2
@@ -292,7 +292,7 @@ def test_device_keys() -> None:
         set_device_concurrency("cpu", 0)
 
 
-def test_closed_engine_refuses_requests_and_drops_its_model(tokenizer: Any) -> None:  # noqa: F811
+def test_closed_engine_refuses_requests_and_drops_its_model(tokenizer: Any) -> None:
     model = tiny_model(tokenizer)
     llm = ChatLocalHuggingFace.from_model(model, tokenizer, max_new_tokens=3)
     engine = llm.engine
@@ -309,7 +309,7 @@ def test_closed_engine_refuses_requests_and_drops_its_model(tokenizer: Any) -> N
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.05])
-def test_batch_window_grows_with_generate_time(model: Any, tokenizer: Any, ratio: float) -> None:  # noqa: F811
+def test_batch_window_grows_with_generate_time(model: Any, tokenizer: Any, ratio: float) -> None:
     from langchain_complm.models.huggingface import GenerationSettings
 
     record_generate(model, Timeline(), delay=0.6)
@@ -354,12 +354,12 @@ class Loads:
 
 
 @pytest.fixture(scope="module")
-def tiny_bytes(tokenizer: Any) -> int:  # noqa: F811
+def tiny_bytes(tokenizer: Any) -> int:
     return model_bytes(tiny_model(tokenizer))
 
 
 @pytest.fixture
-def loads(tokenizer: Any) -> Loads:  # noqa: F811
+def loads(tokenizer: Any) -> Loads:
     return Loads(tokenizer)
 
 
@@ -502,7 +502,7 @@ async def test_pool_async_calls_and_executor_trace(loads: Loads, tiny_bytes: int
 
 def test_pool_loads_folders_with_a_size_estimate(
     tmp_path: Path,
-    tokenizer: Any,  # noqa: F811
+    tokenizer: Any,
     tiny_bytes: int,
 ) -> None:
     folders = []

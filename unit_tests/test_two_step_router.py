@@ -12,6 +12,7 @@ from langchain_core.runnables import RunnableLambda
 
 from langchain_complm import CompLLMOutput, Expert, ExpertProfile, Plan, SubQuery, create_comp_llm
 from langchain_complm.concurrency import ExpertLoad
+from langchain_complm.decompose import SubQueryGenerator
 from langchain_complm.plan import ExpertChoice
 from langchain_complm.route import (
     BudgetPolicy,
@@ -262,8 +263,12 @@ def test_the_pipeline_runs_the_chosen_expert_and_counts_its_load(
     holder["router"] = two_step
     comp = create_comp_llm(
         two_step.experts,
-        generator=fake_llm(
-            plan_json(("q1", QUESTIONS["math"], []), ("q2", QUESTIONS["math"] + " again", []))
+        # The same question twice on purpose: plan repair would drop the repeat.
+        generator=SubQueryGenerator(
+            llm=fake_llm(
+                plan_json(("q1", QUESTIONS["math"], []), ("q2", QUESTIONS["math"] + " again", []))
+            ),
+            repair=False,
         ),
         router=two_step,
         aggregator=fake_llm("final"),
