@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fakes import KeywordEmbeddings, fake_llm
+from fakes import KeywordEmbeddings, fake_llm, literal_aggregator, literal_generator
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.runnables import RunnableLambda
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -106,9 +106,9 @@ def build(saver: Any, log: str, mode: str, variant: str = "A", slow: float | Non
     ]
     return create_comp_llm(
         experts,
-        generator=LoggedChat(responses=[plan(variant)], log=log),
+        generator=literal_generator(LoggedChat(responses=[plan(variant)], log=log)),
         router=KeywordEmbeddings(),
-        aggregator=fake_llm("final answer"),
+        aggregator=literal_aggregator(fake_llm("final answer")),
         mode=mode,  # type: ignore[arg-type]
         checkpointer=saver,
     )

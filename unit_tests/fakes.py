@@ -15,6 +15,8 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableLambda
 
 from langchain_complm import Expert
+from langchain_complm.aggregate import ResponseAggregator
+from langchain_complm.decompose import SubQueryGenerator
 
 KEYWORDS = {
     "math": ["sum", "add", "multiply", "percent", "number", "plus", "equation", "math"],
@@ -107,6 +109,18 @@ def plan_json(*sub_queries: tuple[str, str, list[str]]) -> str:
 
 def fake_llm(*responses: str) -> FakeListChatModel:
     return FakeListChatModel(responses=list(responses))
+
+
+def literal_generator(llm: Any) -> SubQueryGenerator:
+    """A generator that keeps the fake model's plan as written: the tests' fake plans need
+    not ask their questions, which plan repair would fix (it has its own tests)."""
+    return SubQueryGenerator(llm=llm, repair=False)
+
+
+def literal_aggregator(llm: Any) -> ResponseAggregator:
+    """An aggregator whose answer is the fake model's synthesis as written: the coverage
+    check would append the experts' answers it does not hold (it has its own tests)."""
+    return ResponseAggregator(llm=llm, mode="synthesize", check_coverage=False)
 
 
 class RecordingChat(FakeListChatModel):

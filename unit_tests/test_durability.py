@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 from durable_worker import QUESTION, THREAD, build, sqlite_saver
-from fakes import KeywordEmbeddings, fake_llm, make_expert, plan_json
+from fakes import (
+    KeywordEmbeddings,
+    fake_llm,
+    literal_aggregator,
+    literal_generator,
+    make_expert,
+    plan_json,
+)
 from langgraph.checkpoint.memory import InMemorySaver
 
 from langchain_complm import CompLLMOutput
@@ -124,9 +131,9 @@ async def test_in_memory_a_crashed_run_resumes(durability: str, mode: str, use_a
     )
     comp = create_comp_llm(
         [math, medicine],
-        generator=generator,
+        generator=literal_generator(generator),
         router=KeywordEmbeddings(),
-        aggregator=fake_llm("final"),
+        aggregator=literal_aggregator(fake_llm("final")),
         mode=mode,  # type: ignore[arg-type]
         checkpointer=InMemorySaver(),
     )

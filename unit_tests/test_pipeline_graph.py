@@ -9,7 +9,15 @@ import threading
 from typing import Any
 
 import pytest
-from fakes import KeywordEmbeddings, fake_llm, make_expert, plan_json, recording_llm
+from fakes import (
+    KeywordEmbeddings,
+    fake_llm,
+    literal_aggregator,
+    literal_generator,
+    make_expert,
+    plan_json,
+    recording_llm,
+)
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
@@ -35,9 +43,9 @@ def build(delay: float = 0.0, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         experts[name], fakes[name] = make_expert(name, delay=delay)
     comp = create_comp_llm(
         list(experts.values()),
-        generator=kwargs.pop("generator", fake_llm(PLAN)),
+        generator=literal_generator(kwargs.pop("generator", fake_llm(PLAN))),
         router=kwargs.pop("router", KeywordEmbeddings()),
-        aggregator=kwargs.pop("aggregator", fake_llm(ANSWER)),
+        aggregator=literal_aggregator(kwargs.pop("aggregator", fake_llm(ANSWER))),
         **kwargs,
     )
     return comp, fakes
@@ -158,7 +166,10 @@ async def test_async_only_experts_run_under_ainvoke_without_a_thread() -> None:
         for name in ("math", "medicine", "history")
     ]
     comp = create_comp_llm(
-        experts, generator=fake_llm(PLAN), router=KeywordEmbeddings(), aggregator=fake_llm(ANSWER)
+        experts,
+        generator=literal_generator(fake_llm(PLAN)),
+        router=KeywordEmbeddings(),
+        aggregator=literal_aggregator(fake_llm(ANSWER)),
     )
     out = CompLLMOutput.model_validate(await comp.ainvoke("q"))
     assert {r.status for r in out.results.values()} == {"ok"}
@@ -287,11 +298,11 @@ def test_messages_stream_carries_only_the_final_answers_tokens() -> None:
     math = Expert(name="math", description="sum add", llm=recording_llm("expert tokens here"))
     comp = create_comp_llm(
         [math],
-        generator=recording_llm(
-            plan_json(("q1", "sum one", []), ("q2", "add two", [])), "unused plan"
+        generator=literal_generator(
+            recording_llm(plan_json(("q1", "sum one", []), ("q2", "add two", [])), "unused plan")
         ),
         router=KeywordEmbeddings(),
-        aggregator=recording_llm("the final answer"),
+        aggregator=literal_aggregator(recording_llm("the final answer")),
     )
     chunks = [m for m, _ in comp.stream("q", stream_mode="messages")]
     # Streamed once, token by token; the final message in the state is not repeated.

@@ -7,7 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakes import KeywordEmbeddings, fake_llm, make_expert, plan_json
+from fakes import (
+    KeywordEmbeddings,
+    fake_llm,
+    literal_aggregator,
+    literal_generator,
+    make_expert,
+    plan_json,
+)
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
@@ -27,9 +34,9 @@ def build() -> tuple[Any, dict[str, Any]]:
         experts[name], fakes[name] = make_expert(name)
     comp = create_comp_llm(
         list(experts.values()),
-        generator=fake_llm(PLAN),
+        generator=literal_generator(fake_llm(PLAN)),
         router=KeywordEmbeddings(),
-        aggregator=fake_llm("final"),
+        aggregator=literal_aggregator(fake_llm("final")),
         review_plan=True,
         checkpointer=InMemorySaver(),
     )
@@ -145,9 +152,9 @@ def test_a_parent_graph_resumes_the_review_and_an_invalid_answer_is_asked_again(
     experts, fakes = zip(*(make_expert(n) for n in ("math", "medicine", "history")), strict=True)
     comp = create_comp_llm(
         list(experts),
-        generator=fake_llm(PLAN),
+        generator=literal_generator(fake_llm(PLAN)),
         router=KeywordEmbeddings(),
-        aggregator=fake_llm("final"),
+        aggregator=literal_aggregator(fake_llm("final")),
         review_plan=True,
     )
     parent = (
