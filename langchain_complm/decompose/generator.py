@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -18,7 +19,14 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from langchain_complm.concurrency import DEFAULT_TIMEOUT, await_with_timeout, call_with_timeout
+from langchain_complm.concurrency import (
+    DEFAULT_TIMEOUT,
+    Steps,
+    arun_steps,
+    await_with_timeout,
+    call_with_timeout,
+    run_steps,
+)
 from langchain_complm.decompose.repair import repair_plan
 from langchain_complm.errors import PlanValidationError
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, invalid_text
@@ -589,28 +597,16 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> Plan:
-        query, history = _unpack(input)
-        _check_query(query)
-        model = self.reply_model()
-        child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
-        messages = self.messages(query, history)
-        error: Exception | None = None
-        for attempt in range(2):
-            reply = None
-            try:
-                call = partial(model.invoke, messages, child)
-                reply = call_with_timeout(call, self.timeout, _DECOMPOSER)
-                return self._to_plan(reply, query)
-            except Exception as exc:
-                error = exc
-                if attempt or not _is_bad_output(exc):
-                    break
-                messages = self._retry_messages(messages, reply, exc)
-        return self._fallback(query, error)
+        return run_steps(self._steps(input, run_manager, config), _reply)
 
     async def _adecompose(
         self, input: str | DecompositionInput, run_manager: Any, config: RunnableConfig
     ) -> Plan:
+        return await arun_steps(self._steps(input, run_manager, config), _areply)
+
+    def _steps(
+        self, input: str | DecompositionInput, run_manager: Any, config: RunnableConfig
+    ) -> Steps[_Reply, Plan]:
         query, history = _unpack(input)
         _check_query(query)
         model = self.reply_model()
@@ -620,9 +616,7 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
         for attempt in range(2):
             reply = None
             try:
-                reply = await await_with_timeout(
-                    model.ainvoke(messages, child), self.timeout, _DECOMPOSER
-                )
+                reply = yield _Reply(model, messages, child, self.timeout)
                 return self._to_plan(reply, query)
             except Exception as exc:
                 error = exc
@@ -649,6 +643,28 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
 
 
 _DECOMPOSER = "the decomposer model"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One call of the decomposer's model, given up after ``timeout`` seconds."""
+
+    model: Runnable[list[BaseMessage], Any]
+    messages: list[BaseMessage]
+    config: RunnableConfig
+    timeout: float | None
+
+
+def _reply(call: _Reply) -> Any:
+    return call_with_timeout(
+        partial(call.model.invoke, call.messages, call.config), call.timeout, _DECOMPOSER
+    )
+
+
+async def _areply(call: _Reply) -> Any:
+    return await await_with_timeout(
+        call.model.ainvoke(call.messages, call.config), call.timeout, _DECOMPOSER
+    )
 
 
 def _unpack(input: str | DecompositionInput) -> tuple[str, Sequence[BaseMessage]]:
