@@ -6,8 +6,9 @@ import json
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, HumanMessage
 
-from langchain_complm.decompose.generator import SubQueryGenerator
+from langchain_complm.decompose.generator import DecompositionInput, SubQueryGenerator
 from langchain_complm.decompose.repair import repair_plan
 from langchain_complm.evaluation.sources import resolve_data_dir
 from langchain_complm.plan import Plan, SubQuery
@@ -373,3 +374,29 @@ def test_a_placeholder_without_dependency_is_no_longer_a_failed_reply() -> None:
     result = SubQueryGenerator(llm=llm).invoke("Who directed Jaws, and when was he born?")
     assert not result.is_fallback
     assert shape(result)[-1] == ("q2", "When was {q1} born?", ("q1",))
+
+
+@pytest.mark.parametrize(
+    ("follow_up", "steps"),
+    [
+        ("When was he born?", [("Who wrote Hamlet?", []), ("When was {q1} born?", ["q1"])]),
+        ("And its capital?", [("What is the capital of Denmark?", [])]),
+        ("How about Germany?", [("What is the capital of Germany?", [])]),
+    ],
+)
+def test_a_follow_up_resolved_from_the_conversation_is_kept(
+    follow_up: str, steps: list[Step]
+) -> None:
+    # The sub-queries name what the conversation said, not the follow-up's words: repair
+    # reads them against the follow-up alone and must leave them as the model wrote them.
+    reply = json.dumps(
+        {
+            "sub_queries": [
+                {"id": f"q{i}", "question": q, "depends_on": d} for i, (q, d) in enumerate(steps, 1)
+            ]
+        }
+    )
+    history = [HumanMessage("Who wrote Hamlet? And tell me about Denmark."), AIMessage("...")]
+    generator = SubQueryGenerator(llm=FakeListChatModel(responses=[reply]))
+    result = generator.invoke(DecompositionInput(query=follow_up, history=history))
+    assert shape(result) == shape(plan(follow_up, *steps)) and not result.repairs
