@@ -41,6 +41,7 @@ from langchain_core.runnables import RunnableLambda
 from report import report_header
 
 from langchain_complm import Expert, create_comp_llm
+from langchain_complm.decompose import SubQueryGenerator
 
 
 class InstantChat(BaseChatModel):
@@ -113,7 +114,8 @@ def build(latency: float, width: int = 2) -> Any:
     ]
     return create_comp_llm(
         experts,
-        generator=InstantChat(mode="plan", width=width),
+        # The plan is the workload: repair would merge its look-alike parts into one.
+        generator=SubQueryGenerator(llm=InstantChat(mode="plan", width=width), repair=False),
         router=OneHotEmbeddings(),
         aggregator=InstantChat(mode="join"),
     )
