@@ -50,7 +50,7 @@ from pydantic import (
 
 from langchain_complm.errors import ConfigError, ModelNotFoundError
 from langchain_complm.execute.executor import FailurePolicy, ScheduleMode
-from langchain_complm.experts import Expert, ExpertProfile
+from langchain_complm.experts import Expert, ExpertProfile, check_known, check_unique
 from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL, EMBEDDED_EMBEDDINGS
 from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
@@ -401,9 +401,7 @@ class CompLLMConfig(_Strict):
         if not self.experts:
             raise ValueError("experts: at least one expert is required")
         names = [e.name for e in self.experts]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"experts: duplicate expert names: {', '.join(duplicates)}")
+        check_unique("expert", names)
         for index, expert in enumerate(self.experts):
             if expert.model not in self.models:
                 raise ValueError(
@@ -415,20 +413,11 @@ class CompLLMConfig(_Strict):
             if name is not None and name not in self.models:
                 raise ValueError(f"{role}: unknown model {name!r} (models: {known})")
         for category in self.routing.categories or ():
-            unknown = [n for n in category.experts if n not in names]
-            if unknown:
-                raise ValueError(
-                    f"routing.categories ({category.name}): unknown experts "
-                    f"{', '.join(unknown)} (experts: {', '.join(names)})"
-                )
-        for where, fallback in (
-            ("routing.fallback_expert", self.routing.fallback_expert),
-            ("execution.failure.fallback_expert", self.execution.failure.fallback_expert),
-        ):
-            if fallback is not None and fallback not in names:
-                raise ValueError(
-                    f"{where}: unknown expert {fallback!r} (experts: {', '.join(names)})"
-                )
+            check_known(f"routing.categories ({category.name})", category.experts, names)
+        check_known("routing.fallback_expert", [self.routing.fallback_expert], names)
+        check_known(
+            "execution.failure.fallback_expert", [self.execution.failure.fallback_expert], names
+        )
         thresholded = [
             where
             for where, value in (

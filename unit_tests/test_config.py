@@ -205,7 +205,7 @@ def test_relative_local_model_path_is_relative_to_the_file(tmp_path: Path) -> No
         (
             "category_expert.yaml",
             "experts: [{name: math}]\nrouting: {categories: [{name: m, experts: [maths]}]}\n",
-            "routing.categories (m): unknown experts maths (experts: math)",
+            "routing.categories (m): unknown expert 'maths' (experts: math)",
         ),
         (
             "category_threshold.yaml",
