@@ -52,6 +52,12 @@ from langchain_complm.errors import ConfigError, ModelNotFoundError
 from langchain_complm.execute.executor import FailurePolicy, ScheduleMode
 from langchain_complm.experts import Expert, ExpertProfile, check_known, check_unique
 from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL, EMBEDDED_EMBEDDINGS
+from langchain_complm.models.huggingface import (
+    DEFAULT_BATCH_WINDOW_MS,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_NEW_TOKENS,
+    ChatLocalHuggingFace,
+)
 from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
 from langchain_complm.route.calibration import read_labelled
@@ -149,14 +155,14 @@ class ModelSpec(_ModelLocation):
     gguf_file: str | None = Field(default=None, description="GGUF file inside model_id.")
     device: str | None = Field(default=None, description="'cpu', 'cuda:0', ...; default auto.")
     torch_dtype: str | None = Field(default=None, description="e.g. 'bfloat16'; default fp32.")
-    max_new_tokens: int = Field(default=256, ge=1)
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1)
     do_sample: bool = False
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     stop: list[str] | None = None
-    max_batch_size: int = Field(default=8, ge=1)
-    batch_window_ms: float = Field(default=5.0, ge=0)
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
+    batch_window_ms: float = Field(default=DEFAULT_BATCH_WINDOW_MS, ge=0)
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Chat model fields: generation and batching settings that are set."""
@@ -666,8 +672,6 @@ def load_chat_model(
             return default_chat_model(
                 device=spec.device, progress=progress, **spec.generation_kwargs()
             )
-        from langchain_complm.models.huggingface import ChatLocalHuggingFace
-
         return ChatLocalHuggingFace.from_model_id(
             spec.model_id,
             gguf_file=spec.gguf_file,

@@ -294,6 +294,7 @@ def _enumerated_segments(text: str, n: int) -> list[str] | None:
 
 # --- plan scoring ---------------------------------------------------------------------------
 
+
 class SubQueryMatch(BaseModel):
     """A predicted sub-query matched to a gold one."""
 
