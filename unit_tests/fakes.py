@@ -14,7 +14,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableLambda
 
-from langchain_complm import Expert
+from langchain_complm import Expert, Plan, RoutingDecision, SubQuery
 
 KEYWORDS = {
     "math": ["sum", "add", "multiply", "percent", "number", "plus", "equation", "math"],
@@ -160,3 +160,21 @@ class RecordingChat(FakeListChatModel):
 
 def recording_llm(*responses: str, usage: int = 0) -> RecordingChat:
     return RecordingChat(responses=list(responses), prompts=[], usage=usage)
+
+
+def routed(*items: tuple[str, str, str, tuple[str, ...]]) -> Plan:
+    """A plan from (id, question, expert, depends_on) tuples, already routed."""
+    return Plan(
+        query="compound question",
+        sub_queries=tuple(
+            SubQuery(
+                id=i,
+                question=q,
+                depends_on=deps,
+                route=RoutingDecision(
+                    sub_query_id=i, question=q, expert=e, score=1.0, scores={e: 1.0}
+                ),
+            )
+            for i, q, e, deps in items
+        ),
+    )

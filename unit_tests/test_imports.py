@@ -64,6 +64,7 @@ EXPECTED_ALL = {
         "ChatPooledHuggingFace",
         "ChatRemote",
         "GenerationEngine",
+        "LoraEngine",
         "ModelPool",
     ],
     "langchain_complm.errors": [

@@ -26,6 +26,7 @@ from langgraph.pregel import Pregel
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from typing_extensions import TypedDict
 
+from langchain_complm.batching import batch_group
 from langchain_complm.concurrency import ExpertLoad, Steps, arun_steps, run_steps
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer
@@ -210,7 +211,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         configurable = config.get("configurable") or {}
         policy = self._policy(configurable)
         limits = [x for x in (self.max_concurrency, configurable.get(MAX_CONCURRENCY)) if x]
-        keys = {sq.id: id(self.experts[sq.expert].llm) for sq in plan.sub_queries}  # type: ignore[index]
+        keys = {sq.id: batch_group(self.experts[sq.expert].llm) for sq in plan.sub_queries}  # type: ignore[index]
         schedule = Schedule(plan, self.mode, min(limits, default=None), keys)
         run = PlanRun(
             experts=self.experts,

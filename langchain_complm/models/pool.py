@@ -606,6 +606,11 @@ class ChatPooledHuggingFace(ChatLocalHuggingFace):
         return self.pool.num_parameters(self.pool_key)
 
     @property
+    def batch_group(self) -> object:
+        """Chat models over one pooled model share its engine, whichever is resident."""
+        return (self.pool, self.pool_key)
+
+    @property
     def _llm_type(self) -> str:
         return "local-huggingface-pooled"
 
