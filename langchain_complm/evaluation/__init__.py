@@ -29,7 +29,9 @@ from langchain_complm.evaluation.multiexpertqa import (
     Part,
     Split,
     build_dataset,
+    domain_records,
     load_items,
+    part_from_record,
     save_items,
 )
 from langchain_complm.evaluation.sources import (
@@ -60,6 +62,7 @@ __all__ = [
     "Split",
     "SubQueryMatch",
     "build_dataset",
+    "domain_records",
     "contains_answer",
     "exact_match",
     "extract_answer_number",
@@ -73,6 +76,7 @@ __all__ = [
     "match_sub_queries",
     "mentioned_options",
     "normalize_answer",
+    "part_from_record",
     "resolve_data_dir",
     "routing_accuracy",
     "save_items",
