@@ -265,12 +265,8 @@ def random_lora_adapters(
 
     from langchain_complm.models.lora import _shared_module_tree
 
-    config = LoraConfig(
-        r=r,
-        lora_alpha=2 * r,
-        target_modules=list(target_modules),
-        **({"init_lora_weights": False} | lora),
-    )
+    options: dict[str, Any] = {"lora_alpha": 2 * r, "init_lora_weights": False} | lora
+    config = LoraConfig(r=r, target_modules=list(target_modules), **options)
     peft_model: Any = None
     for index, name in enumerate(names):
         torch.manual_seed(seed * 1000 + index)
