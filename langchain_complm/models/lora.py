@@ -286,10 +286,10 @@ class LoraEngine(GenerationEngine):
     def _restack(self, names: Sequence[str]) -> None:
         """Stack the weights of ``names`` (rows 1, 2, ...) in every LoRA layer and make PEFT's
         parameters views of the stacks; PEFT's own LoRA computation is switched off."""
-        import torch
         from peft.tuners.lora import Linear as LoraLinear
         from peft.tuners.lora import LoraLayer
 
+        module: Any
         for module_name, module in self.model.named_modules():
             if not isinstance(module, LoraLayer):
                 continue
@@ -309,30 +309,7 @@ class LoraEngine(GenerationEngine):
                 hook = self._hooks[module] = _RowAdapters()
                 module.register_forward_hook(hook)
             module.enable_adapters(False)  # the hook computes the LoRA updates instead
-            present = [n for n in names if n in module.lora_A]
-            weight = module.lora_A[present[0]].weight if present else None
-            if weight is None:
-                hook.stack = None
-                continue
-            rank = max(module.lora_A[n].weight.shape[0] for n in present)
-            width_in = module.lora_A[present[0]].weight.shape[1]
-            width_out = module.lora_B[present[0]].weight.shape[0]
-            like = {"dtype": weight.dtype, "device": weight.device}
-            a = torch.zeros(len(names) + 1, width_in, rank, **like)
-            b = torch.zeros(len(names) + 1, rank, width_out, **like)
-            scaling = torch.zeros(len(names) + 1, **like)
-            for row, name in enumerate(names, start=1):
-                if name not in module.lora_A:
-                    continue
-                a_param, b_param = module.lora_A[name].weight, module.lora_B[name].weight
-                r = a_param.shape[0]
-                a[row, :, :r] = a_param.detach().T
-                b[row, :r, :] = b_param.detach().T
-                scaling[row] = module.scaling[name]
-                # PEFT keeps [r, in] and [out, r]: transposed views of the stack rows.
-                a_param.data = a[row, :, :r].T
-                b_param.data = b[row, :r, :].T
-            hook.stack = _Stack(a=a, b=b, scaling=scaling)
+            hook.stack = _stack(module, names)
 
     def _check_adapter(self, adapter: str | None) -> None:
         if adapter is not None and adapter not in self._sources:
@@ -360,6 +337,35 @@ class LoraEngine(GenerationEngine):
             finally:
                 for hook in self._hooks.values():
                     hook.select(None)
+
+
+def _stack(layer: Any, names: Sequence[str]) -> _Stack | None:
+    """The stacked weights of ``names`` in one PEFT LoRA layer (None if it adapts none of
+    them); PEFT's parameters become views of the stack rows, so nothing is stored twice."""
+    import torch
+
+    present = [n for n in names if n in layer.lora_A]
+    if not present:
+        return None
+    first = layer.lora_A[present[0]].weight
+    rank = max(layer.lora_A[n].weight.shape[0] for n in present)
+    width_in, width_out = first.shape[1], layer.lora_B[present[0]].weight.shape[0]
+    rows = len(names) + 1
+    a = torch.zeros(rows, width_in, rank, dtype=first.dtype, device=first.device)
+    b = torch.zeros(rows, rank, width_out, dtype=first.dtype, device=first.device)
+    scaling = torch.zeros(rows, dtype=first.dtype, device=first.device)
+    for row, name in enumerate(names, start=1):
+        if name not in layer.lora_A:
+            continue
+        a_param, b_param = layer.lora_A[name].weight, layer.lora_B[name].weight
+        r = a_param.shape[0]
+        a[row, :, :r] = a_param.detach().T
+        b[row, :r, :] = b_param.detach().T
+        scaling[row] = layer.scaling[name]
+        # PEFT keeps [r, in] and [out, r]: transposed views of the stack rows.
+        a_param.data = a[row, :, :r].T
+        b_param.data = b[row, :r, :].T
+    return _Stack(a=a, b=b, scaling=scaling)
 
 
 def _adapter_of(parameter_name: str, adapters: dict[str, int]) -> str | None:
