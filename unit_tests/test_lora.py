@@ -250,6 +250,13 @@ def test_a_level_over_different_adapters_is_one_batch(engine: LoraEngine, mode: 
     assert [m["adapter"] for m in metadata] == list(ADAPTERS)
 
 
+def test_cohorts_group_only_calls_that_can_share_a_generate(engine: LoraEngine) -> None:
+    math, law = engine.chat_model("math"), engine.chat_model("law")
+    assert math.batch_group == law.batch_group == engine.chat_model(None).batch_group
+    assert math.batch_group != engine.chat_model("law", max_new_tokens=3).batch_group
+    assert math.batch_group != math.model_copy(update={"max_batch_size": 2}).batch_group
+
+
 # --- config files -------------------------------------------------------------------------------
 
 

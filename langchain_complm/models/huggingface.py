@@ -19,7 +19,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -649,10 +649,10 @@ class ChatLocalHuggingFace(BaseChatModel):
         return self.engine.num_parameters
 
     @property
-    def batch_group(self) -> object:
-        """Calls of chat models with the same group can share one ``generate``: the engine
-        (see :func:`langchain_complm.batching.batch_group`)."""
-        return self.engine
+    def batch_group(self) -> tuple[Hashable, ...]:
+        """Calls of chat models with the same group can share one ``generate``: same engine,
+        decoding settings and batch limit (see :func:`langchain_complm.batching.batch_group`)."""
+        return (self.engine, self._settings({}, None), self.max_batch_size)
 
     @property
     def _llm_type(self) -> str:

@@ -196,6 +196,11 @@ class LoraEngine(GenerationEngine):
             )
         return cls.for_model(engine.model, engine.tokenizer)
 
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the engine and drop the model, its adapters and their stacked weights."""
+        super().close(timeout)
+        self._hooks.clear()
+
     @property
     def adapters(self) -> dict[str, str]:
         """Loaded adapters: name -> the path or hub id each was loaded from."""
