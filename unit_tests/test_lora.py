@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("peft")
 
-from fakes import routed
+from fakes import PROMPTS, routed
 
 from langchain_complm import Expert
 from langchain_complm.batching import BatchCohort, batch_cohort
@@ -29,16 +29,6 @@ from langchain_complm.models.pool import model_bytes
 from langchain_complm.models.testing import random_lora_adapters, smollm2_tokenizer, tiny_llama
 
 ADAPTERS = ("math", "medicine", "law")
-PROMPTS = [
-    "hello",
-    "What is 2+3?",
-    "Tell me a story about a cat.",
-    "Name the capital of France.",
-    "Why is the sky blue?",
-    "List three prime numbers.",
-    "Translate 'good morning' to Spanish.",
-    "Who wrote Hamlet?",
-]
 MAX_NEW = 10
 
 

@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("peft")
 
+from fakes import needs_data, tiny_train_config
+
 from langchain_complm.cli import main
-from langchain_complm.evaluation.sources import resolve_data_dir
 from langchain_complm.models import LoraEngine
-from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
 from langchain_complm.models.trained import METADATA_FILE, read_metadata
 from langchain_complm.training.experts import (
     EXPERT_DOMAINS,
@@ -33,48 +33,12 @@ from langchain_complm.training.experts import (
 )
 from langchain_complm.training.train import TrainConfig
 
-
-def _has_data() -> bool:
-    try:
-        return resolve_data_dir().is_dir()
-    except FileNotFoundError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _has_data(), reason="public benchmark data (../shared/data) is not available"
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        tokenizer = smollm2_tokenizer()
-    except ImportError as exc:
-        pytest.skip(str(exc))
-    folder = tmp_path_factory.mktemp("tiny-base")
-    tiny_llama(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+pytestmark = needs_data
 
 
 def _config(base: Path, out: Path, **kw: Any) -> TrainConfig:
-    options: dict[str, Any] = {
-        "base": str(base),
-        "out": str(out),
-        "n_train": 4,
-        "batch_size": 2,
-        "micro_batch_size": 2,
-        "lr": 1e-2,
-        "lora_r": 4,
-        "lora_dropout": 0.0,
-        "max_steps": 2,
-        "max_seq_len": 384,
-        "warmup_ratio": 0.0,
-        "device": "cpu",
-        "progress": False,
-    }
-    return TrainConfig(**(options | kw))
+    options = {"n_train": 4, "batch_size": 2, "micro_batch_size": 2, "lora_r": 4}
+    return tiny_train_config(base, out, **(options | {"max_steps": 2, "max_seq_len": 384} | kw))
 
 
 @pytest.mark.parametrize("expert", list(EXPERT_DOMAINS))
