@@ -262,7 +262,8 @@ def main() -> None:
         adapters = adapter_folders(model, args.adapters, width, Path(tmp))
         rows: list[tuple[str, int, str, Cell, float]] = []
         memory: list[tuple[str, int, int]] = []  # (backend, tensor bytes, RSS growth)
-        for build in (separate_backend, lora_backend):
+        # LoRA first: the separate copies, once freed, would blur its resident memory growth.
+        for build in (lora_backend, separate_backend):
             backend = build(model, tokenizer, adapters, args.max_new_tokens)
             memory.append((backend.name, backend.tensor_bytes, backend.rss_growth))
             for w, by_mode in measure(backend, args.repeats).items():

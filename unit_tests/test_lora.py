@@ -338,3 +338,15 @@ def test_config_names_a_missing_adapter_and_a_base_that_cannot_take_one(
     pool = NamedModels(config, lambda name, spec: FakeListChatModel(responses=["x"]))
     with pytest.raises(ConfigError, match="'tiny', the base of LoRA adapters"):
         pool.get("math")
+
+
+def test_the_example_config_names_three_adapters_over_the_embedded_base() -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / "lora-experts.yaml"
+    config = load_config(path, check_paths=False)
+    adapters = {n: s for n, s in config.models.items() if s.adapter is not None}
+    assert sorted(adapters) == ["math", "medicine", "science"]
+    assert all(
+        s.base_model == "default" and Path(s.adapter).is_absolute() for s in adapters.values()
+    )
+    assert config.models["default"].is_embedded
+    assert {e.model for e in config.experts} == {"math", "medicine", "science", "default"}
