@@ -9,8 +9,8 @@ be one. The executor wraps each such call in :func:`batch_cohort`; a batching mo
 waits a little longer for the cohort's missing members, never longer than one generation takes.
 
 Which calls can share a batch is the model's to say: :func:`batch_group` reads a model's
-``batch_group`` (chat models over one engine report that engine, so LoRA experts of one base
-form one cohort), else each model object is its own group.
+``batch_group`` (a local chat model reports its engine, decoding settings and batch limit, so
+LoRA experts of one base form one cohort), else each model object is its own group.
 
 The hint travels in a :mod:`contextvars` variable, so it passes through LangChain's runnables,
 callbacks and thread pools without being an argument of any model's API; models that do not
