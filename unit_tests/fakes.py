@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableLambda
+from pydantic import Field
 
 from langchain_complm import Expert, Plan, RoutingDecision, SubQuery
 from langchain_complm.evaluation.sources import resolve_data_dir
@@ -225,3 +227,64 @@ def routed(*items: tuple[str, str, str, tuple[str, ...]]) -> Plan:
             for i, q, e, deps in items
         ),
     )
+
+
+class StreamingChat(FakeListChatModel):
+    """A fake chat model that writes each reply in pieces, ``delay`` seconds before each,
+    like a model generating it: a piece ends after every ``}`` that closes a list item, so
+    a plan's sub-queries are complete one piece at a time. Invoked, it takes the same time
+    and returns the whole reply. ``ended`` records when each reply was written in full."""
+
+    delay: float = 0.0
+    ended: list[float] = Field(default_factory=list)
+
+    def _next_pieces(self) -> list[str]:
+        text = self.responses[self.i % len(self.responses)]
+        self.i += 1
+        return re.split(r"(?<=\})(?=\s*[,\]])", text)
+
+    def _chunk(self, piece: str, run_manager: Any) -> Any:
+        from langchain_core.messages import AIMessageChunk
+        from langchain_core.outputs import ChatGenerationChunk
+
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        if run_manager:
+            run_manager.on_llm_new_token(piece, chunk=chunk)
+        return chunk
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any):
+        for piece in self._next_pieces():
+            time.sleep(self.delay)
+            yield self._chunk(piece, run_manager)
+        self.ended.append(time.time())
+
+    async def _astream(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ):
+        for piece in self._next_pieces():
+            await asyncio.sleep(self.delay)
+            yield self._chunk(piece, run_manager)
+        self.ended.append(time.time())
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any):
+        pieces = self._next_pieces()
+        time.sleep(self.delay * len(pieces))
+        return self._whole(pieces)
+
+    async def _agenerate(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Any:
+        pieces = self._next_pieces()
+        await asyncio.sleep(self.delay * len(pieces))
+        return self._whole(pieces)
+
+    def _whole(self, pieces: list[str]) -> Any:
+        from langchain_core.messages import AIMessage
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        self.ended.append(time.time())
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="".join(pieces)))])
+
+
+def streaming_llm(*responses: str, delay: float = 0.0) -> StreamingChat:
+    return StreamingChat(responses=list(responses), delay=delay)

@@ -27,7 +27,14 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 from typing_extensions import TypedDict
 
 from langchain_complm.batching import batch_group
-from langchain_complm.concurrency import ExpertLoad, Steps, arun_steps, run_steps
+from langchain_complm.concurrency import (
+    ExpertLoad,
+    Steps,
+    afirst_done,
+    arun_steps,
+    first_done,
+    run_steps,
+)
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer
 from langchain_complm.execute._attempts import PlanRun, attempts, run_async, run_sync
@@ -180,12 +187,12 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
 
     def _execute(self, plan: Plan, config: RunnableConfig) -> ExecutionResult:
         steps = self._plan_run(plan, config, _sync_sub_query, concurrent.futures.Future)
-        return run_steps(steps, _first_done)
+        return run_steps(steps, first_done)
 
     async def _aexecute(self, plan: Plan, config: RunnableConfig) -> ExecutionResult:
         new_gate = asyncio.get_running_loop().create_future
         return await arun_steps(
-            self._plan_run(plan, config, _async_sub_query, new_gate), _afirst_done
+            self._plan_run(plan, config, _async_sub_query, new_gate), afirst_done
         )
 
     def _plan_run(
@@ -311,14 +318,6 @@ def _drive(
         for sq_id, start in schedule.starts():
             gates[sq_id].set_result(start)
         done = yield {futures[sq_id] for sq_id in schedule.running}
-
-
-def _first_done(running: set[Any]) -> set[Any]:
-    return concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)[0]
-
-
-async def _afirst_done(running: set[Any]) -> set[Any]:
-    return (await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED))[0]
 
 
 def _result_of(future: Any) -> SubQueryResult:
