@@ -368,6 +368,17 @@ class ExecutionConfig(_Strict):
     failure: FailurePolicy = Field(default_factory=FailurePolicy)
     max_sub_queries: int = Field(default=DEFAULT_MAX_SUB_QUERIES, ge=1)
     max_query_chars: int | None = Field(default=DEFAULT_MAX_QUERY_CHARS, ge=1)
+    stream_plan: bool = False
+    """Start sub-queries while the plan is written (needs ``mode`` eager or sequential)."""
+
+    @model_validator(mode="after")
+    def _streams_without_supersteps(self) -> ExecutionConfig:
+        if self.stream_plan and self.mode == "superstep":
+            raise ValueError(
+                "stream_plan starts each sub-query once its parents are written; supersteps "
+                "wait for the whole plan: set mode to eager (or sequential)"
+            )
+        return self
 
     @field_validator("failure", mode="before")
     @classmethod
@@ -938,6 +949,7 @@ class PipelineParts:
     max_concurrency: int | None = None
     failure_policy: FailurePolicy = field(default_factory=FailurePolicy)
     max_query_chars: int | None = DEFAULT_MAX_QUERY_CHARS
+    stream_plan: bool = False
     models: dict[str, BaseChatModel] = field(default_factory=dict)
     """The named chat models loaded for the config, by name."""
 
@@ -955,7 +967,7 @@ class PipelineParts:
             max_concurrency=self.max_concurrency,
             failure_policy=self.failure_policy,
             max_query_chars=self.max_query_chars,
-            **options,
+            **{"stream_plan": self.stream_plan, **options},
         )
 
 
@@ -993,6 +1005,7 @@ def build_parts(
         max_concurrency=execution.max_concurrency,
         failure_policy=execution.failure,
         max_query_chars=execution.max_query_chars,
+        stream_plan=execution.stream_plan,
         models=dict(pool.loaded),
     )
 

@@ -59,6 +59,8 @@ def run_and_kill(tmp_path: Path, mode: str, durability: str, calls: str) -> tupl
         ("superstep", "async", "sync"),
         ("eager", "sync", "sync"),
         ("eager", "async", "async"),
+        ("eager+stream", "sync", "sync"),
+        ("eager+stream", "async", "async"),
     ],
 )
 def test_a_killed_run_resumes_without_redoing_finished_work(
@@ -97,7 +99,7 @@ class Crash(BaseException):
 
 
 @pytest.mark.parametrize("durability", ["sync", "async", "exit"])
-@pytest.mark.parametrize("mode", ["superstep", "eager"])
+@pytest.mark.parametrize("mode", ["superstep", "eager", "eager+stream"])
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_in_memory_a_crashed_run_resumes(durability: str, mode: str, use_async: bool) -> None:
     math, math_fake = make_expert("math")
@@ -127,7 +129,8 @@ async def test_in_memory_a_crashed_run_resumes(durability: str, mode: str, use_a
         generator=generator,
         router=KeywordEmbeddings(),
         aggregator=fake_llm("final"),
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode.removesuffix("+stream"),  # type: ignore[arg-type]
+        stream_plan=mode.endswith("+stream"),
         checkpointer=InMemorySaver(),
     )
     config = {"configurable": {"thread_id": f"{mode}-{durability}"}}

@@ -28,6 +28,7 @@ EXPECTED_ALL = {
     "langchain_complm.decompose": [
         "ConversationPolicy",
         "DecompositionInput",
+        "PlanStreamParser",
         "StructuralSubQueryGenerator",
         "SubQueryGenerator",
         "parse_plan",
@@ -51,9 +52,11 @@ EXPECTED_ALL = {
         "write_labelled",
     ],
     "langchain_complm.execute": [
+        "DROPPED",
         "Attempt",
         "ExecutionResult",
         "FailurePolicy",
+        "GrowingPlanRun",
         "QueryExecutor",
         "ScheduleMode",
         "SubQueryExecutionError",

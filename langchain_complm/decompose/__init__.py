@@ -5,12 +5,15 @@
   :class:`DecompositionInput` it also sees the conversation (bounded by a
   :class:`ConversationPolicy`);
 - :class:`StructuralSubQueryGenerator`: model-free decomposition at explicit structure;
-- :func:`parse_plan`: the tolerant parser of a model's plan reply.
+- :func:`parse_plan`: the tolerant parser of a model's plan reply, and
+  :class:`PlanStreamParser`, which reads the reply while it is written and hands out each
+  sub-query once it and its parents are complete (``SubQueryGenerator.stream_plan``).
 """
 
 from langchain_complm.decompose.generator import (
     ConversationPolicy,
     DecompositionInput,
+    PlanStreamParser,
     SubQueryGenerator,
     parse_plan,
 )
@@ -19,6 +22,7 @@ from langchain_complm.decompose.structural import StructuralSubQueryGenerator
 __all__ = [
     "ConversationPolicy",
     "DecompositionInput",
+    "PlanStreamParser",
     "StructuralSubQueryGenerator",
     "SubQueryGenerator",
     "parse_plan",

@@ -37,7 +37,13 @@ from langchain_complm.concurrency import (
 )
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer
-from langchain_complm.execute._attempts import PlanRun, attempts, run_async, run_sync
+from langchain_complm.execute._attempts import (
+    PlanRun,
+    attempts,
+    prompt_of,
+    run_async,
+    run_sync,
+)
 from langchain_complm.execute._schedule import Schedule, Start
 from langchain_complm.execute.results import (
     Attempt,
@@ -47,7 +53,7 @@ from langchain_complm.execute.results import (
     SubQueryResult,
 )
 from langchain_complm.experts import Expert, check_experts
-from langchain_complm.plan import Plan
+from langchain_complm.plan import Plan, SubQuery
 from langchain_complm.prompts import SUBQUERY_WITH_CONTEXT
 
 MAX_CONCURRENCY = "max_concurrency"
@@ -175,6 +181,16 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         """:meth:`run` for async nodes: the sub-queries are asyncio tasks, no thread is held."""
         return await self._acall_with_config(self._arun, plan, config, run_type="chain")
 
+    def grow(self, config: RunnableConfig) -> GrowingPlanRun:
+        """A run of a plan that grows while it runs (plan streaming), inside the LangGraph
+        node that calls this (``config`` is the node's), for a sync node."""
+        return GrowingPlanRun(self, config, _sync_sub_query, concurrent.futures.Future)
+
+    async def agrow(self, config: RunnableConfig) -> GrowingPlanRun:
+        """:meth:`grow` for async nodes."""
+        new_future = asyncio.get_running_loop().create_future
+        return GrowingPlanRun(self, config, _async_sub_query, new_future)
+
     def _run(
         self, plan: Plan, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> ExecutionResult:
@@ -215,19 +231,25 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
 
     def _prepare(self, plan: Plan, config: RunnableConfig) -> tuple[Schedule, PlanRun]:
         plan = self._check_plan(plan)
+        limit, run = self._settings(config)
+        keys = {sq.id: self._batch_key(sq) for sq in plan.sub_queries}
+        return Schedule(plan, self.mode, limit, keys), run
+
+    def _settings(self, config: RunnableConfig) -> tuple[int | None, PlanRun]:
+        """A run's limit on experts at once, and what its sub-queries share."""
         configurable = config.get("configurable") or {}
-        policy = self._policy(configurable)
         limits = [x for x in (self.max_concurrency, configurable.get(MAX_CONCURRENCY)) if x]
-        keys = {sq.id: batch_group(self.experts[sq.expert].llm) for sq in plan.sub_queries}  # type: ignore[index]
-        schedule = Schedule(plan, self.mode, min(limits, default=None), keys)
         run = PlanRun(
             experts=self.experts,
-            policy=policy,
+            policy=self._policy(configurable),
             context_template=self.context_template,
             writer=current_writer(),
             load=self.load,
         )
-        return schedule, run
+        return min(limits, default=None), run
+
+    def _batch_key(self, sq: SubQuery) -> Any:
+        return batch_group(self.experts[sq.expert].llm)  # type: ignore[index]
 
     @staticmethod
     def _call_tasks(schedule: Schedule, body: Any, gates: Mapping[str, Any]) -> dict[str, Any]:
@@ -269,6 +291,180 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
             details = "; ".join(f"{k}: {result.results[k].error}" for k in failed)
             raise SubQueryExecutionError(f"sub-queries failed: {details}", result)
         return result
+
+
+DROPPED = "not run: the final plan does not have this sub-query as it was streamed"
+"""Why a sub-query that was added to a growing plan, and then left out or changed by its
+final plan, was skipped."""
+
+
+class GrowingPlanRun:
+    """A plan run whose routed sub-queries are given while it runs (plan streaming).
+
+    Made by :meth:`QueryExecutor.grow` (sync) or :meth:`QueryExecutor.agrow` (async) in the
+    LangGraph node that runs the plan: every sub-query is a task of that node, as under
+    :meth:`QueryExecutor.run`. :meth:`add` adds a routed sub-query whose parents are in the
+    plan, and calls its task at once: tasks are called in the order sub-queries are added,
+    so a resumed run that adds them in the same order finds the finished ones in its
+    checkpoint. :meth:`end` gives the final plan. The caller waits for any of the futures
+    :meth:`advance` returns (and its own) and reports those done to :meth:`advance`, until
+    :attr:`complete`; then :meth:`result`. ``eager`` and ``sequential`` mode only.
+
+    The final plan decides. A sub-query added before keeps its task and result only when the
+    final plan has it unchanged (question, dependencies, expert) with all its parents kept;
+    the others are dropped (a task not started is skipped with :data:`DROPPED`, a running one
+    finishes and its answer is not used) and the final plan's version runs. A result a task
+    had in the checkpoint is used only for the prompt and expert it answered; otherwise the
+    sub-query runs again as a new task.
+    """
+
+    def __init__(
+        self,
+        executor: QueryExecutor,
+        config: RunnableConfig,
+        body: Callable[..., Any],
+        new_future: Callable[[], Any],
+    ) -> None:
+        limit, self._run = executor._settings(config)
+        self.schedule = Schedule(None, executor.mode, limit)
+        self.new_future = new_future
+        """Makes a future of the kind the run waits on (asyncio's for an async node)."""
+        self.asynchronous = body is _async_sub_query
+        """Whether the run is in an async node (its tasks are coroutines)."""
+        self.started = time.time()
+        self._executor = executor
+        self._body = body
+        self._gates: dict[str, Any] = {}
+        self._futures: dict[str, Any] = {}
+        self._ids: dict[Any, str] = {}  # task future -> the sub-query it runs
+        self._resumed: set[str] = set()  # their task's result is from the checkpoint, unchecked
+        self._stale: set[Any] = set()  # tasks of dropped sub-queries, still running
+        self._plan: Plan | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the final plan was given and every sub-query of it has a result."""
+        return self.schedule.complete and not self._stale
+
+    def add(self, sq: SubQuery) -> None:
+        """Add the routed sub-query ``sq`` (its parents were added) and call its task."""
+        if sq.expert not in self._executor.experts:
+            raise ValueError(f"sub-query {sq.id!r} is routed to unknown expert {sq.expert!r}")
+        self.schedule.add(sq, self._executor._batch_key(sq))
+        self._call(sq)
+
+    def _call(self, sq: SubQuery) -> None:
+        gate = self.new_future()
+        future = task(name=sq.id)(partial(self._body, self._run, sq, gate))()  # type: ignore[call-overload]
+        self._ids.pop(self._futures.get(sq.id), None)
+        self._gates[sq.id], self._futures[sq.id], self._ids[future] = gate, future, sq.id
+        if future.done():  # its result is in the checkpoint; checked when it may start
+            self._resumed.add(sq.id)
+
+    def keep_routes(self, plan: Plan) -> Plan:
+        """``plan`` (the final plan, not routed) with the routes of the sub-queries that
+        keep the version added before: only the others need routing."""
+        kept, added = self._kept(plan), self.schedule.by_id
+        return plan.model_copy(
+            update={
+                "sub_queries": tuple(
+                    added[sq.id] if sq.id in kept else sq for sq in plan.sub_queries
+                )
+            }
+        )
+
+    def end(self, plan: Plan) -> None:
+        """The final, routed plan: drop what it changed, add what is new, close the plan."""
+        plan = self._executor._check_plan(plan)
+        kept = self._kept(plan)
+        for sq_id in reversed(self.schedule.order):  # dependents before their parents
+            if sq_id not in kept:
+                self._drop(sq_id)
+        by_id = plan.by_id
+        for sq_id in (sq_id for level in plan.levels() for sq_id in level):
+            if sq_id not in kept:
+                self.add(by_id[sq_id])
+        self.schedule.close()
+        self._plan = plan
+
+    def _kept(self, plan: Plan) -> set[str]:
+        kept: set[str] = set()
+        final = plan.by_id
+        for sq_id in self.schedule.order:  # parents first
+            old, new = self.schedule.by_id[sq_id], final.get(sq_id)
+            if (
+                new is not None
+                and (new.question, new.depends_on) == (old.question, old.depends_on)
+                and (new.route is None or new.expert == old.expert)
+                and all(d in kept for d in old.depends_on)
+            ):
+                kept.add(sq_id)
+        return kept
+
+    def _drop(self, sq_id: str) -> None:
+        gate, future = self._gates.pop(sq_id), self._futures.pop(sq_id)
+        del self._ids[future]
+        self._resumed.discard(sq_id)
+        if not gate.done():
+            gate.set_result(Start(skip_reason=DROPPED))
+        if not future.done():
+            self._stale.add(future)
+        self.schedule.drop(sq_id)
+
+    def advance(self, done: set[Any]) -> set[Any]:
+        """Record the tasks in ``done``, start what may start; the futures still running."""
+        for future in done:
+            self._stale.discard(future)
+            sq_id = self._ids.get(future)
+            if sq_id is None or sq_id in self.schedule.results:
+                continue
+            result = _result_of(future)
+            abort = result.status == "failed" and self._run.policy.on_failure == "raise"
+            self.schedule.finish(sq_id, result, abort=abort)
+        while starts := self.schedule.starts():
+            resumed = False
+            for sq_id, start in starts:
+                if sq_id in self._resumed:
+                    self._resumed.discard(sq_id)
+                    if (saved := self._checked(sq_id, start)) is not None:
+                        self.schedule.finish(sq_id, saved)
+                        resumed = True
+                        continue
+                    self._call(self.schedule.by_id[sq_id])  # a new task: run it again
+                self._gates[sq_id].set_result(start)
+            if not resumed:
+                break
+        return {self._futures[sq_id] for sq_id in self.schedule.running} | self._stale
+
+    def _checked(self, sq_id: str, start: Start) -> SubQueryResult | None:
+        """The checkpoint's result of ``sq_id`` if it answers what this run would ask."""
+        sq = self.schedule.by_id[sq_id]
+        parents = [start.parents[d] for d in sq.depends_on]
+        try:
+            result: SubQueryResult = self._futures[sq_id].result()
+        except Exception:
+            return None
+        same = (
+            start.skip_reason is None
+            and all(p.status == "ok" for p in parents)
+            and (result.id, result.question, result.depends_on)
+            == (sq.id, sq.question, sq.depends_on)
+            and bool(result.attempts)
+            and result.attempts[0].expert == sq.expert
+            and result.prompt == prompt_of(self._run, sq, parents)
+        )
+        return result if same else None
+
+    def result(self) -> ExecutionResult:
+        """Every sub-query's result, in the final plan's order (raises as
+        :meth:`QueryExecutor.run` does under ``on_failure="raise"``)."""
+        assert self._plan is not None and self.complete
+        return self._executor._collect(self._plan, self.schedule, self.started, self._run.policy)
+
+    def close(self) -> None:
+        """No task may be left waiting for a go-ahead when the run stops, early or not."""
+        for gate in self._gates.values():
+            gate.cancel()
 
 
 class _NotDone(Exception):
@@ -328,11 +524,13 @@ def _result_of(future: Any) -> SubQueryResult:
 
 
 __all__ = [
+    "DROPPED",
     "FAILURE_POLICY",
     "MAX_CONCURRENCY",
     "Attempt",
     "ExecutionResult",
     "FailurePolicy",
+    "GrowingPlanRun",
     "QueryExecutor",
     "ScheduleMode",
     "SubQueryExecutionError",
