@@ -4,10 +4,19 @@ plan still decides what runs, and answers equal those of decompose-then-execute.
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from fakes import KeywordEmbeddings, fake_llm, make_expert, plan_json, streaming_llm
+from fakes import (
+    KeywordEmbeddings,
+    StreamingChat,
+    fake_llm,
+    make_expert,
+    plan_json,
+    streaming_llm,
+)
 from langgraph.checkpoint.memory import InMemorySaver
 
 from langchain_complm import CompLLMOutput, FailurePolicy, Plan, SubQuery, create_comp_llm
@@ -228,3 +237,63 @@ def test_plan_streaming_needs_eager_or_sequential_mode_and_no_review() -> None:
         build(fake_llm(PLAN), mode="superstep", stream_plan=True)
     with pytest.raises(ValueError, match="choose one"):
         build(fake_llm(PLAN), stream_plan=True, review_plan=True)
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an error the attempt loop handles."""
+
+
+class CrashingStream(StreamingChat):
+    """Dies (the process would) after ``crash_after`` pieces of its first reply."""
+
+    crash_after: int = 0
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for n, chunk in enumerate(super()._stream(*args, **kwargs)):
+            self._crash_at(n)
+            yield chunk
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        n = 0
+        async for chunk in super()._astream(*args, **kwargs):
+            self._crash_at(n)
+            n += 1
+            yield chunk
+
+    def _crash_at(self, n: int) -> None:
+        if self.crash_after and n == self.crash_after:
+            self.crash_after = 0
+            time.sleep(0.3)  # q2 is answered meanwhile
+            raise Crash
+
+
+@both
+async def test_a_run_that_crashed_while_streaming_never_pairs_old_answers_with_new_questions(
+    use_async: bool,
+) -> None:
+    # q1 and q2 are answered, then the run dies while the plan is still being written.
+    # Resumed, the decomposer writes another plan with the same ids, as a new process would:
+    # q2's question is the same, but its parent's is not, so its saved answer is not used.
+    second = plan_json(
+        ("q1", "What is the sum of 2 and 3, really?", []),
+        ("q2", "Which drug treats {q1} patients?", ["q1"]),
+        ("q3", "Which king fought a war?", []),
+    )
+    generator = CrashingStream(responses=[PLAN, second], delay=0.05, crash_after=2)
+    comp, fakes = build(generator, delay=0.0, stream_plan=True, checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": f"crash-{use_async}"}}
+    with pytest.raises(Crash):
+        await ask(comp, QUESTION, use_async, config)
+    assert [c["prompt"].splitlines()[-1][:30] for c in calls(fakes)] == [
+        "What is the sum of 2 and 3?",
+        "Question: Which drug treats ma",
+    ]
+    out = await ask(comp, None, use_async, config)
+    assert generator.i == 2  # the plan was not complete: decomposed again
+    assert shape(out.plan)[0][1] == "What is the sum of 2 and 3, really?"
+    assert len(calls(fakes)) == 5  # q1 and q2 again, q3 once
+    for sq in out.plan.sub_queries:
+        result = out.results[sq.id]
+        assert (result.question, result.status) == (sq.question, "ok")
+        parents = {p: out.results[p].answer or "" for p in sq.depends_on}
+        assert result.prompt and result.prompt.endswith(sq.render(parents))

@@ -313,9 +313,10 @@ class GrowingPlanRun:
     The final plan decides. A sub-query added before keeps its task and result only when the
     final plan has it unchanged (question, dependencies, expert) with all its parents kept;
     the others are dropped (a task not started is skipped with :data:`DROPPED`, a running one
-    finishes and its answer is not used) and the final plan's version runs. A result a task
-    had in the checkpoint is used only for the prompt and expert it answered; otherwise the
-    sub-query runs again as a new task.
+    finishes and its answer is not used) and the final plan's version runs. Every result is
+    checked against the prompt and expert its sub-query has in this run: a task whose result
+    comes from an earlier run's checkpoint, for a plan that asked something else there, runs
+    again as a new task.
     """
 
     def __init__(
@@ -337,7 +338,7 @@ class GrowingPlanRun:
         self._gates: dict[str, Any] = {}
         self._futures: dict[str, Any] = {}
         self._ids: dict[Any, str] = {}  # task future -> the sub-query it runs
-        self._resumed: set[str] = set()  # their task's result is from the checkpoint, unchecked
+        self._starts: dict[str, Start] = {}  # the go-ahead each started sub-query got
         self._stale: set[Any] = set()  # tasks of dropped sub-queries, still running
         self._plan: Plan | None = None
 
@@ -358,8 +359,6 @@ class GrowingPlanRun:
         future = task(name=sq.id)(partial(self._body, self._run, sq, gate))()  # type: ignore[call-overload]
         self._ids.pop(self._futures.get(sq.id), None)
         self._gates[sq.id], self._futures[sq.id], self._ids[future] = gate, future, sq.id
-        if future.done():  # its result is in the checkpoint; checked when it may start
-            self._resumed.add(sq.id)
 
     def keep_routes(self, plan: Plan) -> Plan:
         """``plan`` (the final plan, not routed) with the routes of the sub-queries that
@@ -404,7 +403,7 @@ class GrowingPlanRun:
     def _drop(self, sq_id: str) -> None:
         gate, future = self._gates.pop(sq_id), self._futures.pop(sq_id)
         del self._ids[future]
-        self._resumed.discard(sq_id)
+        self._starts.pop(sq_id, None)
         if not gate.done():
             gate.set_result(Start(skip_reason=DROPPED))
         if not future.done():
@@ -416,44 +415,36 @@ class GrowingPlanRun:
         for future in done:
             self._stale.discard(future)
             sq_id = self._ids.get(future)
-            if sq_id is None or sq_id in self.schedule.results:
+            if sq_id is None:
                 continue
-            result = _result_of(future)
+            result, start = _result_of(future), self._starts[sq_id]
+            if not self._answers(sq_id, start, result):
+                # A result the checkpoint held for this task, from a plan that asked
+                # something else: run the sub-query again, as a new task.
+                self._call(self.schedule.by_id[sq_id])
+                self._gates[sq_id].set_result(start)
+                continue
             abort = result.status == "failed" and self._run.policy.on_failure == "raise"
             self.schedule.finish(sq_id, result, abort=abort)
-        while starts := self.schedule.starts():
-            resumed = False
-            for sq_id, start in starts:
-                if sq_id in self._resumed:
-                    self._resumed.discard(sq_id)
-                    if (saved := self._checked(sq_id, start)) is not None:
-                        self.schedule.finish(sq_id, saved)
-                        resumed = True
-                        continue
-                    self._call(self.schedule.by_id[sq_id])  # a new task: run it again
-                self._gates[sq_id].set_result(start)
-            if not resumed:
-                break
+        for sq_id, start in self.schedule.starts():
+            self._starts[sq_id] = start
+            self._gates[sq_id].set_result(start)
         return {self._futures[sq_id] for sq_id in self.schedule.running} | self._stale
 
-    def _checked(self, sq_id: str, start: Start) -> SubQueryResult | None:
-        """The checkpoint's result of ``sq_id`` if it answers what this run would ask."""
+    def _answers(self, sq_id: str, start: Start, result: SubQueryResult) -> bool:
+        """Whether ``result`` is what ``sq_id``'s attempts give for ``start``: always so for
+        a task that ran, not for one whose result is from an earlier run's checkpoint."""
         sq = self.schedule.by_id[sq_id]
-        parents = [start.parents[d] for d in sq.depends_on]
-        try:
-            result: SubQueryResult = self._futures[sq_id].result()
-        except Exception:
-            return None
-        same = (
-            start.skip_reason is None
-            and all(p.status == "ok" for p in parents)
-            and (result.id, result.question, result.depends_on)
-            == (sq.id, sq.question, sq.depends_on)
-            and bool(result.attempts)
+        if (result.id, result.question, result.depends_on) != (sq.id, sq.question, sq.depends_on):
+            return False
+        parents = [] if start.skip_reason else [start.parents[d] for d in sq.depends_on]
+        if result.status == "skipped":
+            return bool(start.skip_reason) or any(p.status != "ok" for p in parents)
+        return (
+            bool(result.attempts)
             and result.attempts[0].expert == sq.expert
             and result.prompt == prompt_of(self._run, sq, parents)
         )
-        return result if same else None
 
     def result(self) -> ExecutionResult:
         """Every sub-query's result, in the final plan's order (raises as
