@@ -23,7 +23,15 @@ quality.
 
 ::
 
+With ``--plan-streaming`` it runs only the plan-streaming tables: the pipeline over the
+LoRA experts with plan streaming off and on, for fan-outs 2/4/8 and for end-to-end
+questions of 2 and 3 sub-queries (see :func:`streaming_report`).
+
+::
+
     python benchmarks/bench_lora.py --repeats 2 --out docs/benchmarks-lora.md
+    python benchmarks/bench_lora.py --plan-streaming --repeats 3 \\
+        --out docs/benchmarks-plan-streaming.md
     python benchmarks/bench_lora.py --quick      # tiny random Llama, prints the report only
 """
 
@@ -31,12 +39,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,7 +53,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_latency import Cell, build_plan, run_once
+from bench_latency import TOPICS, Cell, build_plan, run_once
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from report import report_header
 
 from langchain_complm import Expert
@@ -237,6 +250,224 @@ def measure(backend: Backend, repeats: int) -> dict[int, dict[str, Cell]]:
     return cells
 
 
+# --- plan streaming -----------------------------------------------------------------------------
+
+
+class ReplayedPlanner(BaseChatModel):
+    """A decomposer served elsewhere: writes a fixed plan token by token, ``token_s`` seconds
+    per token, and uses no CPU here. Invoked, it takes as long and returns the whole plan."""
+
+    pieces: list[str]
+    token_s: float
+
+    @property
+    def _llm_type(self) -> str:
+        return "replayed-planner"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):
+        time.sleep(self.token_s * len(self.pieces))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(self.pieces)))])
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):
+        for piece in self.pieces:
+            time.sleep(self.token_s)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+
+
+class ExpertTagEmbeddings(Embeddings):
+    """Routes by the ``[eK]`` tag a text carries: routing costs nothing and is always right,
+    so the tables measure decomposition and experts only."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def _vector(self, text: str) -> list[float]:
+        return [float(f"[e{k + 1}]" in text) + 0.01 for k in range(self.n)]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._vector(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._vector(text)
+
+
+QUESTION_SHAPES: dict[str, list[tuple[str, ...]]] = {
+    # Each sub-query's dependencies; sub-query k goes to expert e_k.
+    "2, independent": [(), ()],
+    "2, chain": [(), ("q1",)],
+    "3, independent": [(), (), ()],
+    "3, chain": [(), ("q1",), ("q2",)],
+    "3, two then a comparison": [(), (), ("q1", "q2")],
+}
+
+
+def plan_reply(shape: list[tuple[str, ...]]) -> str:
+    """The decomposer's reply for ``shape``, as the generator's prompt asks for it."""
+    items = []
+    for k, deps in enumerate(shape, start=1):
+        if deps:
+            question = f"[e{k}] How are " + " and ".join(f"{{{d}}}" for d in deps) + " related?"
+        else:
+            question = f"[e{k}] Write a short paragraph about {TOPICS[k % len(TOPICS)]}."
+        items.append({"id": f"q{k}", "question": question, "depends_on": list(deps)})
+    return json.dumps({"sub_queries": items})
+
+
+def decode_seconds_per_token(model: Any, tokenizer: Any, tokens: int) -> float:
+    """The base model's time per new token, alone (batch 1): the replayed planner's pace."""
+    from langchain_complm.models import LoraEngine
+
+    engine = LoraEngine(model, tokenizer)
+    settings = GenerationSettings(max_new_tokens=tokens)
+    prompt = [[{"role": "user", "content": "Write a short paragraph about the sea."}]]
+    engine._generate(prompt, settings, adapters=[None])  # warm-up
+    started = time.perf_counter()
+    ((_, _, produced, _),) = engine._generate(prompt, settings, adapters=[None])
+    engine.close()
+    return (time.perf_counter() - started) / max(1, produced)
+
+
+@dataclass
+class StreamCell:
+    """Runs of one question shape with or without plan streaming."""
+
+    walls: list[float] = field(default_factory=list)
+    first_starts: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+    @property
+    def first_start(self) -> float:
+        return statistics.median(self.first_starts)
+
+
+def streaming_runs(
+    model: Any,
+    tokenizer: Any,
+    adapters: list[Path],
+    tokens: int,
+    repeats: int,
+    token_s: float,
+    aggregate: bool,
+) -> dict[str, dict[bool, StreamCell]]:
+    """For each question (fan-outs 2/4/8 without aggregation, or the question shapes with
+    the base model aggregating): the pipeline's wall time, plan streaming off and on."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from langchain_complm import create_comp_llm
+    from langchain_complm.aggregate import ResponseAggregator
+    from langchain_complm.models import LoraEngine
+
+    engine = LoraEngine(model, tokenizer)
+    n = len(adapters)
+    experts = [
+        Expert(
+            name=f"e{k + 1}",
+            description=f"[e{k + 1}]",
+            llm=engine.chat_model(f"e{k + 1}", folder, max_new_tokens=tokens),
+        )
+        for k, folder in enumerate(adapters)
+    ]
+    if aggregate:
+        shapes = QUESTION_SHAPES
+        aggregator = ResponseAggregator(llm=engine.chat_model(None, max_new_tokens=tokens))
+    else:
+        shapes = {f"fan-out {w}": [()] * w for w in WIDTHS}
+        aggregator = ResponseAggregator(llm=FakeListChatModel(responses=["done"]))
+    cells: dict[str, dict[bool, StreamCell]] = {}
+    for name, shape in [("warm-up", [(), ()]), *shapes.items()]:
+        reply = plan_reply(shape)
+        ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+        pieces = [tokenizer.decode([i]) for i in ids]
+        assert "".join(pieces) == reply
+        planner = ReplayedPlanner(pieces=pieces, token_s=token_s)
+        comps = {
+            stream: create_comp_llm(
+                experts,
+                generator=planner,
+                router=ExpertTagEmbeddings(n),
+                aggregator=aggregator,
+                mode="eager",
+                max_sub_queries=max(WIDTHS),
+                stream_plan=stream,
+            )
+            for stream in (False, True)
+        }
+        cells[name] = {stream: StreamCell() for stream in comps}
+        for _ in range(1 if name == "warm-up" else repeats):
+            for stream, comp in comps.items():  # interleaved: other load hits both alike
+                engine.reset_stats()
+                started_at, started = time.time(), time.perf_counter()
+                out = comp.invoke(f"[benchmark] {name}")
+                cell = cells[name][stream]
+                cell.walls.append(time.perf_counter() - started)
+                results = out["results"].values()
+                if any(r.status != "ok" for r in results) or len(results) != len(shape):
+                    raise SystemExit(f"{name}: {[(r.id, r.error) for r in results]}")
+                cell.first_starts.append(min(r.started_at for r in results) - started_at)
+                cell.batch_sizes = engine.stats.batch_sizes
+        print(
+            f"  {name}: plan then execute {cells[name][False].wall:.2f} s, "
+            f"streamed {cells[name][True].wall:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    del cells["warm-up"]
+    engine.close()
+    return cells
+
+
+def streaming_report(
+    model: Any, tokenizer: Any, adapters: list[Path], tokens: int, repeats: int
+) -> list[str]:
+    """The plan-streaming tables: LoRA fan-outs, and end-to-end questions of 2 and 3 parts."""
+    token_s = decode_seconds_per_token(model, tokenizer, tokens)
+    fan_outs = streaming_runs(model, tokenizer, adapters, tokens, repeats, token_s, False)
+    questions = streaming_runs(model, tokenizer, adapters, tokens, repeats, token_s, True)
+
+    def rows(cells: dict[str, dict[bool, StreamCell]]) -> list[str]:
+        return [
+            f"| {name} | {by[False].wall:.2f} | {by[True].wall:.2f} | "
+            f"{by[True].wall / by[False].wall:.2f}x | {by[False].first_start:.2f} | "
+            f"{by[True].first_start:.2f} | {by[False].batch_sizes} | {by[True].batch_sizes} |"
+            for name, by in cells.items()
+        ]
+
+    header = [
+        "| question | plan then execute (s) | streamed (s) | streamed / plan then execute "
+        "| first expert starts (s), plan then execute | first expert starts (s), streamed "
+        "| batch sizes, plan then execute | batch sizes, streamed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    return [
+        "## Plan streaming",
+        "",
+        'The pipeline (`create_comp_llm`, `mode="eager"`) with plan streaming off (the '
+        "experts start once the plan is complete) and on (`stream_plan=True`: each sub-query "
+        "starts once it and its parents are written). The experts are LoRA adapters of one "
+        "`LoraEngine`, sub-query k to adapter k. The decomposer is a stand-in for one served "
+        "elsewhere: it writes the plan's JSON (the base tokenizer's tokens) at the base "
+        f"model's own measured pace alone here, {token_s * 1000:.0f} ms per token, and uses "
+        "no CPU of this machine; routing is by a tag in each question (free, always right). "
+        "Wall time from the question to the output; median of "
+        f"{repeats} runs, the two interleaved.",
+        "",
+        "Fan-outs over different adapters, decomposition and experts only (a fan-out's "
+        "answers are not aggregated):",
+        "",
+        *header,
+        *rows(fan_outs),
+        "",
+        "End to end: questions of 2 and 3 sub-queries, the base model aggregating their answers:",
+        "",
+        *header,
+        *rows(questions),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny random Llama, 1 repeat")
@@ -246,6 +477,9 @@ def main() -> None:
     parser.add_argument(
         "--adapters", nargs="*", default=[], help="adapter folders (default: random adapters)"
     )
+    parser.add_argument(
+        "--plan-streaming", action="store_true", help="only the plan-streaming tables"
+    )
     parser.add_argument("--out", type=Path, help="write the Markdown report here")
     args = parser.parse_args()
     if args.quick:
@@ -254,6 +488,21 @@ def main() -> None:
     load_before = os.getloadavg()
     started = time.perf_counter()
     model, tokenizer, label = base_model(args.base)
+    source = (
+        ", ".join(args.adapters)
+        if args.adapters
+        else "random LoRA adapters (r 8, all linear layers)"
+    )
+    settings = f"{label}; experts: {source}; greedy, {args.max_new_tokens} new tokens"
+    if args.plan_streaming:
+        with tempfile.TemporaryDirectory() as tmp:
+            adapters = adapter_folders(model, args.adapters, max(WIDTHS), Path(tmp))
+            streaming = streaming_report(
+                model, tokenizer, adapters, args.max_new_tokens, args.repeats
+            )
+        title = "Benchmarks: plan streaming over LoRA experts"
+        write(args.out, [*report_header(title, settings, load_before, started), "", *streaming])
+        return
     from langchain_complm.models.pool import model_bytes
 
     one_model = model_bytes(model)
@@ -274,17 +523,12 @@ def main() -> None:
             del backend  # the separate copies go before the next backend is built
         four = lora_memory(model, tokenizer, adapters[:4])
         paths = generate_paths(model, tokenizer, adapters, args.max_new_tokens, args.repeats)
+        streaming = streaming_report(model, tokenizer, adapters, args.max_new_tokens, args.repeats)
 
-    source = (
-        ", ".join(args.adapters)
-        if args.adapters
-        else "random LoRA adapters (r 8, all linear layers)"
-    )
     out = [
         *report_header(
             "Benchmarks: fan-outs over different experts, separate models vs LoRA adapters",
-            f"{label}; experts: {source}; greedy, {args.max_new_tokens} new tokens; "
-            f"median of {args.repeats} runs per cell, modes interleaved",
+            f"{settings}; median of {args.repeats} runs per cell, modes interleaved",
             load_before,
             started,
         ),
@@ -334,10 +578,17 @@ def main() -> None:
             f"| {w} | {e:.2f} | {p:.2f} | {p / e:.2f}x | {b:.2f} |"
             for w, (e, p, b) in paths.items()
         ),
+        "",
+        *streaming,
     ]
-    report = "\n".join(out) + "\n"
-    if args.out:
-        args.out.write_text(report)
+    write(args.out, out)
+
+
+def write(path: Path | None, lines: list[str]) -> None:
+    """Print the report, and write it to ``path`` if given."""
+    report = "\n".join(lines) + "\n"
+    if path:
+        path.write_text(report)
     print(report)
 
 
