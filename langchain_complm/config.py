@@ -51,8 +51,14 @@ from pydantic import (
 
 from langchain_complm.errors import ConfigError, ModelNotFoundError
 from langchain_complm.execute.executor import FailurePolicy, ScheduleMode
-from langchain_complm.experts import Expert, ExpertProfile
+from langchain_complm.experts import Expert, ExpertProfile, check_known, check_unique
 from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL, EMBEDDED_EMBEDDINGS
+from langchain_complm.models.huggingface import (
+    DEFAULT_BATCH_WINDOW_MS,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_NEW_TOKENS,
+    ChatLocalHuggingFace,
+)
 from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES
 from langchain_complm.route.calibration import read_labelled
@@ -157,14 +163,14 @@ class ModelSpec(_ModelLocation):
     gguf_file: str | None = Field(default=None, description="GGUF file inside model_id.")
     device: str | None = Field(default=None, description="'cpu', 'cuda:0', ...; default auto.")
     torch_dtype: str | None = Field(default=None, description="e.g. 'bfloat16'; default fp32.")
-    max_new_tokens: int = Field(default=256, ge=1)
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1)
     do_sample: bool = False
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     stop: list[str] | None = None
-    max_batch_size: int = Field(default=8, ge=1)
-    batch_window_ms: float = Field(default=5.0, ge=0)
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
+    batch_window_ms: float = Field(default=DEFAULT_BATCH_WINDOW_MS, ge=0)
     adapter: str | None = Field(default=None, description="LoRA adapter folder or hub id.")
     base: str | None = Field(default=None, description="The model an adapter adapts.")
 
@@ -446,9 +452,7 @@ class CompLLMConfig(_Strict):
         if not self.experts:
             raise ValueError("experts: at least one expert is required")
         names = [e.name for e in self.experts]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"experts: duplicate expert names: {', '.join(duplicates)}")
+        check_unique("expert", names)
         for name, spec in self.models.items():
             base = spec.base_model if isinstance(spec, ModelSpec) else None
             if base is None:
@@ -476,20 +480,11 @@ class CompLLMConfig(_Strict):
             if name is not None and name not in self.models:
                 raise ValueError(f"{role}: unknown model {name!r} (models: {known})")
         for category in self.routing.categories or ():
-            unknown = [n for n in category.experts if n not in names]
-            if unknown:
-                raise ValueError(
-                    f"routing.categories ({category.name}): unknown experts "
-                    f"{', '.join(unknown)} (experts: {', '.join(names)})"
-                )
-        for where, fallback in (
-            ("routing.fallback_expert", self.routing.fallback_expert),
-            ("execution.failure.fallback_expert", self.execution.failure.fallback_expert),
-        ):
-            if fallback is not None and fallback not in names:
-                raise ValueError(
-                    f"{where}: unknown expert {fallback!r} (experts: {', '.join(names)})"
-                )
+            check_known(f"routing.categories ({category.name})", category.experts, names)
+        check_known("routing.fallback_expert", [self.routing.fallback_expert], names)
+        check_known(
+            "execution.failure.fallback_expert", [self.execution.failure.fallback_expert], names
+        )
         thresholded = [
             where
             for where, value in (
@@ -751,8 +746,6 @@ def load_chat_model(
             return default_chat_model(
                 device=spec.device, progress=progress, **spec.generation_kwargs()
             )
-        from langchain_complm.models.huggingface import ChatLocalHuggingFace
-
         return ChatLocalHuggingFace.from_model_id(
             spec.model_id,
             gguf_file=spec.gguf_file,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, ClassVar
 
 from langchain_core.runnables import Runnable
@@ -97,16 +97,55 @@ def check_experts(experts: Iterable[Expert]) -> dict[str, Expert]:
         ValueError: if there are no experts or two share a name.
         TypeError: if an item is not an :class:`Expert`.
     """
-    by_name: dict[str, Expert] = {}
+    experts = list(experts)
     for expert in experts:
         if not isinstance(expert, Expert):
             raise TypeError(f"experts must be Expert instances, got {type(expert).__name__}")
-        if expert.name in by_name:
-            raise ValueError(f"duplicate expert name {expert.name!r}")
-        by_name[expert.name] = expert
-    if not by_name:
+    if not experts:
         raise ValueError("at least one expert is required")
-    return by_name
+    check_unique("expert", [e.name for e in experts])
+    return {expert.name: expert for expert in experts}
 
 
-__all__ = ["Expert", "ExpertProfile", "RouteProfile", "check_experts"]
+def check_unique(noun: str, names: Sequence[str]) -> None:
+    """Reject repeated names (of experts, categories, ...): every rule that says names are
+    unique says it with these words.
+
+    Raises:
+        ValueError: naming every repeated name.
+    """
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate {noun} names: {', '.join(duplicates)}")
+
+
+def check_known(
+    what: str,
+    names: Iterable[str | None],
+    known: Collection[str],
+    *,
+    error: type[Exception] = ValueError,
+) -> None:
+    """Reject expert names that are not among ``known``: the one rule behind "the fallback
+    expert must exist", "a category's experts must exist", "a plan is routed to existing
+    experts" and the like. ``what`` says where the names come from; ``None`` is no name.
+
+    Raises:
+        error: naming ``what``, every unknown name and the known ones.
+    """
+    unknown = [n for n in names if n is not None and n not in known]
+    if unknown:
+        noun = "expert" if len(unknown) == 1 else "experts"
+        raise error(
+            f"{what}: unknown {noun} {', '.join(map(repr, unknown))} (experts: {', '.join(known)})"
+        )
+
+
+__all__ = [
+    "Expert",
+    "ExpertProfile",
+    "RouteProfile",
+    "check_experts",
+    "check_known",
+    "check_unique",
+]

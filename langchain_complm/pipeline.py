@@ -70,7 +70,7 @@ from langchain_complm.execute.executor import (
     SubQueryResult,
     langgraph_config,
 )
-from langchain_complm.experts import Expert, check_experts
+from langchain_complm.experts import Expert, check_experts, check_known
 from langchain_complm.plan import (
     DEFAULT_MAX_SUB_QUERIES,
     Plan,
@@ -592,7 +592,7 @@ def apply_review(plan: Plan, answer: Any, experts: Iterable[str]) -> Plan:
         PlanReviewError: the answer is not one of those, names an unknown sub-query, field or
             expert, or gives a plan that is not a valid DAG.
     """
-    names = set(experts)
+    names = sorted(experts)
     if isinstance(answer, Plan):
         answer = {"action": "replace", "plan": answer}
     if answer is None or answer is True or answer == "approve":
@@ -613,11 +613,7 @@ def apply_review(plan: Plan, answer: Any, experts: Iterable[str]) -> Plan:
             f"unknown plan review action {action!r} (use 'approve', 'edit' or 'replace')"
         )
     for sq in edited.sub_queries:
-        if sq.expert is not None and sq.expert not in names:
-            raise PlanReviewError(
-                f"sub-query {sq.id!r}: unknown expert {sq.expert!r} "
-                f"(experts: {', '.join(sorted(names))})"
-            )
+        check_known(f"sub-query {sq.id!r}", [sq.expert], names, error=PlanReviewError)
     try:
         return edited.validate_dag(max_sub_queries=None)
     except PlanValidationError as exc:
@@ -627,7 +623,7 @@ def apply_review(plan: Plan, answer: Any, experts: Iterable[str]) -> Plan:
 _EDITABLE = ("question", "depends_on", "expert")
 
 
-def _edit(plan: Plan, edits: Any, experts: set[str]) -> Plan:
+def _edit(plan: Plan, edits: Any, experts: Sequence[str]) -> Plan:
     if not isinstance(edits, Mapping) or not edits:
         raise PlanReviewError("an 'edit' needs 'sub_queries': {id: {field: value}}")
     unknown = sorted(set(edits) - set(plan.by_id))
@@ -652,11 +648,7 @@ def _edit(plan: Plan, edits: Any, experts: set[str]) -> Plan:
         expert = change.get("expert", sq.expert)
         route = sq.route
         if expert is not None and (route is None or expert != route.expert):
-            if expert not in experts:
-                raise PlanReviewError(
-                    f"edit of {sq.id!r}: unknown expert {expert!r} "
-                    f"(experts: {', '.join(sorted(experts))})"
-                )
+            check_known(f"edit of {sq.id!r}", [expert], experts, error=PlanReviewError)
             scores = route.scores if route is not None else {}
             route = RoutingDecision(
                 sub_query_id=sq.id,
@@ -916,10 +908,7 @@ def create_comp_llm(
             "stream_plan starts each sub-query once its parents are known; supersteps wait "
             "for the whole plan's levels: use mode='eager' (or 'sequential')"
         )
-    if fallback_expert is not None and fallback_expert not in by_name:
-        raise ValueError(
-            f"fallback expert {fallback_expert!r} is not one of the experts ({', '.join(by_name)})"
-        )
+    check_known("fallback_expert", [fallback_expert], by_name)
     if isinstance(generator, BaseChatModel):
         generator = SubQueryGenerator(llm=generator, max_sub_queries=max_sub_queries)
     if not isinstance(router, BaseRouter):
@@ -929,9 +918,7 @@ def create_comp_llm(
             threshold=routing_threshold,
             fallback_expert=fallback_expert if routing_threshold is not None else None,
         )
-    unknown = sorted(set(router.expert_names) - set(by_name))
-    if unknown:
-        raise ValueError(f"the router routes to experts that do not exist: {', '.join(unknown)}")
+    check_known("the router", router.expert_names, by_name)
     if not isinstance(aggregator, ResponseAggregator):
         llm = aggregator or getattr(generator, "llm", None)
         if llm is None:

@@ -280,6 +280,15 @@ def test_matching_survives_reordering_and_renamed_placeholders() -> None:
     assert score.edge_precision == score.edge_recall == 1.0
 
 
+def test_braces_that_name_no_dependency_are_compared_as_text() -> None:
+    # Only placeholders (braces naming a dependency, the plan's rule) are ignored.
+    gold = _plan(("q1", "What does print(f'{total}') show?", ()))
+    same = _plan(("a", "What does print(f'{total}') show?", ()))
+    other = _plan(("a", "What does print(f'{count}') show?", ()))
+    assert match_sub_queries(same, gold)[0].f1 == 1.0
+    assert match_sub_queries(other, gold)[0].f1 < 1.0
+
+
 def test_missing_edges_extra_sub_queries_and_count_error() -> None:
     predicted = _plan(
         ("q1", "Who directed the film Jaws?", ()),

@@ -161,11 +161,11 @@ def test_bad_configuration_raises_at_construction() -> None:
     llm, emb = fake_llm(PLAN), KeywordEmbeddings()
     with pytest.raises(ValueError, match="at least one expert"):
         create_comp_llm([], generator=llm, router=emb, aggregator=llm)
-    with pytest.raises(ValueError, match="duplicate expert name 'math'"):
+    with pytest.raises(ValueError, match="duplicate expert names: math"):
         create_comp_llm([math, math], generator=llm, router=emb, aggregator=llm)
-    with pytest.raises(ValueError, match="fallback expert 'law' is not one of the experts"):
+    with pytest.raises(ValueError, match="fallback_expert: unknown expert 'law'"):
         create_comp_llm([math], generator=llm, router=emb, aggregator=llm, fallback_expert="law")
-    with pytest.raises(ValueError, match="fallback expert 'law'"):
+    with pytest.raises(ValueError, match="fallback_expert: unknown expert 'law'"):
         create_comp_llm(
             [math],
             generator=llm,

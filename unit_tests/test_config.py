@@ -206,7 +206,7 @@ def test_relative_local_model_path_is_relative_to_the_file(tmp_path: Path) -> No
         (
             "category_expert.yaml",
             "experts: [{name: math}]\nrouting: {categories: [{name: m, experts: [maths]}]}\n",
-            "routing.categories (m): unknown experts maths (experts: math)",
+            "routing.categories (m): unknown expert 'maths' (experts: math)",
         ),
         (
             "category_threshold.yaml",
@@ -579,3 +579,14 @@ def test_the_shipped_two_step_example_config() -> None:
     router.policy = BudgetPolicy(max_parameters=200_000_000)
     (small,) = router.route(["Add the sum of the numbers 3 plus 4"])
     assert small.expert == "math-small" and small.selection.within_budget
+
+
+def test_a_model_entry_generates_as_the_chat_model_does_by_default() -> None:
+    # The config's generation defaults are the chat model's, not literals of their own.
+    from langchain_complm.config import _GENERATION_FIELDS
+    from langchain_complm.models.huggingface import ChatLocalHuggingFace
+
+    spec, fields = ModelSpec(), ChatLocalHuggingFace.model_fields
+    shared = [f for f in _GENERATION_FIELDS if f != "stop"]  # ModelSpec's stop is a list
+    assert {"max_new_tokens", "do_sample", "max_batch_size", "batch_window_ms"} <= set(shared)
+    assert {f: getattr(spec, f) for f in shared} == {f: fields[f].default for f in shared}

@@ -219,7 +219,7 @@ def test_bad_input_errors() -> None:
         executor.invoke(unrouted)
     with pytest.raises(ValueError, match="unknown expert 'law'"):
         executor.invoke(routed(("q1", "one", "law", ())))
-    with pytest.raises(ValueError, match="fallback expert 'law'"):
+    with pytest.raises(ValueError, match="fallback_expert: unknown expert 'law'"):
         QueryExecutor(experts=[math], failure_policy=FailurePolicy(fallback_expert="law"))
     with pytest.raises(ValueError, match="duplicate expert name"):
         QueryExecutor(experts=[math, math])

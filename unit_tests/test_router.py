@@ -256,7 +256,7 @@ def test_per_expert_threshold_overrides_the_global_one(embeddings: KeywordEmbedd
         ),
         pytest.param(
             {"fallback_expert": "law"},
-            "fallback expert 'law' is not one of the experts (math, medicine, history)",
+            "fallback_expert: unknown expert 'law' (experts: math, medicine, history)",
             id="unknown-fallback",
         ),
         pytest.param(
@@ -269,7 +269,7 @@ def test_per_expert_threshold_overrides_the_global_one(embeddings: KeywordEmbedd
         ),
         pytest.param(
             {"thresholds": {"law": 0.3, "art": 0.1, "math": 0.2}, "fallback_expert": "math"},
-            "thresholds name unknown experts: art, law",
+            "thresholds: unknown experts 'art', 'law'",
             id="thresholds-unknown",
         ),
     ],

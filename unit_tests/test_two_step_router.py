@@ -188,8 +188,8 @@ def test_policies_by_kind_and_a_custom_policy(embeddings: KeywordEmbeddings) -> 
     [
         ({"categories": []}, "needs at least one category"),
         ({"categories": [*categories(), categories()[0]]}, "duplicate category names: math"),
-        ({"experts": experts()[1:]}, "'math' names unknown experts: math-small"),
-        ({"fallback_expert": "nobody"}, "fallback expert 'nobody' is not one of the experts"),
+        ({"experts": experts()[1:]}, "category 'math': unknown expert 'math-small'"),
+        ({"fallback_expert": "nobody"}, "fallback_expert: unknown expert 'nobody'"),
         ({"threshold": 0.3}, "a routing threshold needs a fallback_expert"),
         ({"categories": categories(threshold=0.3)}, "a routing threshold needs a fallback"),
         ({"experts": []}, "TwoStepRouter needs at least one expert"),

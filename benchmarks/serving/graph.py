@@ -113,6 +113,13 @@ class WordEmbeddings(Embeddings):
     def embed_query(self, text: str) -> list[float]:
         return self._vector(text)
 
+    # Instant, so awaited in place: the base class would hand each call to a thread.
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.embed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return self._vector(text)
+
     @staticmethod
     def _vector(text: str) -> list[float]:
         vector = [0.01] * 64

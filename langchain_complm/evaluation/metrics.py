@@ -39,7 +39,7 @@ from decimal import Decimal, InvalidOperation
 from pydantic import BaseModel, ConfigDict
 
 from langchain_complm.evaluation.multiexpertqa import Item, Part
-from langchain_complm.plan import Plan
+from langchain_complm.plan import Plan, SubQuery
 
 DEFAULT_MIN_MATCH_F1 = 0.2
 """Least question token F1 for a predicted sub-query to match a gold one."""
@@ -294,8 +294,6 @@ def _enumerated_segments(text: str, n: int) -> list[str] | None:
 
 # --- plan scoring ---------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
-
 
 class SubQueryMatch(BaseModel):
     """A predicted sub-query matched to a gold one."""
@@ -340,7 +338,7 @@ def match_sub_queries(
     (ties in plan order), keeping pairs with F1 of at least ``min_f1``."""
     pairs = sorted(
         (
-            (-token_f1(_plain(p.question), _plain(g.question)), gi, pi, p.id, g.id)
+            (-token_f1(_plain(p), _plain(g)), gi, pi, p.id, g.id)
             for pi, p in enumerate(predicted.sub_queries)
             for gi, g in enumerate(gold.sub_queries)
         )
@@ -449,9 +447,10 @@ def routing_accuracy(
     return hits / len(expected)
 
 
-def _plain(question: str) -> str:
-    """The question without ``{id}`` placeholders, whose ids differ between plans."""
-    return _PLACEHOLDER.sub(" ", question)
+def _plain(sub_query: SubQuery) -> str:
+    """The question without its placeholders, whose ids differ between plans (the plan's
+    own rule of what a placeholder is: braces naming a dependency)."""
+    return sub_query.render(dict.fromkeys(sub_query.placeholders, ""))
 
 
 def _edges(plan: Plan) -> set[tuple[str, str]]:

@@ -52,7 +52,7 @@ from langchain_complm.execute.results import (
     ScheduleMode,
     SubQueryResult,
 )
-from langchain_complm.experts import Expert, check_experts
+from langchain_complm.experts import Expert, check_experts, check_known
 from langchain_complm.plan import Plan, SubQuery
 from langchain_complm.prompts import SUBQUERY_WITH_CONTEXT
 
@@ -130,11 +130,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         return self
 
     def _checked(self, policy: FailurePolicy) -> FailurePolicy:
-        if policy.fallback_expert is not None and policy.fallback_expert not in self.experts:
-            raise ValueError(
-                f"fallback expert {policy.fallback_expert!r} is not one of the experts "
-                f"({', '.join(self.experts)})"
-            )
+        check_known("fallback_expert", [policy.fallback_expert], self.experts)
         return policy
 
     # --- running on its own -----------------------------------------------------------------
@@ -268,8 +264,7 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         for sq in plan.sub_queries:
             if sq.expert is None:
                 raise ValueError(f"sub-query {sq.id!r} has no expert: route the plan first")
-            if sq.expert not in self.experts:
-                raise ValueError(f"sub-query {sq.id!r} is routed to unknown expert {sq.expert!r}")
+            check_known(f"sub-query {sq.id!r}", [sq.expert], self.experts)
         return plan
 
     def _policy(self, configurable: Mapping[str, Any]) -> FailurePolicy:
@@ -349,8 +344,7 @@ class GrowingPlanRun:
 
     def add(self, sq: SubQuery) -> None:
         """Add the routed sub-query ``sq`` (its parents were added) and call its task."""
-        if sq.expert not in self._executor.experts:
-            raise ValueError(f"sub-query {sq.id!r} is routed to unknown expert {sq.expert!r}")
+        check_known(f"sub-query {sq.id!r}", [sq.expert], self._executor.experts)
         self.schedule.add(sq, self._executor._batch_key(sq))
         self._call(sq)
 

@@ -824,6 +824,9 @@ def load_causal_lm(
 
 
 __all__ = [
+    "DEFAULT_BATCH_WINDOW_MS",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_NEW_TOKENS",
     "PLAIN_CHAT_TEMPLATE",
     "ChatLocalHuggingFace",
     "EngineStats",

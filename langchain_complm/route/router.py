@@ -31,7 +31,7 @@ from typing_extensions import Self
 
 from langchain_complm.concurrency import ExpertLoad
 from langchain_complm.events import emit
-from langchain_complm.experts import ExpertProfile, RouteProfile
+from langchain_complm.experts import ExpertProfile, RouteProfile, check_known, check_unique
 from langchain_complm.plan import Plan, RoutingDecision
 from langchain_complm.route.calibration import (
     RoutingEvaluation,
@@ -81,12 +81,8 @@ class BaseRouter(RunnableSerializable[Plan, Plan], ABC):
         names = self.expert_names
         if not names:
             raise ValueError(f"{type(self).__name__} needs at least one expert")
-        _check_unique("expert", names)
-        if self.fallback_expert is not None and self.fallback_expert not in names:
-            raise ValueError(
-                f"fallback expert {self.fallback_expert!r} is not one of the experts "
-                f"({', '.join(names)})"
-            )
+        check_unique("expert", names)
+        check_known("fallback_expert", [self.fallback_expert], names)
         if self._has_threshold() and self.fallback_expert is None:
             raise ValueError("a routing threshold needs a fallback_expert to route to")
         return self
@@ -394,9 +390,7 @@ class EmbeddingRouter(BaseRouter):
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> EmbeddingRouter:
-        unknown = sorted(set(self.thresholds) - set(self.expert_names))
-        if unknown:
-            raise ValueError(f"thresholds name unknown experts: {', '.join(unknown)}")
+        check_known("thresholds", sorted(self.thresholds), self.expert_names)
         return self
 
     def _has_threshold(self) -> bool:
@@ -445,12 +439,6 @@ class EmbeddingRouter(BaseRouter):
                 self._decision(sq_id, question, row, expert, score, fallback=fallback, gold=gold)
             )
         return decisions
-
-
-def _check_unique(noun: str, names: Sequence[str]) -> None:
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate {noun} names: {', '.join(duplicates)}")
 
 
 def _ids(questions: Sequence[str], ids: Sequence[str] | None) -> list[str]:

@@ -30,9 +30,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from langchain_complm.concurrency import ExpertLoad
-from langchain_complm.experts import ExpertProfile, RouteProfile
+from langchain_complm.experts import ExpertProfile, RouteProfile, check_known, check_unique
 from langchain_complm.plan import CategoryChoice, ExpertChoice, RoutingDecision
-from langchain_complm.route.router import BaseRouter, _check_unique
+from langchain_complm.route.router import BaseRouter
 from langchain_complm.route.strategies import from_kind
 
 
@@ -212,15 +212,9 @@ class TwoStepRouter(BaseRouter):
     def _check_categories(self) -> TwoStepRouter:
         if not self.categories:
             raise ValueError("TwoStepRouter needs at least one category")
-        _check_unique("category", [c.name for c in self.categories])
-        names = self.expert_names
+        check_unique("category", [c.name for c in self.categories])
         for category in self.categories:
-            unknown = [n for n in category.experts if n not in names]
-            if unknown:
-                raise ValueError(
-                    f"category {category.name!r} names unknown experts: {', '.join(unknown)} "
-                    f"(experts: {', '.join(names)})"
-                )
+            check_known(f"category {category.name!r}", category.experts, self.expert_names)
             self.policy.check(category.name, self._candidates(category))
         return self
 
