@@ -336,12 +336,13 @@ def match_sub_queries(
 ) -> tuple[SubQueryMatch, ...]:
     """Greedy one-to-one matching: the pair with the highest question token F1 first
     (ties in plan order), keeping pairs with F1 of at least ``min_f1``."""
+    # Each question is stripped once, not once per pair.
+    predicted_texts = [(sq.id, _plain(sq)) for sq in predicted.sub_queries]
+    gold_texts = [(sq.id, _plain(sq)) for sq in gold.sub_queries]
     pairs = sorted(
-        (
-            (-token_f1(_plain(p), _plain(g)), gi, pi, p.id, g.id)
-            for pi, p in enumerate(predicted.sub_queries)
-            for gi, g in enumerate(gold.sub_queries)
-        )
+        (-token_f1(p_text, g_text), gi, pi, p_id, g_id)
+        for pi, (p_id, p_text) in enumerate(predicted_texts)
+        for gi, (g_id, g_text) in enumerate(gold_texts)
     )
     used_pred: set[str] = set()
     used_gold: set[str] = set()
