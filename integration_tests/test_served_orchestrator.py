@@ -22,7 +22,7 @@ def test_concurrent_users_each_get_their_own_answer(tmp_path: Path) -> None:
     with bench_serving.langgraph_server(env, jobs=50, log=tmp_path / "langgraph.log") as (url, _):
         load = asyncio.run(
             bench_serving.run_load(
-                url, 40, duration=None, requests=2, think=0, ramp=0.5, timeout=120, strict=True
+                [url], 40, duration=None, requests=2, think=0, ramp=0.5, timeout=120, strict=True
             )
         )
     assert len(load.outcomes) == 80
