@@ -333,13 +333,13 @@ def test_tracing_named_child_runs_tagged_with_sub_query_and_expert() -> None:
 
 
 def test_parallel_sub_queries_overlap_through_the_whole_pipeline() -> None:
+    # Read from the recorded intervals, not from wall time: a loaded CI machine stretches
+    # the run but not the order of what ran.
     comp, fakes = build(delay=0.3)
-    started = time.perf_counter()
     out = ask(comp, "q")
-    # q1 and q2 in parallel (0.3 s), then q3 (0.3 s): well under the 0.9 s of a sequence.
-    assert time.perf_counter() - started < 0.85
-    q1, q2 = out.results["q1"], out.results["q2"]
+    q1, q2, q3 = (out.results[k] for k in ("q1", "q2", "q3"))
     assert q1.started_at < q2.ended_at and q2.started_at < q1.ended_at
+    assert q3.started_at >= max(q1.ended_at, q2.ended_at)
     assert len(fakes["math"].calls) == 2
 
 

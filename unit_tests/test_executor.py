@@ -199,7 +199,7 @@ def test_raise_policy_raises_with_computed_answers() -> None:
 
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_timeout_counts_as_failure_and_falls_back(use_async: bool) -> None:
-    slow, _ = make_expert("slow", delay=1.0)
+    slow, _ = make_expert("slow", delay=5.0)
     fast, _ = make_expert("fast")
     executor = QueryExecutor(
         experts=[slow, fast], failure_policy=FailurePolicy(timeout=0.1, fallback_expert="fast")
@@ -207,7 +207,8 @@ async def test_timeout_counts_as_failure_and_falls_back(use_async: bool) -> None
     plan = routed(("q1", "one", "slow", ()))
     started = time.perf_counter()
     result = await executor.ainvoke(plan) if use_async else executor.invoke(plan)
-    assert time.perf_counter() - started < 0.8
+    # Far below the slow expert's 5 s: the run did not wait for it.
+    assert time.perf_counter() - started < 2.5
     r = result.results["q1"]
     assert r.attempts[0].error == "timed out after 0.1 s"
     assert r.status == "ok" and r.expert == "fast"
@@ -321,8 +322,10 @@ def test_wide_fan_out_runs_in_one_round(mode: str) -> None:
     math, fake = make_expert("math", delay=0.2)
     plan = routed(*((f"q{i}", f"question {i}", "math", ()) for i in range(12)))
     QueryExecutor(experts=[math], mode=mode).invoke(plan)
-    starts = sorted(call["start"] for call in fake.calls)
-    assert len(starts) == 12 and starts[-1] - starts[0] < 0.15
+    # One round: every call started before any call ended (an order, not a wall-time bound,
+    # so a loaded machine cannot fail it).
+    assert len(fake.calls) == 12
+    assert max(c["start"] for c in fake.calls) < min(c["end"] for c in fake.calls)
 
 
 def _cohort_recorder(name: str, seen: dict[str, Any], fail_first: bool = False) -> Expert:
