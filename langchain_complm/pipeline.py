@@ -10,6 +10,7 @@ calls it needs) and driven either way.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import (
     AsyncIterator,
@@ -45,7 +46,9 @@ from langchain_core.runnables import (
 )
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.config import get_config
 from langgraph.errors import EmptyInputError
+from langgraph.func import task
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
@@ -54,13 +57,14 @@ from pydantic import BaseModel, Field, ValidationError, computed_field
 from typing_extensions import TypedDict
 
 from langchain_complm.aggregate import AggregationInput, ResponseAggregator
-from langchain_complm.concurrency import Steps, arun_steps, run_steps
+from langchain_complm.concurrency import Steps, afirst_done, arun_steps, first_done, run_steps
 from langchain_complm.decompose.generator import DecompositionInput, SubQueryGenerator
 from langchain_complm.errors import AggregationError, PlanReviewError, PlanValidationError
 from langchain_complm.events import emit, quiet
 from langchain_complm.execute.executor import (
     Attempt,
     FailurePolicy,
+    GrowingPlanRun,
     QueryExecutor,
     ScheduleMode,
     SubQueryResult,
@@ -322,6 +326,47 @@ class _Node(Runnable[CompLLMState, Any]):
         return await arun_steps(steps, lambda call: call.asynchronous())
 
 
+class _Arrivals:
+    """The sub-queries a streamed decomposition hands out, in order, each also as a future
+    (of the run's kind) to wait on; filled from the decomposer's thread or task until it
+    closes."""
+
+    def __init__(self, new_future: Callable[[], Any]) -> None:
+        self._new_future = new_future
+        self._items: list[SubQuery] = []
+        self._futures: list[Any] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def _future(self, index: int) -> Any:
+        while len(self._futures) <= index:
+            self._futures.append(self._new_future())
+        return self._futures[index]
+
+    def put(self, sq: SubQuery) -> None:
+        with self._lock:
+            if self._closed:
+                return  # a reply given up at its timeout may still be read for a moment
+            self._items.append(sq)
+            future = self._future(len(self._items) - 1)
+        future.set_result(sq)
+
+    def at(self, index: int) -> Any:
+        """The future of the ``index``-th sub-query (done once it came)."""
+        with self._lock:
+            return self._future(index)
+
+    def since(self, index: int) -> list[SubQuery]:
+        with self._lock:
+            return self._items[index:]
+
+    def close(self) -> tuple[SubQuery, ...]:
+        """No more sub-queries: every one that came, in order."""
+        with self._lock:
+            self._closed = True
+            return tuple(self._items)
+
+
 @dataclass(frozen=True)
 class _Stages:
     generator: Runnable[Any, Plan]
@@ -331,17 +376,114 @@ class _Stages:
 
     def decompose(self, state: CompLLMState, config: RunnableConfig) -> Steps[_Call, Any]:
         # The first node of every run: it also clears the previous run's outputs.
-        query, plan = state["query"], state.get("plan")
+        plan = state.get("plan")
         started = time.perf_counter()
         if plan is None:
-            history = _history(state.get("messages") or [])
-            request: Any = query
-            if history and isinstance(self.generator, SubQueryGenerator):
-                request = DecompositionInput(query=query, history=history)
-            plan = yield _stage(self.generator, request, quiet(config))
+            plan = yield _stage(self.generator, self._request(state), quiet(config))
         emit({"type": "plan", "data": plan}, config)
         timings = {"decompose": time.perf_counter() - started}
         return {"plan": plan, "results": {}, "answer": "", "timings": timings}
+
+    def _request(self, state: CompLLMState) -> Any:
+        """What the generator is given: the question, with the conversation before it for a
+        :class:`SubQueryGenerator`."""
+        query = state["query"]
+        history = _history(state.get("messages") or [])
+        if history and isinstance(self.generator, SubQueryGenerator):
+            return DecompositionInput(query=query, history=history)
+        return query
+
+    def decompose_execute(self, state: CompLLMState, config: RunnableConfig) -> Steps[_Call, Any]:
+        """Plan streaming: decompose, route each sub-query as soon as it and its parents are
+        written, and run it then, in one node (the first of every run).
+
+        The decomposition is a LangGraph task of the node (``decompose``), so its plan, and
+        the sub-queries streamed in order, are in the checkpoint once it finishes; every
+        sub-query is a task, called in the order the stream gave them, then the final plan's
+        new ones (see :class:`~langchain_complm.execute.GrowingPlanRun`). A resumed run does
+        not decompose again once the plan was complete; it routes the sub-queries again, and
+        uses a saved answer only for the prompt and expert it answered.
+        """
+        query, given = state["query"], state.get("plan")
+        started = time.perf_counter()
+        executor = self.executor
+        run: GrowingPlanRun = yield _Call(
+            partial(executor.grow, config), partial(executor.agrow, config)
+        )
+        try:
+            # (plan, the sub-queries streamed): the decomposition's outcome, once known.
+            outcome: tuple[Plan, Sequence[SubQuery]] | None = None
+            if given is None:
+                arrivals = _Arrivals(run.new_future)
+                decompose = self._decompose_task(self._request(state), arrivals, run.asynchronous)
+                plan_task: Any = task(name="decompose")(decompose)()  # type: ignore[arg-type]
+            else:
+                outcome = (given, ())
+            added = 0
+            plan: Plan | None = None  # the final plan, routed
+            planned = route_after = 0.0
+            done: set[Any] = set()
+            while True:
+                if outcome is None and plan_task.done():
+                    outcome = plan_task.result()
+                news = outcome[1][added:] if outcome is not None else arrivals.since(added)
+                for sq in news:
+                    routed = yield _stage(self.router, Plan(query=query, sub_queries=(sq,)), config)
+                    run.add(routed.sub_queries[0])
+                    added += 1
+                if outcome is not None and plan is None:
+                    planned = time.perf_counter()
+                    emit({"type": "plan", "data": outcome[0]}, config)
+                    plan = run.keep_routes(outcome[0])
+                    if unrouted := tuple(sq for sq in plan.sub_queries if sq.route is None):
+                        rest = plan.model_copy(update={"sub_queries": unrouted})
+                        plan = _keep_routes(plan, (yield _stage(self.router, rest, config)))
+                    route_after = time.perf_counter() - planned
+                    run.end(plan)
+                running = run.advance(done)
+                if run.complete:
+                    break
+                waits = (
+                    running if outcome is not None else {*running, plan_task, arrivals.at(added)}
+                )
+                done = yield _Call(partial(first_done, waits), partial(afirst_done, waits))
+        finally:
+            run.close()
+        execution = run.result()
+        timings = {
+            "decompose": planned - started,
+            "route": route_after,
+            "execute": time.perf_counter() - planned - route_after,
+        }
+        return {"plan": plan, "results": execution.results, "answer": "", "timings": timings}
+
+    def _decompose_task(
+        self, request: Any, arrivals: _Arrivals, asynchronous: bool
+    ) -> Callable[[], Any]:
+        """The body of the plan's task: the plan, with the sub-queries the generator
+        streamed (when it can: a :class:`SubQueryGenerator`), in the order they came."""
+
+        def call() -> _Call:
+            config = quiet(get_config())  # the task's own run
+            generator = self.generator
+            if not isinstance(generator, SubQueryGenerator):
+                return _stage(generator, request, config)
+            return _Call(
+                partial(generator.stream_plan, request, arrivals.put, config),
+                partial(generator.astream_plan, request, arrivals.put, config),
+            )
+
+        if asynchronous:
+
+            async def adecompose() -> tuple[Plan, tuple[SubQuery, ...]]:
+                return await call().asynchronous(), arrivals.close()
+
+            return adecompose
+
+        def decompose() -> tuple[Plan, tuple[SubQuery, ...]]:
+            return call().sync(), arrivals.close()
+
+        return decompose
 
     def route(self, state: CompLLMState, config: RunnableConfig) -> Steps[_Call, Any]:
         plan = _plan(state)
@@ -408,12 +550,13 @@ def _plan(state: CompLLMState) -> Plan:
 
 
 def _keep_routes(plan: Plan, routed: Plan) -> Plan:
-    """``routed``, keeping the routes ``plan`` already had (given, or set by a reviewer)."""
-    return routed.model_copy(
+    """``plan`` with the routes of ``routed``'s sub-queries (by id), keeping the routes
+    ``plan`` already had (given, set by a reviewer, or streamed)."""
+    routes = routed.by_id
+    return plan.model_copy(
         update={
             "sub_queries": tuple(
-                old if old.route is not None else new
-                for old, new in zip(plan.sub_queries, routed.sub_queries, strict=True)
+                sq if sq.route is not None else routes.get(sq.id, sq) for sq in plan.sub_queries
             )
         }
     )
@@ -703,6 +846,7 @@ def create_comp_llm(
     max_sub_queries: int = DEFAULT_MAX_SUB_QUERIES,
     max_query_chars: int | None = DEFAULT_MAX_QUERY_CHARS,
     review_plan: bool = False,
+    stream_plan: bool = False,
     checkpointer: BaseCheckpointSaver | None = None,
     name: str = "CompLLM",
 ) -> CompLLMGraph:
@@ -733,6 +877,12 @@ def create_comp_llm(
             routed plan) until it is resumed with ``Command(resume=...)``: see
             :func:`apply_review`. Needs a checkpointer (here, or the parent graph's or the
             server's).
+        stream_plan: Plan streaming: start each sub-query as soon as it and its parents
+            are written, while the generator writes the rest (a :class:`SubQueryGenerator`
+            streams its model's reply; another generator's plan arrives whole). Decompose,
+            route and execute are then one node, ``decompose_execute``; the whole plan is
+            still validated when it ends, and decides what runs. Needs ``mode`` ``"eager"``
+            or ``"sequential"``; not with ``review_plan``.
         checkpointer: Optional LangGraph checkpointer (threads, resumption, plan review).
         name: The run name shown in traces.
 
@@ -744,10 +894,20 @@ def create_comp_llm(
         (``stream_mode="custom"`` by default; any LangGraph stream mode can be asked for).
 
     Raises:
-        ValueError: no experts, duplicate expert names, an unknown fallback expert, or no
-            model to aggregate with.
+        ValueError: no experts, duplicate expert names, an unknown fallback expert, no
+            model to aggregate with, or ``stream_plan`` with ``review_plan`` or supersteps.
     """
     by_name = check_experts(experts)
+    if stream_plan and review_plan:
+        raise ValueError(
+            "stream_plan starts experts before the plan is complete, review_plan waits for "
+            "it: choose one"
+        )
+    if stream_plan and mode == "superstep":
+        raise ValueError(
+            "stream_plan starts each sub-query once its parents are known; supersteps wait "
+            "for the whole plan's levels: use mode='eager' (or 'sequential')"
+        )
     check_known("fallback_expert", [fallback_expert], by_name)
     if isinstance(generator, BaseChatModel):
         generator = SubQueryGenerator(llm=generator, max_sub_queries=max_sub_queries)
@@ -776,7 +936,10 @@ def create_comp_llm(
     )
     stages = _Stages(generator, router, executor, aggregator)
     builder = StateGraph(CompLLMState, input_schema=CompLLMInput, output_schema=CompLLMOutputState)
-    order = ["decompose", "route", *(["review"] if review_plan else []), "execute", "aggregate"]
+    if stream_plan:
+        order = ["decompose_execute", "aggregate"]
+    else:
+        order = ["decompose", "route", *(["review"] if review_plan else []), "execute", "aggregate"]
     for stage in order:
         builder.add_node(stage, _Node(getattr(stages, stage), stage))
     for src, dst in zip([START, *order], [*order, END], strict=True):

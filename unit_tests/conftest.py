@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,3 +37,14 @@ def tokenizer() -> Any:
         return smollm2_tokenizer()
     except ImportError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    """A folder with a tiny random Llama and SmolLM2's tokenizer: a base model to train."""
+    from langchain_complm.models.testing import tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,22 @@ def plan(variant: str) -> str:
 class LoggedChat(FakeListChatModel):
     log: str
 
-    def _call(self, *args: Any, **kwargs: Any) -> str:
+    def _note(self) -> None:
         with open(self.log, "a", encoding="utf-8") as out:
             out.write("decompose\n")
+
+    def _call(self, *args: Any, **kwargs: Any) -> str:
+        self._note()
         return super()._call(*args, **kwargs)
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        self._note()
+        yield from super()._stream(*args, **kwargs)
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        self._note()
+        async for chunk in super()._astream(*args, **kwargs):
+            yield chunk
 
 
 SERDE = JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES)
@@ -68,7 +81,8 @@ def sqlite_saver(db: str) -> SqliteSaver:
 
 
 def build(saver: Any, log: str, mode: str, variant: str = "A", slow: float | None = None) -> Any:
-    """The pipeline over ``saver``: experts that log their calls, a logged decomposer."""
+    """The pipeline over ``saver``: experts that log their calls, a logged decomposer
+    (``MODE+stream``: with plan streaming)."""
 
     def note(line: str) -> None:
         with open(log, "a", encoding="utf-8") as out:
@@ -109,7 +123,8 @@ def build(saver: Any, log: str, mode: str, variant: str = "A", slow: float | Non
         generator=literal_generator(LoggedChat(responses=[plan(variant)], log=log)),
         router=KeywordEmbeddings(),
         aggregator=literal_aggregator(fake_llm("final answer")),
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode.removesuffix("+stream"),  # type: ignore[arg-type]
+        stream_plan=mode.endswith("+stream"),
         checkpointer=saver,
     )
 

@@ -4,19 +4,68 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableLambda
+from pydantic import Field
 
-from langchain_complm import Expert
+from langchain_complm import Expert, Plan, RoutingDecision, SubQuery
 from langchain_complm.aggregate import ResponseAggregator
 from langchain_complm.decompose import SubQueryGenerator
+from langchain_complm.evaluation.sources import resolve_data_dir
+from langchain_complm.training.train import TrainConfig
+
+PROMPTS = [
+    "hello",
+    "What is 2+3?",
+    "Tell me a story about a cat.",
+    "Name the capital of France.",
+    "Why is the sky blue?",
+    "List three prime numbers.",
+    "Translate 'good morning' to Spanish.",
+    "Who wrote Hamlet?",
+]
+"""Prompts for tiny random models: different prompts lead to different greedy answers."""
+
+
+def has_benchmark_data() -> bool:
+    """Whether the public benchmark data (``../shared/data``) is here."""
+    try:
+        return resolve_data_dir().is_dir()
+    except FileNotFoundError:
+        return False
+
+
+needs_data = pytest.mark.skipif(
+    not has_benchmark_data(), reason="public benchmark data (../shared/data) is not available"
+)
+
+
+def tiny_train_config(base: Path, out: Path, **overrides: Any) -> TrainConfig:
+    """A fine-tuning run of seconds on a tiny base: a few steps, high learning rate, CPU."""
+    options: dict[str, Any] = {
+        "base": str(base),
+        "out": str(out),
+        "batch_size": 4,
+        "micro_batch_size": 4,
+        "lr": 1e-2,
+        "lora_dropout": 0.0,
+        "max_steps": 3,
+        "warmup_ratio": 0.0,
+        "device": "cpu",
+        "progress": False,
+    }
+    return TrainConfig(**(options | overrides))
+
 
 KEYWORDS = {
     "math": ["sum", "add", "multiply", "percent", "number", "plus", "equation", "math"],
@@ -174,3 +223,82 @@ class RecordingChat(FakeListChatModel):
 
 def recording_llm(*responses: str, usage: int = 0) -> RecordingChat:
     return RecordingChat(responses=list(responses), prompts=[], usage=usage)
+
+
+def routed(*items: tuple[str, str, str, tuple[str, ...]]) -> Plan:
+    """A plan from (id, question, expert, depends_on) tuples, already routed."""
+    return Plan(
+        query="compound question",
+        sub_queries=tuple(
+            SubQuery(
+                id=i,
+                question=q,
+                depends_on=deps,
+                route=RoutingDecision(
+                    sub_query_id=i, question=q, expert=e, score=1.0, scores={e: 1.0}
+                ),
+            )
+            for i, q, e, deps in items
+        ),
+    )
+
+
+class StreamingChat(FakeListChatModel):
+    """A fake chat model that writes each reply in pieces, ``delay`` seconds before each,
+    like a model generating it: a piece ends after every ``}`` that closes a list item, so
+    a plan's sub-queries are complete one piece at a time. Invoked, it takes the same time
+    and returns the whole reply. ``ended`` records when each reply was written in full."""
+
+    delay: float = 0.0
+    ended: list[float] = Field(default_factory=list)
+
+    def _next_pieces(self) -> list[str]:
+        text = self.responses[self.i % len(self.responses)]
+        self.i += 1
+        return re.split(r"(?<=\})(?=\s*[,\]])", text)
+
+    def _chunk(self, piece: str, run_manager: Any) -> Any:
+        from langchain_core.messages import AIMessageChunk
+        from langchain_core.outputs import ChatGenerationChunk
+
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        if run_manager:
+            run_manager.on_llm_new_token(piece, chunk=chunk)
+        return chunk
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any):
+        for piece in self._next_pieces():
+            time.sleep(self.delay)
+            yield self._chunk(piece, run_manager)
+        self.ended.append(time.time())
+
+    async def _astream(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ):
+        for piece in self._next_pieces():
+            await asyncio.sleep(self.delay)
+            yield self._chunk(piece, run_manager)
+        self.ended.append(time.time())
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any):
+        pieces = self._next_pieces()
+        time.sleep(self.delay * len(pieces))
+        return self._whole(pieces)
+
+    async def _agenerate(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Any:
+        pieces = self._next_pieces()
+        await asyncio.sleep(self.delay * len(pieces))
+        return self._whole(pieces)
+
+    def _whole(self, pieces: list[str]) -> Any:
+        from langchain_core.messages import AIMessage
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        self.ended.append(time.time())
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="".join(pieces)))])
+
+
+def streaming_llm(*responses: str, delay: float = 0.0) -> StreamingChat:
+    return StreamingChat(responses=list(responses), delay=delay)

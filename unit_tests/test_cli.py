@@ -106,6 +106,17 @@ def test_ask_show_plan(capsys: pytest.CaptureFixture[str], config_file: Path) ->
 
 
 @pytest.mark.usefixtures("fake_models")
+def test_ask_stream_plan(capsys: pytest.CaptureFixture[str], config_file: Path) -> None:
+    argv = ["ask", "--json", "-q", "--config", str(config_file), "--stream-plan"]
+    code, _, err = run(capsys, *argv, "Q?")
+    assert code != 0 and "set mode to eager" in err
+    code, out, _ = run(capsys, *argv, "--mode", "eager", "Q?")
+    data = json.loads(out)
+    assert code == 0 and data["answer"] == ANSWER
+    assert set(data["results"]) == {"q1", "q2", "q3"}
+
+
+@pytest.mark.usefixtures("fake_models")
 def test_ask_json_is_the_full_output(capsys: pytest.CaptureFixture[str], config_file: Path) -> None:
     code, out, _ = run(
         capsys, "ask", "--json", "-q", "--config", str(config_file), "--mode", "sequential", "Q?"

@@ -195,6 +195,7 @@ def test_relative_local_model_path_is_relative_to_the_file(tmp_path: Path) -> No
         ("top_typo.yaml", "expert: []\n", "expert: Extra inputs are not permitted"),
         ("mode.yaml", "execution: {mode: fast}\n", "execution.mode: Input should be"),
         ("policy.yaml", "execution: {failure: {retries: 2}}\n", "unknown failure policy keys"),
+        ("stream.yaml", "execution: {stream_plan: true}\n", "set mode to eager"),
         ("no_experts.yaml", "experts: []\n", "at least one expert"),
         ("blank.yaml", "experts: [{name: ' '}]\n", "expert name must not be empty"),
         (

@@ -70,7 +70,9 @@ def test_every_reply_follows_the_schema_in_a_batch(llm: ChatLocalHuggingFace) ->
     for reply in replies:
         _valid(reply.text)
         assert reply.response_metadata["finish_reason"] == "stop"  # ended by the grammar
-    assert {r.response_metadata["batch_size"] for r in replies} <= {len(PROMPTS), 1, 2, 3}
+    # Rows of one generate follow their own grammar state (how the batch splits depends on
+    # when the calls arrive, so only that one was shared is checked).
+    assert max(r.response_metadata["batch_size"] for r in replies) > 1
 
 
 def test_a_field_schema_applies_to_every_call(llm: ChatLocalHuggingFace) -> None:

@@ -66,6 +66,8 @@ def run_and_kill(tmp_path: Path, mode: str, durability: str, calls: str) -> tupl
         ("superstep", "async", "sync"),
         ("eager", "sync", "sync"),
         ("eager", "async", "async"),
+        ("eager+stream", "sync", "sync"),
+        ("eager+stream", "async", "async"),
     ],
 )
 def test_a_killed_run_resumes_without_redoing_finished_work(
@@ -104,7 +106,7 @@ class Crash(BaseException):
 
 
 @pytest.mark.parametrize("durability", ["sync", "async", "exit"])
-@pytest.mark.parametrize("mode", ["superstep", "eager"])
+@pytest.mark.parametrize("mode", ["superstep", "eager", "eager+stream"])
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_in_memory_a_crashed_run_resumes(durability: str, mode: str, use_async: bool) -> None:
     math, math_fake = make_expert("math")
@@ -134,7 +136,8 @@ async def test_in_memory_a_crashed_run_resumes(durability: str, mode: str, use_a
         generator=literal_generator(generator),
         router=KeywordEmbeddings(),
         aggregator=literal_aggregator(fake_llm("final")),
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode.removesuffix("+stream"),  # type: ignore[arg-type]
+        stream_plan=mode.endswith("+stream"),
         checkpointer=InMemorySaver(),
     )
     config = {"configurable": {"thread_id": f"{mode}-{durability}"}}

@@ -4,32 +4,14 @@ import time
 from typing import Any
 
 import pytest
-from fakes import make_expert
+from fakes import make_expert, routed
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
-from langchain_complm import Expert, FailurePolicy, Plan, RoutingDecision, SubQuery, events
+from langchain_complm import Expert, FailurePolicy, Plan, SubQuery, events
 from langchain_complm.batching import current_cohort
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.execute import QueryExecutor
-
-
-def routed(*items: tuple[str, str, str, tuple[str, ...]]) -> Plan:
-    """A plan from (id, question, expert, depends_on) tuples, already routed."""
-    return Plan(
-        query="compound question",
-        sub_queries=tuple(
-            SubQuery(
-                id=i,
-                question=q,
-                depends_on=deps,
-                route=RoutingDecision(
-                    sub_query_id=i, question=q, expert=e, score=1.0, scores={e: 1.0}
-                ),
-            )
-            for i, q, e, deps in items
-        ),
-    )
 
 
 def overlaps(a: dict, b: dict) -> bool:

@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from langchain_complm import Plan, PlanValidationError
-from langchain_complm.decompose import SubQueryGenerator, parse_plan
+from langchain_complm.decompose import PlanStreamParser, SubQueryGenerator, parse_plan
 from langchain_complm.execute import QueryExecutor, SubQueryResult
 from langchain_complm.execute._schedule import Schedule
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, braced_names, invalid_text
@@ -281,6 +281,7 @@ def _check_parse(reply: str) -> None:
     except ValueError:
         plan = None
     assert time.perf_counter() - started < SECONDS_PER_CASE
+    _check_streamed(reply)
     if plan is None:
         return
     assert plan.query == QUERY
@@ -289,6 +290,21 @@ def _check_parse(reply: str) -> None:
     except PlanValidationError:
         return
     _check_valid(plan, DEFAULT_MAX_SUB_QUERIES)
+
+
+def _check_streamed(reply: str) -> None:
+    """Streamed in pieces, a reply hands out sub-queries in linear time, parents first,
+    and together they are always a valid plan."""
+    parser = PlanStreamParser(QUERY)
+    started = time.perf_counter()
+    out = [sq for i in range(0, len(reply), 7) for sq in parser.feed(reply[i : i + 7])]
+    assert time.perf_counter() - started < SECONDS_PER_CASE
+    if out:
+        streamed = Plan(query=QUERY, sub_queries=tuple(out)).validate_dag()
+        seen: set[str] = set()
+        for sq in streamed.sub_queries:
+            assert set(sq.depends_on) <= seen
+            seen.add(sq.id)
 
 
 @given(replies())

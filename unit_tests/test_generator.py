@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from fakes import fake_llm, plan_json
+from fakes import fake_llm, plan_json, streaming_llm
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
@@ -20,11 +20,12 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import Field, ValidationError
 
-from langchain_complm import Plan, PlanValidationError
+from langchain_complm import Plan, PlanValidationError, SubQuery
 from langchain_complm.decompose import SubQueryGenerator, parse_plan
 from langchain_complm.decompose.generator import (
     MAX_REPLY_CHARS,
     PlanOutput,
+    PlanStreamParser,
     supports_structured_output,
 )
 from langchain_complm.evaluation.adversarial import adversarial_replies
@@ -434,6 +435,113 @@ def test_adversarial_replies_of_the_maximum_length_parse_in_linear_time(kind: st
     assert time.perf_counter() - started < SECONDS_PER_REPLY
 
 
+# --- PlanStreamParser ------------------------------------------------------------------------
+
+THREE = plan_json(
+    ("q1", "Who wrote Hamlet?", []),
+    ("q2", "When was {q1} born?", ["q1"]),
+    ("q3", "What is 15% of 80?", []),
+)
+
+
+def streamed(text: str, size: int = 1, max_sub_queries: int = 8) -> list[tuple[int, SubQuery]]:
+    """(characters fed, sub-query) for each sub-query the parser hands out."""
+    parser = PlanStreamParser("q", max_sub_queries)
+    out = []
+    for start in range(0, len(text), size):
+        out += [(start + size, sq) for sq in parser.feed(text[start : start + size])]
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 100_000])
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(THREE, id="plain"),
+        pytest.param(f"Here is the plan:\n```json\n{THREE}\n```", id="fence-in-prose"),
+        pytest.param(json.dumps(json.loads(THREE), indent=2), id="indented"),
+        pytest.param(THREE.replace("}, {", "},{").replace("]}", ",]}"), id="trailing-comma"),
+        pytest.param(THREE.replace('"', "'"), id="single-quotes"),
+        pytest.param(
+            '{"sub_queries": [{"id": 1, "question": "Say \\"hi\\" in {x} ]", "deps": []},'
+            ' "What is {1}?", {"id": "q3", "question": "Is {q1} a {q2}?", "depends_on": [1, "2"]}'
+            "]}",
+            id="aliases-escapes-and-strings",
+        ),
+    ],
+)
+def test_a_streamed_reply_hands_out_what_parse_plan_reads(text: str, size: int) -> None:
+    assert [sq for _, sq in streamed(text, size)] == list(parse_plan(text, "q").sub_queries)
+
+
+def test_each_sub_query_comes_out_once_its_item_closes() -> None:
+    ends = [i + 1 for i, char in enumerate(THREE[:-1]) if char == "}" and THREE[i + 1] in ",]"]
+    assert [(fed, sq.id) for fed, sq in streamed(THREE)] == list(
+        zip(ends, ["q1", "q2", "q3"], strict=True)
+    )
+
+
+def test_a_sub_query_comes_out_after_a_parent_written_after_it() -> None:
+    text = plan_json(("q2", "When was {q1} born?", ["q1"]), ("q1", "Who wrote Hamlet?", []))
+    (fed_1, first), (fed_2, second) = streamed(text)
+    assert (first.id, second.id) == ("q1", "q2") and fed_1 == fed_2
+    assert [sq.id for _, sq in streamed(plan_json(("q1", "A {q9}?", ["q9"])))] == []
+
+
+def test_a_repeated_sub_query_is_dropped_and_its_dependents_point_to_the_first() -> None:
+    text = plan_json(("q1", "A?", []), ("q2", "A?", []), ("q3", "B {q2}?", ["q2"]))
+    assert [(sq.id, sq.question, sq.depends_on) for _, sq in streamed(text)] == [
+        ("q1", "A?", ()),
+        ("q3", "B {q1}?", ("q1",)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("late", "reason"),
+    [
+        ('{"id": "q1", "question": "Again?", "depends_on": []}', "duplicate sub-query id"),
+        ('{"id": "q2", "question": "  ", "depends_on": []}', "empty question"),
+        ('{"id": "q2", "depends_on": []}', 'has no "question" text'),
+        ('{"id": "q2", "question": "\\ud800?", "depends_on": []}', "surrogate"),
+        ('{"id": "q 2", "question": "B?", "depends_on": []}', "invalid sub-query id"),
+        ("42", "is not an object"),
+        ('{"id": "q2", "question": "B?", "depends_on": [}', "invalid JSON"),
+    ],
+)
+def test_an_invalid_item_stops_the_stream(late: str, reason: str) -> None:
+    text = '{"sub_queries": [{"id": "q1", "question": "A?"}, ' + late + ', {"question": "C?"}]}'
+    parser = PlanStreamParser("q")
+    out = [sq for char in text for sq in parser.feed(char)]
+    assert [sq.id for sq in out] == ["q1"]
+    assert parser.stopped is not None and reason in parser.stopped
+    assert parser.sub_queries == tuple(out)
+
+
+def test_the_cap_on_sub_queries_stops_the_stream() -> None:
+    text = plan_json(*((f"q{i}", f"Question {i}?", []) for i in range(1, 5)))
+    assert [sq.id for _, sq in streamed(text, max_sub_queries=3)] == ["q1", "q2", "q3"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(json.dumps(json.loads(THREE)["sub_queries"]), id="bare-list"),
+        pytest.param("I cannot split this question.", id="prose"),
+        pytest.param("x" * (MAX_REPLY_CHARS + 10) + THREE, id="past-the-reading-limit"),
+    ],
+)
+def test_a_reply_without_a_readable_list_gives_nothing_early(text: str) -> None:
+    assert streamed(text, size=997) == []
+
+
+@pytest.mark.parametrize("kind", sorted(adversarial_replies(1000)))
+def test_adversarial_replies_stream_in_linear_time(kind: str) -> None:
+    reply = adversarial_replies(MAX_REPLY_CHARS)[kind]
+    started = time.perf_counter()
+    streamed(reply, size=4)
+    assert time.perf_counter() - started < SECONDS_PER_REPLY
+
+
 # --- SubQueryGenerator: prompt path ---------------------------------------------------------
 
 
@@ -682,3 +790,56 @@ async def test_generator_run_is_a_child_of_the_calling_run(use_async: bool) -> N
     assert shape(plan) == VALID_SHAPE
     by_name = {c["name"]: c for c in recorder.chains}
     assert by_name["SubQueryGenerator"]["parent"] == by_name["pipeline"]["run_id"]
+
+
+# --- SubQueryGenerator: streamed replies ------------------------------------------------------
+
+
+async def stream_plan(
+    generator: SubQueryGenerator, query: str, use_async: bool
+) -> tuple[Plan, list[tuple[float, SubQuery]]]:
+    out: list[tuple[float, SubQuery]] = []
+
+    def on_sub_query(sq: SubQuery) -> None:
+        out.append((time.time(), sq))
+
+    if use_async:
+        plan = await generator.astream_plan(query, on_sub_query)
+    else:
+        plan = generator.stream_plan(query, on_sub_query)
+    return plan, out
+
+
+@both
+async def test_stream_plan_hands_out_sub_queries_while_the_model_writes(use_async: bool) -> None:
+    llm = streaming_llm(THREE, delay=0.1)
+    plan, out = await stream_plan(SubQueryGenerator(llm=llm), QUERY, use_async)
+    assert plan == SubQueryGenerator(llm=fake_llm(THREE)).invoke(QUERY)
+    assert [sq for _, sq in out] == list(plan.sub_queries)
+    (first, _), (last, _) = out[0], out[-1]
+    assert llm.ended[0] - first > 0.25 and last < llm.ended[0]
+
+
+@both
+async def test_a_late_invalid_part_is_retried_without_streaming(use_async: bool) -> None:
+    late = plan_json(("q1", "Who wrote Hamlet?", []), ("q2", "When was {q9} born?", ["q9"]))
+    llm = streaming_llm(late, THREE)
+    plan, out = await stream_plan(SubQueryGenerator(llm=llm), QUERY, use_async)
+    assert [sq.id for _, sq in out] == ["q1"]
+    assert [sq.id for sq in plan.sub_queries] == ["q1", "q2", "q3"] and not plan.is_fallback
+
+
+@both
+async def test_stream_plan_falls_back_as_invoke_does(use_async: bool) -> None:
+    llm = streaming_llm(plan_json(("q1", "A?", []), ("q1", "B?", [])), "no json either")
+    plan, out = await stream_plan(SubQueryGenerator(llm=llm), QUERY, use_async)
+    assert [sq.question for _, sq in out] == ["A?"]
+    assert plan.is_fallback and [sq.question for sq in plan.sub_queries] == [QUERY]
+
+
+def test_structured_output_does_not_stream() -> None:
+    items = [(i, q, list(d)) for i, q, d in VALID_SHAPE]
+    llm = StructuredChatModel(responses=["unused"], outputs=[plan_output(*items)])
+    out: list[SubQuery] = []
+    plan = SubQueryGenerator(llm=llm).stream_plan(QUERY, out.append)
+    assert shape(plan) == VALID_SHAPE and out == []

@@ -21,6 +21,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from fakes import PROMPTS
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from langchain_complm.batching import BatchCohort, batch_cohort
@@ -30,17 +31,6 @@ from langchain_complm.models.huggingface import (
     truncate_at_stop,
 )
 from langchain_complm.models.testing import tiny_llama
-
-PROMPTS = [
-    "hello",
-    "What is 2+3?",
-    "Tell me a story about a cat.",
-    "Name the capital of France.",
-    "Why is the sky blue?",
-    "List three prime numbers.",
-    "Translate 'good morning' to Spanish.",
-    "Who wrote Hamlet?",
-]
 
 
 def tiny_model(tokenizer: Any, seed: int = 0) -> Any:

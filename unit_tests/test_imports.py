@@ -28,6 +28,7 @@ EXPECTED_ALL = {
     "langchain_complm.decompose": [
         "ConversationPolicy",
         "DecompositionInput",
+        "PlanStreamParser",
         "StructuralSubQueryGenerator",
         "SubQueryGenerator",
         "parse_plan",
@@ -53,9 +54,11 @@ EXPECTED_ALL = {
         "write_labelled",
     ],
     "langchain_complm.execute": [
+        "DROPPED",
         "Attempt",
         "ExecutionResult",
         "FailurePolicy",
+        "GrowingPlanRun",
         "QueryExecutor",
         "ScheduleMode",
         "SubQueryExecutionError",
@@ -66,6 +69,7 @@ EXPECTED_ALL = {
         "ChatPooledHuggingFace",
         "ChatRemote",
         "GenerationEngine",
+        "LoraEngine",
         "ModelPool",
     ],
     "langchain_complm.errors": [

@@ -294,7 +294,8 @@ def test_an_output_parser_reads_the_answer() -> None:
     assert comp.pipe(StrOutputParser()).invoke("q") == ANSWER
 
 
-def test_messages_stream_carries_only_the_final_answers_tokens() -> None:
+@pytest.mark.parametrize("stream_plan", [False, True])
+def test_messages_stream_carries_only_the_final_answers_tokens(stream_plan: bool) -> None:
     math = Expert(name="math", description="sum add", llm=recording_llm("expert tokens here"))
     comp = create_comp_llm(
         [math],
@@ -303,6 +304,8 @@ def test_messages_stream_carries_only_the_final_answers_tokens() -> None:
         ),
         router=KeywordEmbeddings(),
         aggregator=literal_aggregator(recording_llm("the final answer")),
+        mode="eager",
+        stream_plan=stream_plan,
     )
     chunks = [m for m, _ in comp.stream("q", stream_mode="messages")]
     # Streamed once, token by token; the final message in the state is not repeated.

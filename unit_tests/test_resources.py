@@ -391,6 +391,9 @@ def test_pool_loads_on_first_use_and_reports_load_time(loads: Loads, tiny_bytes:
     assert stats.state == "resident" and stats.loads == 1 and stats.size_bytes == tiny_bytes
     assert pool.resident_bytes == tiny_bytes
     assert llm.num_parameters == stats.parameters
+    # Its batch group outlives the engine (unloading and reloading make a new one).
+    assert llm.batch_group == pool.chat_model("tiny-a", name="a", max_new_tokens=3).batch_group
+    assert llm.batch_group != pooled(pool, loads, "b", None)["b"].batch_group
 
 
 def test_pool_evicts_least_recently_used_and_reloads(loads: Loads, tiny_bytes: int) -> None:

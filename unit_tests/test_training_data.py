@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fakes import has_benchmark_data, needs_data
 
 from langchain_complm.decompose.generator import parse_plan
 from langchain_complm.evaluation.multiexpertqa import build_dataset
-from langchain_complm.evaluation.sources import resolve_data_dir
 from langchain_complm.training.data import (
     DEFAULT_MIX,
     build_training_pairs,
@@ -26,24 +26,12 @@ from langchain_complm.training.data import (
 
 TEMPLATES_ONLY = {"template_parallel": 1.0, "template_chain": 1.0, "single_template": 1.0}
 
-
-def _has_data() -> bool:
-    try:
-        return resolve_data_dir().is_dir()
-    except FileNotFoundError:
-        return False
-
-
-needs_data = pytest.mark.skipif(
-    not _has_data(), reason="public benchmark data (../shared/data) is not available"
-)
-
 N = 600
 
 
 @pytest.fixture(scope="module")
 def pairs() -> list:
-    if not _has_data():
+    if not has_benchmark_data():
         pytest.skip("public benchmark data (../shared/data) is not available")
     return build_training_pairs(N, seed=0)
 

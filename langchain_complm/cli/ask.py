@@ -127,6 +127,12 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
         help="at most N experts run at once (overrides the config)",
     )
     parser.add_argument(
+        "--stream-plan",
+        action="store_true",
+        help="start each sub-query as soon as the decomposer has written it and its parents "
+        "(needs --mode eager or sequential; overrides the config)",
+    )
+    parser.add_argument(
         "--review",
         action="store_true",
         help="show the routed plan before any expert runs, and approve, edit or replace it "

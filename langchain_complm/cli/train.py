@@ -1,4 +1,5 @@
-"""``complm train-generator`` and ``complm eval-generator``.
+"""``complm train-generator``, ``complm eval-generator``, ``complm train-expert`` and
+``complm eval-expert``.
 
 ::
 
@@ -7,6 +8,8 @@
     complm train-generator --dump-data pairs.jsonl --n-train 3000      # only write the pairs
     complm eval-generator runs/subquery-generator --split dev --n 200
     complm eval-generator --curve 0,250,1000,3000 --curve-dir runs/curve --docs docs/curve
+    complm train-expert math --out runs/expert-math --n-train 800 --max-steps 100  # + eval
+    complm eval-expert runs/expert-math --n 100 --report runs/expert-math/eval.json
 
 """
 
@@ -25,33 +28,8 @@ DEFAULT_OUT = "runs/subquery-generator"
 
 
 def _configure_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--base",
-        metavar="PATH_OR_ID",
-        default=EMBEDDED_CHAT_MODEL,
-        help=f"base causal LM: hub id, local folder, or {EMBEDDED_CHAT_MODEL} (default)",
-    )
-    parser.add_argument("--n-train", type=int, default=3000, metavar="N", help="training pairs")
-    parser.add_argument("--epochs", type=float, default=1.0, metavar="E")
-    parser.add_argument(
-        "--lora-r", type=int, default=16, metavar="R", help="LoRA rank; 0: full fine-tune"
-    )
-    parser.add_argument("--lora-alpha", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step")
-    parser.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward")
-    parser.add_argument("--max-seq-len", type=int, default=1024, metavar="TOKENS")
-    parser.add_argument("--max-steps", type=int, default=None, metavar="N")
-    parser.add_argument("--save-every", type=int, default=50, metavar="STEPS")
-    parser.add_argument("--seed", type=int, default=0, help="data, split and order seed")
+    _add_training_arguments(parser, out=DEFAULT_OUT, n_train=3000)
     parser.add_argument("--data", metavar="JSONL", help="train on these pairs instead")
-    parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
-    parser.add_argument("--device", help="cpu, cuda:0, ... (default: CUDA when available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from <out>/checkpoint if present"
-    )
     parser.add_argument(
         "--dump-data",
         metavar="JSONL",
@@ -61,8 +39,7 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace, console: Console) -> int:
     """``complm train-generator``: build the pairs and fine-tune the base model."""
-    if args.n_train < 1 or args.epochs <= 0 or args.lora_r < 0:
-        raise UsageError("--n-train and --epochs must be positive and --lora-r at least 0")
+    config = _train_config(args, args.out, data_path=args.data)
     if args.dump_data:
         pairs = build_training_pairs(args.n_train, args.seed, data_dir=args.data_dir)
         save_pairs(pairs, args.dump_data)
@@ -70,28 +47,8 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
         console.print(json.dumps(pair_statistics(pairs), indent=2))
         return EXIT_OK
 
-    from langchain_complm.training.train import TrainConfig, train_generator
+    from langchain_complm.training.train import train_generator
 
-    config = TrainConfig(
-        base=args.base,
-        out=args.out,
-        n_train=args.n_train,
-        data_path=args.data,
-        data_dir=args.data_dir,
-        seed=args.seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        micro_batch_size=args.micro_batch_size,
-        lr=args.lr,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        max_seq_len=args.max_seq_len,
-        max_steps=args.max_steps,
-        save_every=args.save_every,
-        device=args.device,
-        threads=args.threads,
-        progress=not args.quiet,
-    )
     console.progress(f"Training a Sub-query Generator on {config.base} -> {config.out}")
     result = train_generator(config, resume=args.resume)
     summary = {k: result.metadata[k] for k in ("steps", "final_loss", "train_seconds")}
@@ -262,6 +219,174 @@ def _rescore(args: argparse.Namespace) -> tuple[Any, str]:
         raise UsageError(f"--replies {args.replies}: {exc}") from None
 
 
+def _add_training_arguments(parser: argparse.ArgumentParser, out: str | None, n_train: int) -> None:
+    """The fine-tuning arguments shared by train-generator and train-expert."""
+    parser.add_argument(
+        "--base",
+        metavar="PATH_OR_ID",
+        default=EMBEDDED_CHAT_MODEL,
+        help=f"base causal LM: hub id, local folder, or {EMBEDDED_CHAT_MODEL} (default)",
+    )
+    parser.add_argument(
+        "--n-train", type=int, default=n_train, metavar="N", help="training examples"
+    )
+    parser.add_argument("--epochs", type=float, default=1.0, metavar="E")
+    parser.add_argument(
+        "--lora-r", type=int, default=16, metavar="R", help="LoRA rank; 0: full fine-tune"
+    )
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    parser.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward")
+    parser.add_argument("--max-seq-len", type=int, default=1024, metavar="TOKENS")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N")
+    parser.add_argument("--save-every", type=int, default=50, metavar="STEPS")
+    parser.add_argument("--seed", type=int, default=0, help="data, split and order seed")
+    parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
+    parser.add_argument("--device", help="cpu, cuda:0, ... (default: CUDA when available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--out", default=out, metavar="DIR", help=f"output folder (default {out or 'per run'})"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from <out>/checkpoint if present"
+    )
+
+
+def _train_config(args: argparse.Namespace, out: str, **extra: Any) -> Any:
+    """The :class:`~langchain_complm.training.train.TrainConfig` of the training arguments."""
+    if args.n_train < 1 or args.epochs <= 0 or args.lora_r < 0:
+        raise UsageError("--n-train and --epochs must be positive and --lora-r at least 0")
+    from langchain_complm.training.train import TrainConfig
+
+    return TrainConfig(
+        base=args.base,
+        out=out,
+        n_train=args.n_train,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
+        lr=args.lr,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        max_seq_len=args.max_seq_len,
+        max_steps=args.max_steps,
+        save_every=args.save_every,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
+        **extra,
+    )
+
+
+def _expert_name(name: str) -> str:
+    from langchain_complm.training.experts import EXPERT_DOMAINS
+
+    if name not in EXPERT_DOMAINS:
+        raise UsageError(f"unknown expert {name!r}: choose from {', '.join(EXPERT_DOMAINS)}")
+    return name
+
+
+def _configure_train_expert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "expert",
+        metavar="EXPERT",
+        help="math, medicine, science, law, computer_science or history",
+    )
+    _add_training_arguments(parser, out=None, n_train=800)
+    parser.add_argument(
+        "--eval-n",
+        type=int,
+        default=100,
+        metavar="N",
+        help="then evaluate expert and base on N held-out (dev) questions; 0: skip",
+    )
+
+
+def run_train_expert(args: argparse.Namespace, console: Console) -> int:
+    """``complm train-expert``: fine-tune a LoRA domain expert, then compare it with the
+    base on held-out questions (``<out>/expert_eval.json``)."""
+    from langchain_complm.training.experts import train_expert
+    from langchain_complm.training.train import finished_run
+
+    expert = _expert_name(args.expert)
+    config = _train_config(args, args.out or f"runs/expert-{expert}")
+    metadata = finished_run(config)
+    if metadata is None:
+        console.progress(f"Training the {expert} expert on {config.base} -> {config.out}")
+        metadata = train_expert(expert, config, resume=args.resume).metadata
+    else:
+        console.progress(f"{config.out} is already trained with these settings")
+    summary = {k: metadata[k] for k in ("steps", "final_loss", "train_seconds")}
+    console.progress(f"saved {config.out} ({json.dumps(summary)})")
+    if args.eval_n > 0:
+        # Seed and base: the run's own, from its metadata.
+        _evaluate_expert(args, console, config.out, args.eval_n, seed=None, base=None, report=None)
+    else:
+        console.print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _configure_eval_expert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="DIR", help="a train-expert output folder")
+    parser.add_argument("--n", type=int, default=100, help="held-out (dev) questions")
+    parser.add_argument("--seed", type=int, default=None, help="default: the training seed")
+    parser.add_argument("--base", default=None, help="default: the base it was trained on")
+    parser.add_argument("--device", help="cpu, cuda:0, ...")
+    parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
+    parser.add_argument(
+        "--report", metavar="JSON", help="default: <model>/expert_eval.json, with the replies"
+    )
+
+
+def run_eval_expert(args: argparse.Namespace, console: Console) -> int:
+    """``complm eval-expert``: accuracy of a trained expert and of its base on the same
+    held-out questions of its domain."""
+    _evaluate_expert(
+        args, console, args.model, args.n, seed=args.seed, base=args.base, report=args.report
+    )
+    return EXIT_OK
+
+
+def _evaluate_expert(
+    args: argparse.Namespace,
+    console: Console,
+    model: str,
+    n: int,
+    *,
+    seed: int | None,
+    base: str | None,
+    report: str | None,
+) -> None:
+    """Evaluate expert ``model`` and its base on ``n`` held-out questions; print the
+    accuracies and write the report (default ``<model>/expert_eval.json``, with the replies).
+    ``args`` gives the device, the data folder and the token cap."""
+    from pathlib import Path
+
+    from langchain_complm.models.trained import read_metadata
+    from langchain_complm.training.experts import (
+        evaluate_expert,
+        heldout_records,
+        load_expert_and_base,
+    )
+
+    metadata = read_metadata(model)
+    expert = _expert_name(str(metadata.get("expert")))
+    seed = seed if seed is not None else metadata.get("seed", 0)
+    records = heldout_records(expert, n, seed, args.data_dir)
+    console.progress(f"Evaluating {model} and its base on {len(records)} {expert} questions")
+    models = load_expert_and_base(
+        model, base=base, device=args.device, max_new_tokens=args.max_new_tokens
+    )
+    evaluation = evaluate_expert(models, expert, records)
+    path = Path(report or Path(model) / "expert_eval.json")
+    data = evaluation.to_dict() | {"model": str(model), "split": "dev", "seed": seed}
+    path.write_text(json.dumps(data | {"rows": evaluation.rows}, indent=2) + "\n", "utf-8")
+    console.print(json.dumps(data, indent=2) if args.json else json.dumps(data))
+
+
 COMMANDS = (
     Command(
         name="train-generator",
@@ -275,7 +400,20 @@ COMMANDS = (
         configure=_configure_eval,
         run=run_eval,
     ),
+    Command(
+        name="train-expert",
+        help="fine-tune a LoRA domain expert (math, medicine, science, ...) and compare it "
+        "with its base on held-out questions",
+        configure=_configure_train_expert,
+        run=run_train_expert,
+    ),
+    Command(
+        name="eval-expert",
+        help="accuracy of a trained LoRA expert and of its base on held-out domain questions",
+        configure=_configure_eval_expert,
+        run=run_eval_expert,
+    ),
 )
 
 
-__all__ = ["COMMANDS", "run_eval", "run_train"]
+__all__ = ["COMMANDS", "run_eval", "run_eval_expert", "run_train", "run_train_expert"]

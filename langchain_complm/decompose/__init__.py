@@ -5,7 +5,9 @@
   :class:`DecompositionInput` it also sees the conversation (bounded by a
   :class:`ConversationPolicy`);
 - :class:`StructuralSubQueryGenerator`: model-free decomposition at explicit structure;
-- :func:`parse_plan`: the tolerant parser of a model's plan reply;
+- :func:`parse_plan`: the tolerant parser of a model's plan reply, and
+  :class:`PlanStreamParser`, which reads the reply while it is written and hands out each
+  sub-query once it and its parents are complete (``SubQueryGenerator.stream_plan``);
 - :func:`repair_plan`: plan repair, which both decomposers apply (a custom decomposer can
   too: ``my_decomposer | RunnableLambda(repair_plan)``);
 - :func:`plan_json_schema`: the plan's grammar, for a local model's constrained decoding.
@@ -14,6 +16,7 @@
 from langchain_complm.decompose.generator import (
     ConversationPolicy,
     DecompositionInput,
+    PlanStreamParser,
     SubQueryGenerator,
     parse_plan,
     plan_json_schema,
@@ -24,6 +27,7 @@ from langchain_complm.decompose.structural import StructuralSubQueryGenerator
 __all__ = [
     "ConversationPolicy",
     "DecompositionInput",
+    "PlanStreamParser",
     "StructuralSubQueryGenerator",
     "SubQueryGenerator",
     "parse_plan",

@@ -7,14 +7,20 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    BaseMessageChunk,
+    HumanMessage,
+    SystemMessage,
+)
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
@@ -23,9 +29,11 @@ from langchain_complm.concurrency import (
     DEFAULT_TIMEOUT,
     Steps,
     arun_steps,
+    astream_with_timeout,
     await_with_timeout,
     call_with_timeout,
     run_steps,
+    stream_with_timeout,
 )
 from langchain_complm.decompose.repair import repair_plan
 from langchain_complm.errors import PlanValidationError
@@ -302,11 +310,41 @@ def _plan_from(data: Any, query: str, *, cut_off: bool = False) -> Plan:
         items = next((data[k] for k in _LIST_KEYS if k in data), None)
     if not isinstance(items, list):
         raise ValueError('expected a JSON object with a "sub_queries" list')
+    reader = _ItemReader()
     sub_queries: list[SubQuery] = []
-    # (question, parents) -> id of its first occurrence; repeats map onto it.
-    first: dict[tuple[str, tuple[str, ...]], str] = {}
-    repeats: dict[str, str] = {}
-    for position, item in enumerate(items, start=1):
+    for item in items:
+        sq = reader.read(item)
+        if sq is None:
+            if cut_off:
+                # Small models that start repeating sub-queries loop until the token limit.
+                break
+            continue
+        sub_queries.append(sq)
+    else:
+        if cut_off:
+            raise ValueError("the reply ends before its JSON plan does (cut off?)")
+    return Plan(query=query, sub_queries=tuple(sub_queries))
+
+
+class _ItemReader:
+    """Reads a plan's list items one at a time into sub-queries: key aliases, numeric ids,
+    a sub-query among its own parents; a repeat of an earlier sub-query (same question, same
+    parents) is dropped and its dependents point to the earlier one."""
+
+    def __init__(self) -> None:
+        self._position = 0
+        # (question, parents) -> id of its first occurrence; repeats map onto it.
+        self._first: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._repeats: dict[str, str] = {}
+
+    def read(self, item: Any) -> SubQuery | None:
+        """The sub-query of the next ``item``, or ``None`` for a repeat.
+
+        Raises:
+            ValueError: the item is not a sub-query.
+        """
+        self._position += 1
+        position = self._position
         if isinstance(item, str):
             item = {"question": item}
         if not isinstance(item, dict):
@@ -319,23 +357,169 @@ def _plan_from(data: Any, query: str, *, cut_off: bool = False) -> Plan:
             deps = [deps]
         sq_id = _normalize_id(item.get("id", position))
         dep_ids = [_normalize_id(d) for d in deps]
-        parent_ids = (repeats.get(i, i) for i in dep_ids)
+        parent_ids = (self._repeats.get(i, i) for i in dep_ids)
         # A sub-query listed among its own parents is a slip, not a cycle to report.
         parents = tuple(dict.fromkeys(p for p in parent_ids if p != sq_id))
-        question = _normalize_placeholders(question, dep_ids, repeats)
+        question = _normalize_placeholders(question, dep_ids, self._repeats)
         key = (" ".join(question.split()), parents)
-        if key in first:
-            if cut_off:
-                # Small models that start repeating sub-queries loop until the token limit.
+        if key in self._first:
+            self._repeats[sq_id] = self._first[key]
+            return None
+        self._first[key] = sq_id
+        return SubQuery(id=sq_id, question=question, depends_on=parents)
+
+
+class PlanStreamParser:
+    """Reads a decomposition reply while the model writes it and hands out each sub-query as
+    soon as it, and every sub-query it depends on, is written in full (the streaming planner
+    of LLMCompiler, for this package's JSON plans).
+
+    Each item of the ``"sub_queries"`` list is read as :func:`parse_plan` reads it, and
+    comes out once its parents have: with the sub-queries out before it, it must form a
+    valid plan (ids, questions, placeholders, the cap on sub-queries). The first item that
+    is not a sub-query, or would make that plan invalid, stops the parser (:attr:`stopped`
+    says why): nothing more comes out, and the whole reply is judged when it ends, as
+    without streaming. A reply that does not hold a ``"sub_queries": [...]`` list gives
+    nothing early.
+
+    Linear in the reply's length: the text is scanned once, and only the first
+    :data:`MAX_REPLY_CHARS` characters are read.
+    """
+
+    def __init__(self, query: str, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIES):
+        self.query = query
+        self.max_sub_queries = max_sub_queries
+        self.stopped: str | None = None
+        """Why no more sub-queries come out (``None`` while they may)."""
+        self._read = 0  # characters fed so far
+        self._tail = ""  # the end of the text before the list, where its opening may be cut
+        self._in_list = False
+        self._ended = False  # the list closed
+        self._item: list[str] | None = None  # the text of the item being written
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False  # the previous piece ended with a backslash inside a string
+        self._reader = _ItemReader()
+        self._out: list[SubQuery] = []
+        self._held: list[SubQuery] = []  # waiting for a parent not written yet
+
+    @property
+    def sub_queries(self) -> tuple[SubQuery, ...]:
+        """Every sub-query handed out so far, in that order."""
+        return tuple(self._out)
+
+    def feed(self, text: str) -> list[SubQuery]:
+        """Read the next piece of the reply; the sub-queries that became complete with it."""
+        if self.stopped or self._ended or self._read >= MAX_REPLY_CHARS:
+            return []
+        text = text[: MAX_REPLY_CHARS - self._read]
+        self._read += len(text)
+        position = 0
+        if not self._in_list:
+            window = self._tail + text
+            opening = _LIST_OPEN.search(window)
+            if opening is None:
+                self._tail = window[-_LIST_OPEN_CHARS:]
+                return []
+            self._in_list = True
+            text, position = window, opening.end()
+        ready: list[SubQuery] = []
+        while position < len(text) and not (self.stopped or self._ended):
+            if self._item is None:
+                position = self._next_item(text, position)
+            else:
+                position = self._scan_item(text, position, ready)
+        return ready
+
+    def _next_item(self, text: str, position: int) -> int:
+        position = _skip(text, position, " \t\r\n,")
+        if position == len(text):
+            return position
+        char = text[position]
+        if char == "]":
+            self._ended = True
+        elif char in '{"':
+            self._item, self._depth, self._in_string = [], 0, False
+            return position  # scanned from its first character
+        else:
+            self.stopped = f"sub-query {len(self._out) + len(self._held) + 1} is not an object"
+        return position + 1
+
+    def _scan_item(self, text: str, position: int, ready: list[SubQuery]) -> int:
+        """Scan the item being written from ``position``; at its end, read it."""
+        assert self._item is not None
+        start = position
+        if self._escaped:
+            self._escaped, position = False, position + 1
+        while (match := _STRUCTURE.search(text, position)) is not None:
+            char, position = match.group(), match.end()
+            if self._in_string:
+                if char == "\\":
+                    if position == len(text):
+                        self._escaped = True
+                    position += 1
+                elif char == '"':
+                    self._in_string = False
+            elif char == '"':
+                self._in_string = True
+                continue
+            elif char in "{[":
+                self._depth += 1
+                continue
+            else:
+                self._depth -= 1
+            if self._depth <= 0 and not self._in_string:
+                self._item.append(text[start:position])
+                item, self._item = "".join(self._item), None
+                ready += self._take(item)
+                return position
+        self._item.append(text[start:])
+        return len(text)
+
+    def _take(self, item: str) -> list[SubQuery]:
+        """The sub-queries that come out once ``item`` (an item's text) is complete."""
+        try:
+            sq = self._reader.read(_decode_item(item))
+        except ValueError as error:
+            self.stopped = str(error)
+            return []
+        if sq is None:  # a repeat of an earlier sub-query, dropped as parse_plan drops it
+            return []
+        self._held.append(sq)
+        ready = []
+        known = {out.id for out in self._out}
+        while parent_known := [h for h in self._held if set(h.depends_on) <= known]:
+            candidate = parent_known[0]
+            try:
+                Plan(query=self.query, sub_queries=(*self._out, candidate)).validate_dag(
+                    self.max_sub_queries
+                )
+            except PlanValidationError as error:
+                self.stopped = str(error)
                 break
-            repeats[sq_id] = first[key]
+            self._held.remove(candidate)
+            self._out.append(candidate)
+            known.add(candidate.id)
+            ready.append(candidate)
+        return ready
+
+
+_LIST_OPEN_CHARS = 64
+"""Enough of the text before the list to find its opening cut between two pieces."""
+
+
+def _decode_item(text: str) -> Any:
+    """One list item, as written or after a repair."""
+    try:
+        return _decode(text)[0]
+    except ValueError as error:
+        json_error = error
+    for repaired in _repairs(text):
+        try:
+            return _decode(repaired)[0]
+        except ValueError:
             continue
-        first[key] = sq_id
-        sub_queries.append(SubQuery(id=sq_id, question=question, depends_on=parents))
-    else:
-        if cut_off:
-            raise ValueError("the reply ends before its JSON plan does (cut off?)")
-    return Plan(query=query, sub_queries=tuple(sub_queries))
+    raise json_error
 
 
 def _normalize_id(value: Any) -> str:
@@ -591,32 +775,81 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
             reply, query, max_sub_queries=self.max_sub_queries, repair=self.repair
         )
 
+    def stream_plan(
+        self,
+        input: str | DecompositionInput,
+        on_sub_query: Callable[[SubQuery], None],
+        config: RunnableConfig | None = None,
+        **kwargs: Any,
+    ) -> Plan:
+        """:meth:`invoke`, with the model's reply streamed: ``on_sub_query(sq)`` gets each
+        sub-query as soon as it and its parents are written in full (see
+        :class:`PlanStreamParser`), while the model writes the rest.
+
+        The plan returned is the one :meth:`invoke` makes of the whole reply (validated,
+        retried once, or the fallback), which may leave out or change sub-queries handed out
+        early. Only the first reply streams; with structured output nothing streams (the
+        sub-queries come with the plan). ``on_sub_query`` must not raise, and under a
+        ``timeout`` it may run in another thread (it is not called once the reply is given
+        up).
+        """
+        decompose = partial(self._decompose, on_sub_query=on_sub_query)
+        return self._call_with_config(decompose, input, config, run_type="chain", **kwargs)
+
+    async def astream_plan(
+        self,
+        input: str | DecompositionInput,
+        on_sub_query: Callable[[SubQuery], None],
+        config: RunnableConfig | None = None,
+        **kwargs: Any,
+    ) -> Plan:
+        """:meth:`stream_plan` with the model's async stream (``on_sub_query`` is called on
+        the event loop)."""
+        decompose = partial(self._adecompose, on_sub_query=on_sub_query)
+        return await self._acall_with_config(decompose, input, config, run_type="chain", **kwargs)
+
     def _decompose(
         self,
         input: str | DecompositionInput,
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
+        on_sub_query: Callable[[SubQuery], None] | None = None,
     ) -> Plan:
-        return run_steps(self._steps(input, run_manager, config), _reply)
+        return run_steps(self._steps(input, run_manager, config, on_sub_query), _reply)
 
     async def _adecompose(
-        self, input: str | DecompositionInput, run_manager: Any, config: RunnableConfig
+        self,
+        input: str | DecompositionInput,
+        run_manager: Any,
+        config: RunnableConfig,
+        on_sub_query: Callable[[SubQuery], None] | None = None,
     ) -> Plan:
-        return await arun_steps(self._steps(input, run_manager, config), _areply)
+        steps = self._steps(input, run_manager, config, on_sub_query)
+        return await arun_steps(steps, _areply)
 
     def _steps(
-        self, input: str | DecompositionInput, run_manager: Any, config: RunnableConfig
+        self,
+        input: str | DecompositionInput,
+        run_manager: Any,
+        config: RunnableConfig,
+        on_sub_query: Callable[[SubQuery], None] | None,
     ) -> Steps[_Reply, Plan]:
         query, history = _unpack(input)
         _check_query(query)
         model = self.reply_model()
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
         messages = self.messages(query, history)
+        streamed = None
+        # Structured output has nothing to stream: its sub-queries come with the plan.
+        if on_sub_query is not None and not self._use_structured():
+            streamed = _Streamed(PlanStreamParser(query, self.max_sub_queries), on_sub_query)
         error: Exception | None = None
         for attempt in range(2):
             reply = None
             try:
-                reply = yield _Reply(model, messages, child, self.timeout)
+                # Only the first reply streams: a retry's plan replaces it whole.
+                call = _Reply(model, messages, child, self.timeout, None if attempt else streamed)
+                reply = yield call
                 return self._to_plan(reply, query)
             except Exception as exc:
                 error = exc
@@ -646,25 +879,43 @@ _DECOMPOSER = "the decomposer model"
 
 
 @dataclass(frozen=True)
+class _Streamed:
+    """Where a streamed reply's sub-queries go as they come out."""
+
+    parser: PlanStreamParser
+    on_sub_query: Callable[[SubQuery], None]
+
+    def add(self, reply: BaseMessageChunk | None, chunk: BaseMessageChunk) -> BaseMessageChunk:
+        for sq in self.parser.feed(chunk.text):
+            self.on_sub_query(sq)
+        return chunk if reply is None else reply + chunk
+
+
+@dataclass(frozen=True)
 class _Reply:
-    """One call of the decomposer's model, given up after ``timeout`` seconds."""
+    """One reply of the decomposer's model, invoked or (with ``streamed``) streamed."""
 
     model: Runnable[list[BaseMessage], Any]
     messages: list[BaseMessage]
     config: RunnableConfig
     timeout: float | None
+    streamed: _Streamed | None
 
 
 def _reply(call: _Reply) -> Any:
-    return call_with_timeout(
-        partial(call.model.invoke, call.messages, call.config), call.timeout, _DECOMPOSER
-    )
+    if call.streamed is None:
+        invoke = partial(call.model.invoke, call.messages, call.config)
+        return call_with_timeout(invoke, call.timeout, _DECOMPOSER)
+    stream = partial(call.model.stream, call.messages, call.config)
+    return stream_with_timeout(stream, call.streamed.add, call.timeout, _DECOMPOSER)
 
 
 async def _areply(call: _Reply) -> Any:
-    return await await_with_timeout(
-        call.model.ainvoke(call.messages, call.config), call.timeout, _DECOMPOSER
-    )
+    if call.streamed is None:
+        invoke = call.model.ainvoke(call.messages, call.config)
+        return await await_with_timeout(invoke, call.timeout, _DECOMPOSER)
+    stream = partial(call.model.astream, call.messages, call.config)
+    return await astream_with_timeout(stream, call.streamed.add, call.timeout, _DECOMPOSER)
 
 
 def _unpack(input: str | DecompositionInput) -> tuple[str, Sequence[BaseMessage]]:
@@ -773,6 +1024,7 @@ __all__ = [
     "ConversationPolicy",
     "DecompositionInput",
     "PlanOutput",
+    "PlanStreamParser",
     "PlanValidationError",
     "SubQueryGenerator",
     "parse_plan",

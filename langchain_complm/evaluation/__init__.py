@@ -30,7 +30,9 @@ from langchain_complm.evaluation.multiexpertqa import (
     Split,
     build_dataset,
     load_items,
+    part_from_record,
     save_items,
+    split_sources,
 )
 from langchain_complm.evaluation.sources import (
     HUB,
@@ -73,6 +75,7 @@ __all__ = [
     "match_sub_queries",
     "mentioned_options",
     "normalize_answer",
+    "part_from_record",
     "resolve_data_dir",
     "routing_accuracy",
     "save_items",
@@ -80,5 +83,6 @@ __all__ = [
     "score_item_plan",
     "score_part",
     "score_plan",
+    "split_sources",
     "token_f1",
 ]

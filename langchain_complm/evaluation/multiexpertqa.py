@@ -239,8 +239,9 @@ def split_sources(
     max_part_chars: int | None = DEFAULT_MAX_PART_CHARS,
 ) -> tuple[SourceRecord, ...]:
     """The source questions of one domain in one split, as :func:`build_dataset` draws
-    them (``"general"``: the HotpotQA, MuSiQue and Bamboogle questions). Questions never
-    cross splits, so training on ``"train"`` and evaluating on ``"test"`` share none."""
+    them, in its order (``"general"``: the HotpotQA, MuSiQue and Bamboogle questions).
+    Questions never cross splits, so training on ``"train"`` (a domain expert, the
+    generator) and evaluating on ``"dev"`` or ``"test"`` share none."""
     location = data_dir if data_dir == HUB else str(resolve_data_dir(data_dir).resolve())
     return _split_pools(split, seed, location, max_part_chars)[domain]
 
@@ -293,7 +294,7 @@ def _dedup_key(record: SourceRecord) -> str:
 
 
 def _usable(record: SourceRecord, max_part_chars: int | None) -> bool:
-    prompt = _part("q1", record).prompt
+    prompt = part_from_record("q1", record).prompt
     if max_part_chars is not None and len(prompt) > max_part_chars:
         return False
     # Questions with braces such as "{PB}" stay out, as when braces read as placeholders:
@@ -353,7 +354,7 @@ _Composed = tuple[str, tuple[Part, ...], int | None]
 def _compose_parallel(rng: random.Random, draw: _Drawer) -> _Composed:
     k = rng.choice((2, 3))
     domains = rng.sample(EXPERT_DOMAINS, k)
-    parts = tuple(_part(f"q{i}", draw(domain)) for i, domain in enumerate(domains, 1))
+    parts = tuple(part_from_record(f"q{i}", draw(domain)) for i, domain in enumerate(domains, 1))
     return _join(rng, [p.prompt for p in parts]), parts, 1
 
 
@@ -362,7 +363,7 @@ def _compose_chain(rng: random.Random, draw: _Drawer) -> _Composed:
     other = rng.choice(EXPERT_DOMAINS[1:]) if rng.random() < 0.5 else None
     other_first = other is not None and rng.random() < 0.5
     first = 2 if other_first else 1
-    problem = _part(f"q{first}", draw("math"))
+    problem = part_from_record(f"q{first}", draw("math"))
     template, compute = rng.choice(_FOLLOW_UPS)
     a, b = rng.randint(2, 9), rng.randint(1, 20)
     instruction = template.format(a=a, b=b)
@@ -382,7 +383,7 @@ def _compose_chain(rng: random.Random, draw: _Drawer) -> _Composed:
     )
     if other is None:
         return chained, (problem, follow_up), 2
-    independent = _part("q1" if other_first else "q3", draw(other))
+    independent = part_from_record("q1" if other_first else "q3", draw(other))
     texts = [independent.prompt, chained] if other_first else [chained, independent.prompt]
     parts = (independent, problem, follow_up) if other_first else (problem, follow_up, independent)
     return _join(rng, texts), parts, 2
@@ -390,10 +391,12 @@ def _compose_chain(rng: random.Random, draw: _Drawer) -> _Composed:
 
 def _compose_multihop(draw: _Drawer) -> _Composed:
     record = draw("general")
-    return record.question, (_part("q1", record),), record.hops
+    return record.question, (part_from_record("q1", record),), record.hops
 
 
-def _part(part_id: str, record: SourceRecord) -> Part:
+def part_from_record(part_id: str, record: SourceRecord) -> Part:
+    """``record`` as the part ``part_id`` of an item: its answer type follows the source
+    (choice with options, number for GSM8K, else text)."""
     answer_type: AnswerType = (
         "choice" if record.options else "number" if record.source == "gsm8k" else "text"
     )

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from langchain_complm.evaluation.multiexpertqa import (
     DEFAULT_MAX_PART_CHARS,
     Split,
-    _part,
     _split_pools,
+    part_from_record,
 )
 from langchain_complm.evaluation.sources import HUB, DataLocation, resolve_data_dir
 from langchain_complm.route.calibration import LabelledQuery
@@ -88,7 +88,7 @@ def build_routing_data(
         for record in records[:per_domain]:
             items.append(
                 LabelledQuery(
-                    text=_part("q1", record).prompt,
+                    text=part_from_record("q1", record).prompt,
                     label=routes[domain],
                     source=record.source,
                     source_id=record.id,

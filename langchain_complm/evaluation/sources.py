@@ -106,6 +106,9 @@ class SourceRecord(BaseModel):
     hops: int | None = Field(
         default=None, description="Reasoning hops, for multi-hop sources that say so."
     )
+    solution: str | None = Field(
+        default=None, description="The worked solution, where the source gives one (GSM8K)."
+    )
 
     @model_validator(mode="after")
     def _check_choice(self) -> SourceRecord:
@@ -328,6 +331,7 @@ def _gsm8k(rows: Iterable[Mapping[str, Any]], split: str) -> Iterable[SourceReco
             question=row["question"],
             answer=number,
             domain="math",
+            solution=row["answer"],
         )
 
 

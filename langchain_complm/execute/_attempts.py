@@ -84,10 +84,7 @@ def attempts(run: PlanRun, sq: SubQuery, start: Start, config: RunnableConfig) -
             status="skipped",
             error=reason,
         )
-    prompt = question = sq.render({p.id: p.answer or "" for p in parents})
-    if parents:
-        context = "\n".join(f"- {p.question} -> {(p.answer or '').strip()}" for p in parents)
-        prompt = run.context_template.format(context=context, question=question)
+    prompt = prompt_of(run, sq, parents)
     assert sq.expert is not None  # the executor checks the plan is routed
     messages: list[BaseMessage] = [HumanMessage(content=prompt)]
     if system_prompt := run.experts[sq.expert].system_prompt:
@@ -151,6 +148,16 @@ def attempts(run: PlanRun, sq: SubQuery, start: Start, config: RunnableConfig) -
         event = {"type": "subquery_error", "sub_query_id": sq.id, "error": result.error or ""}
     emit(event, config, run.writer)  # type: ignore[arg-type]
     return result
+
+
+def prompt_of(run: PlanRun, sq: SubQuery, parents: list[SubQueryResult]) -> str:
+    """What ``sq``'s expert is asked: its question with the parents' answers filled in, and
+    the parents' questions and answers as context."""
+    prompt = question = sq.render({p.id: p.answer or "" for p in parents})
+    if parents:
+        context = "\n".join(f"- {p.question} -> {(p.answer or '').strip()}" for p in parents)
+        prompt = run.context_template.format(context=context, question=question)
+    return prompt
 
 
 def run_sync(loop: Attempts) -> SubQueryResult:

@@ -26,10 +26,24 @@ from langgraph.pregel import Pregel
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from typing_extensions import TypedDict
 
-from langchain_complm.concurrency import ExpertLoad, Steps, arun_steps, run_steps
+from langchain_complm.batching import batch_group
+from langchain_complm.concurrency import (
+    ExpertLoad,
+    Steps,
+    afirst_done,
+    arun_steps,
+    first_done,
+    run_steps,
+)
 from langchain_complm.errors import SubQueryExecutionError
 from langchain_complm.events import current_writer
-from langchain_complm.execute._attempts import PlanRun, attempts, run_async, run_sync
+from langchain_complm.execute._attempts import (
+    PlanRun,
+    attempts,
+    prompt_of,
+    run_async,
+    run_sync,
+)
 from langchain_complm.execute._schedule import Schedule, Start
 from langchain_complm.execute.results import (
     Attempt,
@@ -39,7 +53,7 @@ from langchain_complm.execute.results import (
     SubQueryResult,
 )
 from langchain_complm.experts import Expert, check_experts, check_known
-from langchain_complm.plan import Plan
+from langchain_complm.plan import Plan, SubQuery
 from langchain_complm.prompts import SUBQUERY_WITH_CONTEXT
 
 MAX_CONCURRENCY = "max_concurrency"
@@ -163,6 +177,16 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
         """:meth:`run` for async nodes: the sub-queries are asyncio tasks, no thread is held."""
         return await self._acall_with_config(self._arun, plan, config, run_type="chain")
 
+    def grow(self, config: RunnableConfig) -> GrowingPlanRun:
+        """A run of a plan that grows while it runs (plan streaming), inside the LangGraph
+        node that calls this (``config`` is the node's), for a sync node."""
+        return GrowingPlanRun(self, config, _sync_sub_query, concurrent.futures.Future)
+
+    async def agrow(self, config: RunnableConfig) -> GrowingPlanRun:
+        """:meth:`grow` for async nodes."""
+        new_future = asyncio.get_running_loop().create_future
+        return GrowingPlanRun(self, config, _async_sub_query, new_future)
+
     def _run(
         self, plan: Plan, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> ExecutionResult:
@@ -175,12 +199,12 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
 
     def _execute(self, plan: Plan, config: RunnableConfig) -> ExecutionResult:
         steps = self._plan_run(plan, config, _sync_sub_query, concurrent.futures.Future)
-        return run_steps(steps, _first_done)
+        return run_steps(steps, first_done)
 
     async def _aexecute(self, plan: Plan, config: RunnableConfig) -> ExecutionResult:
         new_gate = asyncio.get_running_loop().create_future
         return await arun_steps(
-            self._plan_run(plan, config, _async_sub_query, new_gate), _afirst_done
+            self._plan_run(plan, config, _async_sub_query, new_gate), afirst_done
         )
 
     def _plan_run(
@@ -203,19 +227,25 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
 
     def _prepare(self, plan: Plan, config: RunnableConfig) -> tuple[Schedule, PlanRun]:
         plan = self._check_plan(plan)
+        limit, run = self._settings(config)
+        keys = {sq.id: self._batch_key(sq) for sq in plan.sub_queries}
+        return Schedule(plan, self.mode, limit, keys), run
+
+    def _settings(self, config: RunnableConfig) -> tuple[int | None, PlanRun]:
+        """A run's limit on experts at once, and what its sub-queries share."""
         configurable = config.get("configurable") or {}
-        policy = self._policy(configurable)
         limits = [x for x in (self.max_concurrency, configurable.get(MAX_CONCURRENCY)) if x]
-        keys = {sq.id: id(self.experts[sq.expert].llm) for sq in plan.sub_queries}  # type: ignore[index]
-        schedule = Schedule(plan, self.mode, min(limits, default=None), keys)
         run = PlanRun(
             experts=self.experts,
-            policy=policy,
+            policy=self._policy(configurable),
             context_template=self.context_template,
             writer=current_writer(),
             load=self.load,
         )
-        return schedule, run
+        return min(limits, default=None), run
+
+    def _batch_key(self, sq: SubQuery) -> Any:
+        return batch_group(self.experts[sq.expert].llm)  # type: ignore[index]
 
     @staticmethod
     def _call_tasks(schedule: Schedule, body: Any, gates: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,6 +286,170 @@ class QueryExecutor(RunnableSerializable[Plan, ExecutionResult]):
             details = "; ".join(f"{k}: {result.results[k].error}" for k in failed)
             raise SubQueryExecutionError(f"sub-queries failed: {details}", result)
         return result
+
+
+DROPPED = "not run: the final plan does not have this sub-query as it was streamed"
+"""Why a sub-query that was added to a growing plan, and then left out or changed by its
+final plan, was skipped."""
+
+
+class GrowingPlanRun:
+    """A plan run whose routed sub-queries are given while it runs (plan streaming).
+
+    Made by :meth:`QueryExecutor.grow` (sync) or :meth:`QueryExecutor.agrow` (async) in the
+    LangGraph node that runs the plan: every sub-query is a task of that node, as under
+    :meth:`QueryExecutor.run`. :meth:`add` adds a routed sub-query whose parents are in the
+    plan, and calls its task at once: tasks are called in the order sub-queries are added,
+    so a resumed run that adds them in the same order finds the finished ones in its
+    checkpoint. :meth:`end` gives the final plan. The caller waits for any of the futures
+    :meth:`advance` returns (and its own) and reports those done to :meth:`advance`, until
+    :attr:`complete`; then :meth:`result`. ``eager`` and ``sequential`` mode only.
+
+    The final plan decides. A sub-query added before keeps its task and result only when the
+    final plan has it unchanged (question, dependencies, expert) with all its parents kept;
+    the others are dropped (a task not started is skipped with :data:`DROPPED`, a running one
+    finishes and its answer is not used) and the final plan's version runs. Every result is
+    checked against the prompt and expert its sub-query has in this run: a task whose result
+    comes from an earlier run's checkpoint, for a plan that asked something else there, runs
+    again as a new task.
+    """
+
+    def __init__(
+        self,
+        executor: QueryExecutor,
+        config: RunnableConfig,
+        body: Callable[..., Any],
+        new_future: Callable[[], Any],
+    ) -> None:
+        limit, self._run = executor._settings(config)
+        self.schedule = Schedule(None, executor.mode, limit)
+        self.new_future = new_future
+        """Makes a future of the kind the run waits on (asyncio's for an async node)."""
+        self.asynchronous = body is _async_sub_query
+        """Whether the run is in an async node (its tasks are coroutines)."""
+        self.started = time.time()
+        self._executor = executor
+        self._body = body
+        self._gates: dict[str, Any] = {}
+        self._futures: dict[str, Any] = {}
+        self._ids: dict[Any, str] = {}  # task future -> the sub-query it runs
+        self._starts: dict[str, Start] = {}  # the go-ahead each started sub-query got
+        self._stale: set[Any] = set()  # tasks of dropped sub-queries, still running
+        self._plan: Plan | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the final plan was given and every sub-query of it has a result."""
+        return self.schedule.complete and not self._stale
+
+    def add(self, sq: SubQuery) -> None:
+        """Add the routed sub-query ``sq`` (its parents were added) and call its task."""
+        check_known(f"sub-query {sq.id!r}", [sq.expert], self._executor.experts)
+        self.schedule.add(sq, self._executor._batch_key(sq))
+        self._call(sq)
+
+    def _call(self, sq: SubQuery) -> None:
+        gate = self.new_future()
+        future = task(name=sq.id)(partial(self._body, self._run, sq, gate))()  # type: ignore[call-overload]
+        self._ids.pop(self._futures.get(sq.id), None)
+        self._gates[sq.id], self._futures[sq.id], self._ids[future] = gate, future, sq.id
+
+    def keep_routes(self, plan: Plan) -> Plan:
+        """``plan`` (the final plan, not routed) with the routes of the sub-queries that
+        keep the version added before: only the others need routing."""
+        kept, added = self._kept(plan), self.schedule.by_id
+        return plan.model_copy(
+            update={
+                "sub_queries": tuple(
+                    added[sq.id] if sq.id in kept else sq for sq in plan.sub_queries
+                )
+            }
+        )
+
+    def end(self, plan: Plan) -> None:
+        """The final, routed plan: drop what it changed, add what is new, close the plan."""
+        plan = self._executor._check_plan(plan)
+        kept = self._kept(plan)
+        for sq_id in reversed(self.schedule.order):  # dependents before their parents
+            if sq_id not in kept:
+                self._drop(sq_id)
+        by_id = plan.by_id
+        for sq_id in (sq_id for level in plan.levels() for sq_id in level):
+            if sq_id not in kept:
+                self.add(by_id[sq_id])
+        self.schedule.close()
+        self._plan = plan
+
+    def _kept(self, plan: Plan) -> set[str]:
+        kept: set[str] = set()
+        final = plan.by_id
+        for sq_id in self.schedule.order:  # parents first
+            old, new = self.schedule.by_id[sq_id], final.get(sq_id)
+            if (
+                new is not None
+                and (new.question, new.depends_on) == (old.question, old.depends_on)
+                and (new.route is None or new.expert == old.expert)
+                and all(d in kept for d in old.depends_on)
+            ):
+                kept.add(sq_id)
+        return kept
+
+    def _drop(self, sq_id: str) -> None:
+        gate, future = self._gates.pop(sq_id), self._futures.pop(sq_id)
+        del self._ids[future]
+        self._starts.pop(sq_id, None)
+        if not gate.done():
+            gate.set_result(Start(skip_reason=DROPPED))
+        if not future.done():
+            self._stale.add(future)
+        self.schedule.drop(sq_id)
+
+    def advance(self, done: set[Any]) -> set[Any]:
+        """Record the tasks in ``done``, start what may start; the futures still running."""
+        for future in done:
+            self._stale.discard(future)
+            sq_id = self._ids.get(future)
+            if sq_id is None:
+                continue
+            result, start = _result_of(future), self._starts[sq_id]
+            if not self._answers(sq_id, start, result):
+                # A result the checkpoint held for this task, from a plan that asked
+                # something else: run the sub-query again, as a new task.
+                self._call(self.schedule.by_id[sq_id])
+                self._gates[sq_id].set_result(start)
+                continue
+            abort = result.status == "failed" and self._run.policy.on_failure == "raise"
+            self.schedule.finish(sq_id, result, abort=abort)
+        for sq_id, start in self.schedule.starts():
+            self._starts[sq_id] = start
+            self._gates[sq_id].set_result(start)
+        return {self._futures[sq_id] for sq_id in self.schedule.running} | self._stale
+
+    def _answers(self, sq_id: str, start: Start, result: SubQueryResult) -> bool:
+        """Whether ``result`` is what ``sq_id``'s attempts give for ``start``: always so for
+        a task that ran, not for one whose result is from an earlier run's checkpoint."""
+        sq = self.schedule.by_id[sq_id]
+        if (result.id, result.question, result.depends_on) != (sq.id, sq.question, sq.depends_on):
+            return False
+        parents = [] if start.skip_reason else [start.parents[d] for d in sq.depends_on]
+        if result.status == "skipped":
+            return bool(start.skip_reason) or any(p.status != "ok" for p in parents)
+        return (
+            bool(result.attempts)
+            and result.attempts[0].expert == sq.expert
+            and result.prompt == prompt_of(self._run, sq, parents)
+        )
+
+    def result(self) -> ExecutionResult:
+        """Every sub-query's result, in the final plan's order (raises as
+        :meth:`QueryExecutor.run` does under ``on_failure="raise"``)."""
+        assert self._plan is not None and self.complete
+        return self._executor._collect(self._plan, self.schedule, self.started, self._run.policy)
+
+    def close(self) -> None:
+        """No task may be left waiting for a go-ahead when the run stops, early or not."""
+        for gate in self._gates.values():
+            gate.cancel()
 
 
 class _NotDone(Exception):
@@ -307,14 +501,6 @@ def _drive(
         done = yield {futures[sq_id] for sq_id in schedule.running}
 
 
-def _first_done(running: set[Any]) -> set[Any]:
-    return concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)[0]
-
-
-async def _afirst_done(running: set[Any]) -> set[Any]:
-    return (await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED))[0]
-
-
 def _result_of(future: Any) -> SubQueryResult:
     try:
         return future.result()  # type: ignore[no-any-return]
@@ -323,11 +509,13 @@ def _result_of(future: Any) -> SubQueryResult:
 
 
 __all__ = [
+    "DROPPED",
     "FAILURE_POLICY",
     "MAX_CONCURRENCY",
     "Attempt",
     "ExecutionResult",
     "FailurePolicy",
+    "GrowingPlanRun",
     "QueryExecutor",
     "ScheduleMode",
     "SubQueryExecutionError",

@@ -19,7 +19,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
@@ -122,6 +122,8 @@ class GenerationOutput:
     generation_s: float
     device_wait_s: float = 0.0
     """Seconds the batch waited for its device (another model's ``generate`` on it)."""
+    batch_adapters: tuple[str | None, ...] = ()
+    """The LoRA adapter of each row of the batch (None: the model alone)."""
 
 
 @dataclass
@@ -148,6 +150,7 @@ class _Request:
     batch_window_s: float
     window_ratio: float = 0.0
     cohort: BatchCohort | None = None
+    adapter: str | None = None
     future: Future[GenerationOutput] = field(default_factory=Future)
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -255,6 +258,7 @@ class GenerationEngine:
         batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
         batch_window_ratio: float = 0.0,
         cohort: BatchCohort | None = None,
+        adapter: str | None = None,
     ) -> Future[GenerationOutput]:
         """Queue one chat ``conversation`` (role/content dicts); the future gets the answer.
 
@@ -265,11 +269,16 @@ class GenerationEngine:
         ``cohort`` (:mod:`~langchain_complm.batching`) that is first waits for the cohort's
         other members up to the engine's recent ``generate`` time (at most
         :data:`MAX_COHORT_WAIT_MS`): waiting longer would cost more than a second call.
-        Cancelling the future before its batch starts drops the request.
+        Cancelling the future before its batch starts drops the request. ``adapter`` names
+        the LoRA adapter to answer with, on an engine that serves adapters
+        (:class:`~langchain_complm.models.lora.LoraEngine`); requests for different adapters
+        share batches.
 
         Raises:
             RuntimeError: the engine is closed.
+            ValueError: the engine has no adapter ``adapter``.
         """
+        self._check_adapter(adapter)
         request = _Request(
             conversation=conversation,
             settings=settings,
@@ -277,6 +286,7 @@ class GenerationEngine:
             batch_window_s=max(0.0, batch_window_ms) / 1000,
             window_ratio=max(0.0, batch_window_ratio),
             cohort=cohort,
+            adapter=adapter,
         )
         with self._lock:
             if self._closed:
@@ -286,6 +296,14 @@ class GenerationEngine:
                 self._worker = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._worker.start()
         return request.future
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None:
+            raise ValueError(f"{self._name} serves no LoRA adapters (asked for {adapter!r})")
+
+    def _batch_generate_kwargs(self, batch: list[_Request]) -> dict[str, Any]:
+        """Extra ``generate`` arguments for a batch (an adapter engine routes rows)."""
+        return {}
 
     @property
     def closed(self) -> bool:
@@ -398,7 +416,11 @@ class GenerationEngine:
             # Engines of other models on this device take turns (resources.device_lock).
             with device_lock(self.device):
                 started = time.perf_counter()
-                answers = self._generate([r.conversation for r in live], live[0].settings)
+                answers = self._generate(
+                    [r.conversation for r in live],
+                    live[0].settings,
+                    **self._batch_generate_kwargs(live),
+                )
                 elapsed = time.perf_counter() - started
         except Exception as exc:  # every caller of the batch gets the error
             for request in live:
@@ -425,11 +447,15 @@ class GenerationEngine:
                     queue_wait_s=started - request.enqueued_at,
                     generation_s=elapsed,
                     device_wait_s=device_wait,
+                    batch_adapters=tuple(r.adapter for r in live),
                 )
             )
 
     def _generate(
-        self, conversations: list[list[dict[str, str]]], settings: GenerationSettings
+        self,
+        conversations: list[list[dict[str, str]]],
+        settings: GenerationSettings,
+        **model_kwargs: Any,
     ) -> list[tuple[str, int, int, str]]:
         import torch
 
@@ -456,7 +482,7 @@ class GenerationEngine:
         with torch.inference_mode():
             # transformers' stubs type ``generate`` loosely (as a Tensor attribute).
             output = self.model.generate(  # type: ignore[operator]
-                **inputs, pad_token_id=self.tokenizer.pad_token_id, **kwargs
+                **inputs, pad_token_id=self.tokenizer.pad_token_id, **kwargs, **model_kwargs
             )
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
@@ -549,6 +575,9 @@ class ChatLocalHuggingFace(BaseChatModel):
     call), ``queue_wait_s``, ``device_wait_s`` (part of the queue wait spent waiting for
     another model's ``generate`` on the same device), ``generation_s``, ``prompt_tokens``,
     ``completion_tokens`` and ``finish_reason``; ``usage_metadata`` holds the token counts.
+    A model over a LoRA adapter (``adapter``, see :mod:`~langchain_complm.models.lora`), or
+    one whose batch held adapter rows, also reports ``adapter`` (None: the base model) and
+    ``batch_adapters`` (the adapter of each row of its ``generate``).
 
     Example:
         .. code-block:: python
@@ -565,6 +594,9 @@ class ChatLocalHuggingFace(BaseChatModel):
     """The shared engine that owns the model and tokenizer."""
     model_id: str | None = None
     """Hub id or folder the model came from (for tracing and reports)."""
+    adapter: str | None = None
+    """LoRA adapter of the engine to answer with (a
+    :class:`~langchain_complm.models.lora.LoraEngine`); None: the model itself."""
     max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1)
     do_sample: bool = False
     """Sample instead of greedy decoding; greedy answers are reproducible."""
@@ -654,6 +686,12 @@ class ChatLocalHuggingFace(BaseChatModel):
         return self.engine.num_parameters
 
     @property
+    def batch_group(self) -> tuple[Hashable, ...]:
+        """Calls of chat models with the same group can share one ``generate``: same engine,
+        decoding settings and batch limit (see :func:`langchain_complm.batching.batch_group`)."""
+        return (self.engine, self._settings({}, None), self.max_batch_size)
+
+    @property
     def _llm_type(self) -> str:
         return "local-huggingface"
 
@@ -661,6 +699,7 @@ class ChatLocalHuggingFace(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id,
+            "adapter": self.adapter,
             **self._settings({}, None).generate_kwargs(),
             "stop": self.stop,
             "max_batch_size": self.max_batch_size,
@@ -755,6 +794,7 @@ class ChatLocalHuggingFace(BaseChatModel):
             batch_window_ms=self.batch_window_ms,
             batch_window_ratio=self.batch_window_ratio,
             cohort=current_cohort(),
+            adapter=self.adapter,
         )
 
     def _to_result(
@@ -769,6 +809,11 @@ class ChatLocalHuggingFace(BaseChatModel):
             "prompt_tokens": output.prompt_tokens,
             "completion_tokens": output.completion_tokens,
             "finish_reason": output.finish_reason,
+            **(
+                {"adapter": self.adapter, "batch_adapters": list(output.batch_adapters)}
+                if self.adapter is not None or any(output.batch_adapters)
+                else {}
+            ),
             **(extra or {}),
         }
         message = AIMessage(

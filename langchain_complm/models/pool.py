@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -604,6 +604,12 @@ class ChatPooledHuggingFace(ChatLocalHuggingFace):
     def num_parameters(self) -> int:
         """Number of parameters of the model (estimated, or loaded to count them)."""
         return self.pool.num_parameters(self.pool_key)
+
+    @property
+    def batch_group(self) -> tuple[Hashable, ...]:
+        # The engine changes as the model is unloaded and reloaded; its pooled name does not.
+        _, *settings = super().batch_group
+        return (self.pool, self.pool_key, *settings)
 
     @property
     def _llm_type(self) -> str:

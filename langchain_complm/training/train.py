@@ -1,4 +1,5 @@
-"""Fine-tune a small causal LM into a Sub-query Generator.
+"""Fine-tune a small causal LM into a Sub-query Generator (or, with :func:`fine_tune` on other
+chats, into anything else: :mod:`~langchain_complm.training.experts` trains domain experts).
 
 Each training pair becomes one chat: a short system prompt
 (:data:`~langchain_complm.prompts.TRAINED_DECOMPOSE_SYSTEM`), the query
@@ -123,17 +124,24 @@ class TrainResult:
 # --- base model and data ----------------------------------------------------------------------
 
 
+Chat = list[dict[str, str]]
+"""One training conversation (role/content dicts) ending with the assistant turn to learn."""
+
+
 def encode_pair(tokenizer: Any, pair: TrainingPair) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one pair: labels are -100 except on the assistant turn.
+    """(input ids, labels) of one generator pair; see :func:`encode_chat`."""
+    return encode_chat(tokenizer, chat_messages(pair.query, pair.target))
+
+
+def encode_chat(tokenizer: Any, chat: Chat) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one chat: labels are -100 except on the last (assistant) turn.
 
     The prompt is tokenized exactly as at inference (the chat template with the generation
     prompt); the completion is what the template adds after it, ending with the end-of-turn
     token (the EOS token is appended when the template writes none).
     """
-    prompt = tokenizer.apply_chat_template(
-        chat_messages(pair.query), tokenize=False, add_generation_prompt=True
-    )
-    full = tokenizer.apply_chat_template(chat_messages(pair.query, pair.target), tokenize=False)
+    prompt = tokenizer.apply_chat_template(chat[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(chat, tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("the chat template does not extend the prompt with the answer")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -168,6 +176,46 @@ def train_generator(
         resume: continue from ``<out>/checkpoint`` when it exists (same config and data).
         on_step: called with (step, loss) after every optimizer step.
     """
+    pairs = list(pairs) if pairs is not None else _load_pairs(config)
+    if not pairs:
+        raise ValueError("no training pairs")
+    metadata = {
+        "format": "complm-subquery-generator",
+        "version": 1,
+        "system_prompt": TRAINED_DECOMPOSE_SYSTEM,
+        "data": {
+            "pairs": len(pairs),
+            "seed": config.seed,
+            "source": config.data_path
+            or "build_training_pairs (multiexpertqa-all train + templates)",
+            "statistics": pair_statistics(pairs),
+        },
+    }
+    chats = [chat_messages(p.query, p.target) for p in pairs]
+    return fine_tune(
+        config, chats, metadata=metadata, resume=resume, on_step=on_step, label="train-generator"
+    )
+
+
+def fine_tune(
+    config: TrainConfig,
+    chats: Sequence[Chat],
+    *,
+    metadata: dict[str, Any],
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    label: str = "fine-tune",
+) -> TrainResult:
+    """Fine-tune ``config.base`` on ``chats`` (the loss on each chat's last, assistant, turn)
+    and save the model or adapter, the tokenizer and the metadata in ``config.out``.
+
+    ``metadata`` is written with the run's own record (config, steps, losses, time) added; its
+    ``data`` mapping gets the counts of used and too long chats. ``label`` names the progress
+    bar. ``resume`` and ``on_step`` are as for :func:`train_generator`.
+
+    Raises:
+        ValueError: no chats, or every one longer than ``config.max_seq_len``.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -180,13 +228,12 @@ def train_generator(
     out.mkdir(parents=True, exist_ok=True)
     device = config.device or default_device()
     base_source = resolve_base(config.base)
-    pairs = list(pairs) if pairs is not None else _load_pairs(config)
-    if not pairs:
-        raise ValueError("no training pairs")
+    if not chats:
+        raise ValueError("no training examples")
 
     tokenizer = AutoTokenizer.from_pretrained(base_source)
     ensure_chat_template(tokenizer)
-    encoded = [encode_pair(tokenizer, p) for p in pairs]
+    encoded = [encode_chat(tokenizer, chat) for chat in chats]
     examples = [e for e in encoded if len(e[0]) <= config.max_seq_len]
     skipped = len(encoded) - len(examples)
     if not examples:
@@ -227,7 +274,7 @@ def train_generator(
 
     use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     pad_id = tokenizer.pad_token_id
-    bar = _progress_bar(total_steps, step, config.progress)
+    bar = _progress_bar(total_steps, step, config.progress, label)
     while step < total_steps:
         batch = [
             examples[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -264,22 +311,13 @@ def train_generator(
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    data = {**metadata.get("data", {}), "used": len(examples), "skipped_too_long": skipped}
     metadata = {
-        "format": "complm-subquery-generator",
-        "version": 1,
+        **metadata,
         "base_model": config.base,
         "adapter": config.lora_r > 0,
-        "system_prompt": TRAINED_DECOMPOSE_SYSTEM,
         "config": {k: v for k, v in asdict(config).items() if k not in {"progress"}},
-        "data": {
-            "pairs": len(pairs),
-            "used": len(examples),
-            "skipped_too_long": skipped,
-            "seed": config.seed,
-            "source": config.data_path
-            or "build_training_pairs (multiexpertqa-all train + templates)",
-            "statistics": pair_statistics(pairs),
-        },
+        "data": data,
         "steps": step,
         "epochs_run": round(step * config.batch_size / len(examples), 3),
         "seed": config.seed,
@@ -359,12 +397,12 @@ def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int, device: 
     return input_ids.to(device), attention.to(device), labels.to(device)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+def _progress_bar(total: int, initial: int, enabled: bool, label: str) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train-generator", unit="step")
+    return tqdm(total=total, initial=initial, desc=label, unit="step")
 
 
 def _run_key(config: TrainConfig, n_examples: int, total_steps: int) -> dict[str, Any]:
@@ -529,10 +567,13 @@ def export_generator(
 
 
 __all__ = [
+    "Chat",
     "TrainConfig",
     "TrainResult",
+    "encode_chat",
     "encode_pair",
     "export_generator",
+    "fine_tune",
     "finished_run",
     "train_generator",
 ]
