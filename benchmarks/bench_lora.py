@@ -359,6 +359,7 @@ def streaming_runs(
 
     from langchain_complm import create_comp_llm
     from langchain_complm.aggregate import ResponseAggregator
+    from langchain_complm.decompose import SubQueryGenerator
     from langchain_complm.models import LoraEngine
 
     engine = LoraEngine(model, tokenizer)
@@ -387,7 +388,8 @@ def streaming_runs(
         comps = {
             stream: create_comp_llm(
                 experts,
-                generator=planner,
+                # The plan is the workload (tagged look-alike parts): repair would rewrite it.
+                generator=SubQueryGenerator(llm=planner, repair=False),
                 router=ExpertTagEmbeddings(n),
                 aggregator=aggregator,
                 mode="eager",

@@ -26,6 +26,7 @@ from pydantic import ConfigDict, Field
 from langchain_complm.events import ProgressEvent
 from langchain_complm.execute.executor import FAILURE_POLICY, MAX_CONCURRENCY
 from langchain_complm.pipeline import CompLLMGraph, CompLLMOutput
+from langchain_complm.text import StopCutter, truncate_at_stop
 
 _CALLER = "complm_caller_config"
 """Keyword through which ``invoke``/``stream`` hand the caller's config down to ``_generate``
@@ -277,7 +278,7 @@ class ChatCompLLM(BaseChatModel):
         return self._result(output, usage, stop)
 
     def _result(self, output: CompLLMOutput, usage: _Usage, stop: list[str] | None) -> ChatResult:
-        fields = self._reply(output, usage, _cut(output.answer, stop or self.stop))
+        fields = self._reply(output, usage, truncate_at_stop(output.answer, stop or self.stop)[0])
         return ChatResult(generations=[ChatGeneration(message=AIMessage(**fields))])
 
     def _stream(
@@ -289,7 +290,7 @@ class ChatCompLLM(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         usage = _Usage()
         config = self._config(run_manager, usage, kwargs.get(_CALLER))
-        cutter = _StopCutter(stop or self.stop)
+        cutter = StopCutter(stop or self.stop)
         for event in self.comp_llm.stream(messages, config, stream_mode="custom"):
             if chunk := self._chunk(event, cutter, usage):
                 if run_manager and chunk.text:
@@ -305,7 +306,7 @@ class ChatCompLLM(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         usage = _Usage()
         config = self._config(run_manager, usage, kwargs.get(_CALLER))
-        cutter = _StopCutter(stop or self.stop)
+        cutter = StopCutter(stop or self.stop)
         async for event in self.comp_llm.astream(messages, config, stream_mode="custom"):
             if chunk := self._chunk(event, cutter, usage):
                 if run_manager and chunk.text:
@@ -313,7 +314,7 @@ class ChatCompLLM(BaseChatModel):
                 yield chunk
 
     def _chunk(
-        self, event: ProgressEvent, cutter: _StopCutter, usage: _Usage
+        self, event: ProgressEvent, cutter: StopCutter, usage: _Usage
     ) -> ChatGenerationChunk | None:
         if event["type"] == "token":
             text = cutter.feed(event.get("content", ""))
@@ -388,39 +389,3 @@ def _summary(output: CompLLMOutput) -> dict[str, Any]:
         "errors": output.errors,
         "fallbacks": output.fallbacks,
     }
-
-
-def _cut(text: str, stop: list[str] | None) -> str:
-    positions = [i for s in stop or () if s and (i := text.find(s)) >= 0]
-    return text[: min(positions)] if positions else text
-
-
-class _StopCutter:
-    """Applies stop sequences to a token stream, holding back text that may begin one."""
-
-    def __init__(self, stop: list[str] | None) -> None:
-        self.stop = [s for s in stop or () if s]
-        self.pending = ""
-        self.done = False
-
-    def feed(self, text: str) -> str:
-        if self.done:
-            return ""
-        if not self.stop:
-            return text
-        self.pending += text
-        cut = _cut(self.pending, self.stop)
-        if len(cut) < len(self.pending):
-            self.done = True
-            return cut
-        hold = max(len(s) - 1 for s in self.stop)
-        safe = len(self.pending) - hold
-        if safe <= 0:
-            return ""
-        out, self.pending = self.pending[:safe], self.pending[safe:]
-        return out
-
-    def flush(self) -> str:
-        """Whatever was held back, at the end of the stream."""
-        out, self.pending = ("" if self.done else self.pending), ""
-        return out

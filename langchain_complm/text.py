@@ -1,13 +1,16 @@
-"""Word-level reading of questions and answers: function words, crude stems, numbers.
+"""Text rules every layer shares: content words, crude stems, numbers, stop strings.
 
 Plan repair asks whether a plan's sub-queries ask what the question asks, and the
 aggregator whether its answer holds each part's answer; both compare content words, and
-this module is the one place that says what a content word is.
+this module is the one place that says what a content word is. It is also the one place
+that says where a reply ends at a stop string, for a whole text (a local model's reply,
+a Comp-LLM answer) and for a stream of tokens (:class:`StopCutter`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _FUNCTION_WORDS_TEXT = """
     a an the and or but nor of to in on at by for with from into onto upon over under about as
@@ -121,3 +124,44 @@ __all__ = [
     "word_spans",
     "words",
 ]
+
+
+# --- stop strings ----------------------------------------------------------------------------
+
+
+def truncate_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
+    """Cut ``text`` before the earliest stop string; also say whether one was found
+    (empty stop strings are ignored)."""
+    cut = min((i for s in stop or () if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class StopCutter:
+    """:func:`truncate_at_stop` over a token stream: holds back text that may begin a stop
+    string, and gives nothing once one was found."""
+
+    def __init__(self, stop: Sequence[str] | None) -> None:
+        self.stop = [s for s in stop or () if s]
+        self.pending = ""
+        self.done = False
+
+    def feed(self, text: str) -> str:
+        """The part of ``text`` (after what was held back) that is surely before a stop."""
+        if self.done:
+            return ""
+        if not self.stop:
+            return text
+        self.pending += text
+        cut, self.done = truncate_at_stop(self.pending, self.stop)
+        if self.done:
+            return cut
+        safe = len(self.pending) - max(len(s) - 1 for s in self.stop)
+        if safe <= 0:
+            return ""
+        out, self.pending = self.pending[:safe], self.pending[safe:]
+        return out
+
+    def flush(self) -> str:
+        """Whatever was held back, at the end of the stream."""
+        out, self.pending = ("" if self.done else self.pending), ""
+        return out

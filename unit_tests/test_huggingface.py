@@ -28,7 +28,6 @@ from langchain_complm.batching import BatchCohort, batch_cohort
 from langchain_complm.models.huggingface import (
     PLAIN_CHAT_TEMPLATE,
     ChatLocalHuggingFace,
-    truncate_at_stop,
 )
 from langchain_complm.models.testing import tiny_llama
 
@@ -122,11 +121,6 @@ def test_stop_strings_cut_the_answer(llm: ChatLocalHuggingFace) -> None:
     # The row stops early: fewer tokens generated than the full answer.
     assert per_call.response_metadata["completion_tokens"] < 12
     assert per_instance.content == expected
-
-
-def test_truncate_at_stop_uses_earliest_match() -> None:
-    assert truncate_at_stop("a b c d", ["c", "b"]) == ("a ", True)
-    assert truncate_at_stop("a b", ["x", ""]) == ("a b", False)
 
 
 def test_batch_equals_sequential_greedy(llm: ChatLocalHuggingFace) -> None:

@@ -36,6 +36,7 @@ from pydantic import ConfigDict, Field
 from langchain_complm.batching import BatchCohort, current_cohort
 from langchain_complm.concurrency import device_lock, result_unless_cancelled
 from langchain_complm.models._grammar import schema_text
+from langchain_complm.text import truncate_at_stop
 
 if TYPE_CHECKING:
     import torch
@@ -544,12 +545,6 @@ def _end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return frozenset(ids)
 
 
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` before the earliest stop string; also say whether one was found."""
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 def _to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     conversation = []
     for message in messages:
@@ -946,5 +941,4 @@ __all__ = [
     "default_device",
     "load_causal_lm",
     "resolve_source",
-    "truncate_at_stop",
 ]
