@@ -21,13 +21,9 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import Field, ValidationError
 
 from langchain_complm import Plan, PlanValidationError, SubQuery
-from langchain_complm.decompose import SubQueryGenerator, parse_plan
-from langchain_complm.decompose.generator import (
-    MAX_REPLY_CHARS,
-    PlanOutput,
-    PlanStreamParser,
-    supports_structured_output,
-)
+from langchain_complm.decompose import PlanStreamParser, SubQueryGenerator, parse_plan
+from langchain_complm.decompose._parser import MAX_REPLY_CHARS
+from langchain_complm.decompose.generator import PlanOutput, supports_structured_output
 from langchain_complm.evaluation.adversarial import adversarial_replies
 
 QUERY = "Who directed Jaws, and in which year was that director born?"

@@ -13,12 +13,11 @@
 - :func:`plan_json_schema`: the plan's grammar, for a local model's constrained decoding.
 """
 
+from langchain_complm.decompose._parser import PlanStreamParser, parse_plan
 from langchain_complm.decompose.generator import (
     ConversationPolicy,
     DecompositionInput,
-    PlanStreamParser,
     SubQueryGenerator,
-    parse_plan,
     plan_json_schema,
 )
 from langchain_complm.decompose.repair import repair_plan

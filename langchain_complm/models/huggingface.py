@@ -885,6 +885,14 @@ def resolve_source(model_id: str, gguf_file: str | None) -> tuple[str, str | Non
     return model_id, gguf_file
 
 
+_loads_lock = threading.Lock()
+_loads: dict[Hashable, threading.Lock] = {}
+"""A lock per load key: two threads loading the same weights load them once."""
+_loaded: dict[Hashable, tuple[weakref.ref[Any], PreTrainedTokenizerBase]] = {}
+"""The process's one model cache: (model, tokenizer) per :func:`load_causal_lm` key, while
+something still holds the model (an entry goes when its model is garbage-collected)."""
+
+
 def load_causal_lm(
     model_id: str,
     *,
@@ -894,7 +902,13 @@ def load_causal_lm(
     model_kwargs: Mapping[str, Any] | None = None,
     tokenizer_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer, in eval mode, on ``device``.
+    """Load a causal LM and its tokenizer, in eval mode, on ``device``, once per process.
+
+    The same weights asked for again (same source, GGUF file, device, dtype and extra
+    arguments) while the first load is still in use are the same objects: every chat model,
+    pool entry and LoRA engine over them shares one copy and, through
+    :meth:`GenerationEngine.for_model`, one engine. Loaded models are for inference only:
+    fine-tuning loads its own copy.
 
     Args:
         model_id: Hugging Face hub id (downloaded and cached by transformers) or local folder;
@@ -909,8 +923,6 @@ def load_causal_lm(
     Raises:
         FileNotFoundError: a local-looking ``model_id`` or its ``gguf_file`` is missing.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source, gguf_file = resolve_source(model_id, gguf_file)
     model_args = dict(model_kwargs or {})
     if gguf_file is not None:
@@ -920,11 +932,44 @@ def load_causal_lm(
     tokenizer_args = dict(tokenizer_kwargs or {})
     if gguf_file is not None:
         tokenizer_args.setdefault("gguf_file", gguf_file)
+    if "device_map" not in model_args:
+        device = device or default_device()
+    local = Path(source)
+    key = (
+        str(local.resolve()) if local.is_dir() else source,
+        None if "device_map" in model_args else device,
+        repr(sorted(model_args.items(), key=itemgetter(0))),
+        repr(sorted(tokenizer_args.items(), key=itemgetter(0))),
+    )
+    with _loads_lock:
+        lock = _loads.setdefault(key, threading.Lock())
+    with lock:
+        cached = _loaded.get(key)
+        if cached is not None and (model := cached[0]()) is not None:
+            return model, cached[1]
+        model, tokenizer = _load(source, device, model_args, tokenizer_args)
+        _loaded[key] = (weakref.ref(model), tokenizer)
+        weakref.finalize(model, _forget, key, _loaded[key][0])
+        return model, tokenizer
+
+
+def _forget(key: Hashable, ref: weakref.ref[Any]) -> None:
+    # Only the entry of the model that died: the key may already hold a newer load.
+    if (entry := _loaded.get(key)) is not None and entry[0] is ref:
+        del _loaded[key]
+
+
+def _load(
+    source: str, device: str | None, model_args: dict[str, Any], tokenizer_args: dict[str, Any]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = model_args.get("gguf_file")
     logger.info("loading %s%s", source, f" ({gguf_file})" if gguf_file else "")
     tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_args)
     model = AutoModelForCausalLM.from_pretrained(source, **model_args)
-    if "device_map" not in model_args:
-        model = model.to(device or default_device())  # type: ignore[arg-type]
+    if device is not None:
+        model = model.to(device)  # type: ignore[arg-type]
     return model.eval(), tokenizer
 
 
