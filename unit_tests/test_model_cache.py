@@ -59,3 +59,17 @@ def test_concurrent_loads_of_the_same_weights_load_once(tiny_base: Path) -> None
     for t in threads:
         t.join()
     assert len(models) == 4 and all(m is models[0] for m in models)
+
+
+def test_an_owner_that_frees_its_model_gets_its_own_copy(tiny_base: Path) -> None:
+    from langchain_complm.models.pool import ModelPool
+
+    shared, _ = load_causal_lm(str(tiny_base), device="cpu")
+    own, _ = load_causal_lm(str(tiny_base), device="cpu", shared=False)
+    assert own is not shared
+    pool = ModelPool(10**9)
+    pool.register("tiny", str(tiny_base), device="cpu")
+    with pool.acquire("tiny") as lease:
+        assert lease.model is not shared
+    pool.unload("tiny")
+    assert load_causal_lm(str(tiny_base), device="cpu")[0] is shared  # still loaded, usable

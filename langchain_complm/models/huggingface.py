@@ -901,6 +901,7 @@ def load_causal_lm(
     torch_dtype: Any = None,
     model_kwargs: Mapping[str, Any] | None = None,
     tokenizer_kwargs: Mapping[str, Any] | None = None,
+    shared: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, on ``device``, once per process.
 
@@ -919,6 +920,8 @@ def load_causal_lm(
         torch_dtype: e.g. ``torch.bfloat16``, ``"float16"`` or ``"auto"``; default float32.
         model_kwargs: extra ``AutoModelForCausalLM.from_pretrained`` arguments.
         tokenizer_kwargs: extra ``AutoTokenizer.from_pretrained`` arguments.
+        shared: ``False``: a copy of its own, outside the cache, for an owner that frees it
+            (:class:`~langchain_complm.models.pool.ModelPool` closes its models' engines).
 
     Raises:
         FileNotFoundError: a local-looking ``model_id`` or its ``gguf_file`` is missing.
@@ -934,6 +937,8 @@ def load_causal_lm(
         tokenizer_args.setdefault("gguf_file", gguf_file)
     if "device_map" not in model_args:
         device = device or default_device()
+    if not shared:
+        return _load(source, device, model_args, tokenizer_args)
     local = Path(source)
     key = (
         str(local.resolve()) if local.is_dir() else source,

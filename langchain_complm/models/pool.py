@@ -268,6 +268,7 @@ class ModelPool:
                     torch_dtype=torch_dtype,
                     model_kwargs=model_kwargs,
                     tokenizer_kwargs=tokenizer_kwargs,
+                    shared=False,  # the pool frees what it loads: nobody else may hold it
                 )
 
             def estimator() -> tuple[int, int]:
