@@ -584,7 +584,7 @@ def test_the_shipped_two_step_example_config() -> None:
 
 def test_a_model_entry_generates_as_the_chat_model_does_by_default() -> None:
     # The config's generation defaults are the chat model's, not literals of their own.
-    from langchain_complm.config import _GENERATION_FIELDS
+    from langchain_complm.config._schema import _GENERATION_FIELDS
     from langchain_complm.models.huggingface import ChatLocalHuggingFace
 
     spec, fields = ModelSpec(), ChatLocalHuggingFace.model_fields
