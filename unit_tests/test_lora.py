@@ -33,14 +33,6 @@ MAX_NEW = 10
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    try:
-        return smollm2_tokenizer()
-    except ImportError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def adapter_dirs(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return random_lora_adapters(tiny_llama(tokenizer), tmp_path_factory.mktemp("lora"), ADAPTERS)
 
