@@ -100,12 +100,19 @@ class _Stack:
 
 
 class _RowAdapters:
-    """The forward hook of a LoRA layer: adds each row's own adapter update to the base
-    layer's output, ``(x @ A_row) @ B_row * scaling_row``, while the engine has set rows."""
+    """The forward of a PEFT LoRA layer while the engine serves it: the base layer's output
+    plus each row's own adapter update, ``(x @ A_row) @ (B_row * scaling_row)``.
 
-    def __init__(self) -> None:
+    It replaces the layer's forward (PEFT's checks and a forward hook cost about a third of
+    a single-row generate of SmolLM2 on CPU, over its 210 LoRA layers); the update is one
+    ``bmm`` and one fused ``baddbmm``, with each row's scaling folded into its B once per
+    batch.
+    """
+
+    def __init__(self, base_layer: Any) -> None:
+        self.base_layer = base_layer
         self.stack: _Stack | None = None
-        self.rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def select(self, index: torch.Tensor | None) -> None:
         """Use the adapters ``index`` (one stack row per batch row; None: none) from now on."""
@@ -113,26 +120,27 @@ class _RowAdapters:
             self.rows = None
             return
         stack = self.stack
-        self.rows = (
-            stack.a.index_select(0, index),
-            stack.b.index_select(0, index),
-            stack.scaling.index_select(0, index)[:, None, None],
-        )
+        scaling = stack.scaling.index_select(0, index)[:, None, None]
+        self.rows = (stack.a.index_select(0, index), stack.b.index_select(0, index) * scaling)
 
-    def __call__(self, module: Any, args: tuple[Any, ...], output: torch.Tensor) -> Any:
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        output = self.base_layer(x, *args, **kwargs)
         if self.rows is None:
-            return output
+            return output  # type: ignore[no-any-return]
         import torch
 
-        a, b, scaling = self.rows
-        x = args[0]
+        a, b = self.rows
         if x.dim() != 3 or x.shape[0] != a.shape[0]:
             raise RuntimeError(
                 f"per-row LoRA needs [batch, tokens, features] inputs of {a.shape[0]} rows, "
                 f"got {tuple(x.shape)}"
             )
-        delta = torch.bmm(torch.bmm(x.to(a.dtype), a), b) * scaling
-        return output + delta.to(output.dtype)
+        if x.dtype != a.dtype:
+            x = x.to(a.dtype)
+        low = torch.bmm(x, a)
+        if output.dtype != a.dtype:
+            return output + torch.bmm(low, b).to(output.dtype)
+        return torch.baddbmm(output, low, b)
 
 
 class LoraEngine(GenerationEngine):
@@ -164,7 +172,7 @@ class LoraEngine(GenerationEngine):
         self._sources: dict[str, str] = {}
         """Adapter name -> source; the order gives the stack rows (1, 2, ...)."""
         self._hooks: dict[Any, _RowAdapters] = {}
-        """The per-row hook of each PEFT LoRA layer."""
+        """The per-row forward of each PEFT LoRA layer."""
         # Loading an adapter rebuilds the stacks the worker's forward pass reads: never both.
         self._model_lock = threading.Lock()
 
@@ -311,9 +319,9 @@ class LoraEngine(GenerationEngine):
                     )
             hook = self._hooks.get(module)
             if hook is None:
-                hook = self._hooks[module] = _RowAdapters()
-                module.register_forward_hook(hook)
-            module.enable_adapters(False)  # the hook computes the LoRA updates instead
+                hook = self._hooks[module] = _RowAdapters(module.base_layer)
+                module.forward = hook  # an instance attribute: the class's forward stays
+            module.enable_adapters(False)  # the engine computes the LoRA updates instead
             hook.stack = _stack(module, names)
 
     def _check_adapter(self, adapter: str | None) -> None:
