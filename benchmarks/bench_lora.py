@@ -195,7 +195,9 @@ def generate_paths(
             )
 
         def peft_path(rows: list[str], prompts: list[Any] = prompts) -> Any:
-            # PEFT's own LoRA layers, which the engine switches off, with adapter_names.
+            # PEFT's own LoRA layers (the engine replaces their forward and switches their
+            # adapters off), with adapter_names.
+            engine_forwards = {layer: layer.__dict__.pop("forward") for layer in layers}
             for layer in layers:
                 layer.enable_adapters(True)
             try:
@@ -203,7 +205,8 @@ def generate_paths(
                     prompts, GenerationSettings(max_new_tokens=tokens), adapter_names=rows
                 )
             finally:
-                for layer in layers:
+                for layer, forward in engine_forwards.items():
+                    layer.forward = forward
                     layer.enable_adapters(False)
 
         mixed = names[:width]
@@ -569,8 +572,8 @@ def main() -> None:
         "## One mixed-adapter generate: the engine's path against PEFT's",
         "",
         "One `generate` over a batch whose rows all use different adapters (same prompts, "
-        "same tokens produced, checked): the engine's gathered matmul (two `bmm` per LoRA "
-        "layer), PEFT's `adapter_names` mixed batch (a gather, two matmuls and a scatter per "
+        "same tokens produced, checked): the engine's gathered matmul (a `bmm` and a fused "
+        "`baddbmm` per LoRA layer), PEFT's `adapter_names` mixed batch (a gather, two matmuls and a scatter per "
         "adapter per layer), and the base alone (no LoRA) for reference.",
         "",
         "| rows (= adapters) | engine (s) | PEFT adapter_names (s) | PEFT / engine "
