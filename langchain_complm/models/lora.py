@@ -172,7 +172,7 @@ class LoraEngine(GenerationEngine):
         self._base_name = str(model.name_or_path or "")
         self._sources: dict[str, str] = {}
         """Adapter name -> source; the order gives the stack rows (1, 2, ...)."""
-        self._hooks: dict[Any, _RowAdapters] = {}
+        self._row_forwards: dict[Any, _RowAdapters] = {}
         """The per-row forward of each PEFT LoRA layer."""
         # Loading an adapter rebuilds the stacks the worker's forward pass reads: never both.
         self._model_lock = threading.Lock()
@@ -208,7 +208,7 @@ class LoraEngine(GenerationEngine):
     def close(self, timeout: float | None = None) -> None:
         """Stop the engine and drop the model, its adapters and their stacked weights."""
         super().close(timeout)
-        self._hooks.clear()
+        self._row_forwards.clear()
 
     @property
     def adapters(self) -> dict[str, str]:
@@ -291,9 +291,9 @@ class LoraEngine(GenerationEngine):
             base = model_bytes(self.model) - lora  # PEFT's parameters are views of the stacks
             stacked = sum(
                 t.numel() * t.element_size()
-                for hook in self._hooks.values()
-                if hook.stack is not None
-                for t in (hook.stack.a, hook.stack.b, hook.stack.scaling)
+                for forward in self._row_forwards.values()
+                if forward.stack is not None
+                for t in (forward.stack.a, forward.stack.b, forward.stack.scaling)
             )
         return LoraMemory(base_bytes=base, adapter_bytes=per_adapter, padding_bytes=stacked - lora)
 
@@ -318,12 +318,12 @@ class LoraEngine(GenerationEngine):
                     raise ValueError(
                         f"adapter {name!r}: DoRA, LoRA variants and LoRA bias are not supported"
                     )
-            hook = self._hooks.get(module)
-            if hook is None:
-                hook = self._hooks[module] = _RowAdapters(module.base_layer)
-                module.forward = hook  # an instance attribute: the class's forward stays
+            forward = self._row_forwards.get(module)
+            if forward is None:
+                forward = self._row_forwards[module] = _RowAdapters(module.base_layer)
+                module.forward = forward  # an instance attribute: the class's forward stays
             module.enable_adapters(False)  # the engine computes the LoRA updates instead
-            hook.stack = _stack(module, names)
+            forward.stack = _stack(module, names)
 
     def _check_adapter(self, adapter: str | None) -> None:
         if adapter is not None and adapter not in self._sources:
@@ -344,13 +344,13 @@ class LoraEngine(GenerationEngine):
             index = None
             if any(adapters):
                 index = torch.tensor([rows[a] if a else 0 for a in adapters], device=self.device)
-            for hook in self._hooks.values():
-                hook.select(index)
+            for forward in self._row_forwards.values():
+                forward.select(index)
             try:
                 return super()._generate(conversations, settings, **model_kwargs)
             finally:
-                for hook in self._hooks.values():
-                    hook.select(None)
+                for forward in self._row_forwards.values():
+                    forward.select(None)
 
 
 def _stack(layer: Any, names: Sequence[str]) -> _Stack | None:
