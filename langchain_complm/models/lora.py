@@ -105,7 +105,8 @@ class _RowAdapters:
 
     It replaces the layer's forward: PEFT's checks and a forward hook over SmolLM2's 210 LoRA
     layers made a single-row generate on CPU 38 % slower than the merged model (14 % with this
-    forward, docs/benchmarks-lora.md); the update is one
+    forward on that machine, 36 % on a faster one where the two small products weigh more;
+    docs/benchmarks-lora.md); the update is one
     ``bmm`` and one fused ``baddbmm``, with each row's scaling folded into its B once per
     batch.
     """
