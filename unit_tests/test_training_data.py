@@ -174,6 +174,15 @@ def test_cli_eval_needs_a_model_or_a_curve(capsys: pytest.CaptureFixture[str]) -
     assert "--curve" in capsys.readouterr().err
 
 
+def test_cli_train_refuses_a_stop_step_below_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langchain_complm.cli import main
+
+    assert main(["train-generator", "--out", str(tmp_path), "--stop-at-step", "0"]) == 2
+    assert "--stop-at-step must be at least 1" in capsys.readouterr().err
+
+
 def test_score_reply_and_curve_files(tmp_path: Path) -> None:
     from langchain_complm.evaluation.plans import PlanExample
     from langchain_complm.plan import Plan

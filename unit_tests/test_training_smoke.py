@@ -142,6 +142,25 @@ def test_resume_continues_where_it_stopped(
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)
 
 
+def test_a_run_stopped_at_a_step_is_saved_and_resumes_to_the_end(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    straight = train_generator(_config(tiny_base, tmp_path / "a", batch_size=2), pairs=pairs)
+    early = _config(tiny_base, tmp_path / "b", batch_size=2, stop_at_step=1)
+    stopped = train_generator(early, pairs=pairs)
+    assert stopped.steps == 1
+    assert stopped.metadata["schedule_steps"] == straight.steps == 3
+    assert (tmp_path / "b" / "adapter_config.json").is_file()
+    assert finished_run(early) is not None
+    # Same schedule: the first step and, resumed, the whole run are the straight run's.
+    assert stopped.losses == pytest.approx(straight.losses[:1], rel=1e-4)
+    resumed = train_generator(
+        _config(tiny_base, tmp_path / "b", batch_size=2), pairs=pairs, resume=True
+    )
+    assert resumed.steps == 3
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)
+
+
 class Crash(Exception):
     """Stands for the process dying at that point."""
 

@@ -240,6 +240,13 @@ def _add_training_arguments(parser: argparse.ArgumentParser, out: str | None, n_
     parser.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward")
     parser.add_argument("--max-seq-len", type=int, default=1024, metavar="TOKENS")
     parser.add_argument("--max-steps", type=int, default=None, metavar="N")
+    parser.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="end early at step N of the run's schedule and save the model (resumable)",
+    )
     parser.add_argument("--save-every", type=int, default=50, metavar="STEPS")
     parser.add_argument("--seed", type=int, default=0, help="data, split and order seed")
     parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
@@ -257,6 +264,8 @@ def _train_config(args: argparse.Namespace, out: str, **extra: Any) -> Any:
     """The :class:`~langchain_complm.training.train.TrainConfig` of the training arguments."""
     if args.n_train < 1 or args.epochs <= 0 or args.lora_r < 0:
         raise UsageError("--n-train and --epochs must be positive and --lora-r at least 0")
+    if args.stop_at_step is not None and args.stop_at_step < 1:
+        raise UsageError(f"--stop-at-step must be at least 1, got {args.stop_at_step}")
     from langchain_complm.training.train import TrainConfig
 
     return TrainConfig(
@@ -273,6 +282,7 @@ def _train_config(args: argparse.Namespace, out: str, **extra: Any) -> Any:
         lora_alpha=args.lora_alpha,
         max_seq_len=args.max_seq_len,
         max_steps=args.max_steps,
+        stop_at_step=args.stop_at_step,
         save_every=args.save_every,
         device=args.device,
         threads=args.threads,

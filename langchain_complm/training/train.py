@@ -96,6 +96,10 @@ class TrainConfig:
     """Longer examples are skipped (counted in the metadata)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (default: ``epochs`` over the data)."""
+    stop_at_step: int | None = None
+    """End this run early, at this step of its schedule, and save the model as at the end:
+    the learning-rate schedule and data order stay those of the whole run (``max_steps`` or
+    ``epochs``), so a later run without it resumes from the checkpoint and goes on to the end."""
     save_every: int = 50
     """Write a resumable checkpoint every N steps (and at the end)."""
     device: str | None = None
@@ -275,7 +279,8 @@ def fine_tune(
     use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     pad_id = tokenizer.pad_token_id
     bar = _progress_bar(total_steps, step, config.progress, label)
-    while step < total_steps:
+    last_step = min(total_steps, config.stop_at_step or total_steps)
+    while step < last_step:
         batch = [
             examples[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]
         ]
@@ -300,7 +305,7 @@ def fine_tune(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
-        if step % config.save_every == 0 and step < total_steps:
+        if step % config.save_every == 0 and step < last_step:
             _save_checkpoint(checkpoint, model, optimizer, scheduler, step, losses, run_key)
         if on_step is not None:
             on_step(step, step_loss)
@@ -319,6 +324,7 @@ def fine_tune(
         "config": {k: v for k, v in asdict(config).items() if k not in {"progress"}},
         "data": data,
         "steps": step,
+        "schedule_steps": total_steps,
         "epochs_run": round(step * config.batch_size / len(examples), 3),
         "seed": config.seed,
         "device": device,
