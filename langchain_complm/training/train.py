@@ -279,7 +279,8 @@ def fine_tune(
     use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     pad_id = tokenizer.pad_token_id
     bar = _progress_bar(total_steps, step, config.progress, label)
-    last_step = min(total_steps, config.stop_at_step or total_steps)
+    stop = config.stop_at_step
+    last_step = total_steps if stop is None else min(total_steps, stop)
     while step < last_step:
         batch = [
             examples[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]
