@@ -95,7 +95,10 @@ def test_non_split_singles(pairs: list) -> None:
     for pair in singles:
         plan = pair.plan
         assert len(plan.sub_queries) == 1
-        assert plan.sub_queries[0].question == pair.query
+        # The user's casing, lead-in or sign-off stays in the query, not in the sub-query.
+        assert _letters(plan.sub_queries[0].question) in _letters(pair.query)
+        if pair.kind == "single_source":
+            assert plan.sub_queries[0].question == pair.query
     sources = {s.split("/")[0] for p in singles for s in p.source_ids}
     assert len(sources) >= 3  # GSM8K, MMLU and medical questions, not one source only
     assert any("difference between" in p.query and " and " in p.query for p in singles)
@@ -250,6 +253,24 @@ def test_cli_eval_replies_rescores_a_report_without_a_model(
     path.write_text("[]")
     assert main(args) == 2
     assert "not a report with kept replies" in capsys.readouterr().err
+
+
+def _letters(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def test_reference_lookalikes_are_independent_parts() -> None:
+    from langchain_complm.decompose.repair import repair_plan
+
+    pairs = build_training_pairs(200, seed=4, mix={"reference_lookalike": 1.0})
+    words = ("difference", "differ", "sum of", " it", "bigger", "larger")
+    for pair in pairs:
+        plan = pair.plan
+        assert len(plan.sub_queries) >= 2
+        assert not any(sq.depends_on for sq in plan.sub_queries), pair.query
+        assert any(w in sq.question for sq in plan.sub_queries for w in words), pair.query
+        # What looks like a reference is not one: plan repair must not add a dependency.
+        assert repair_plan(plan) == plan, pair.query
 
 
 NEW_KINDS = {"reference": 1.0, "multihop_chain": 1.0, "comparison": 1.0, "bridge": 1.0}

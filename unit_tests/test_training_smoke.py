@@ -161,6 +161,30 @@ def test_a_run_stopped_at_a_step_is_saved_and_resumes_to_the_end(
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-4)
 
 
+def test_a_run_initialized_from_a_trained_adapter_starts_from_its_weights(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    trained = train_generator(_config(tiny_base, tmp_path / "a"), pairs=pairs)
+    # A learning rate of 0 keeps the initial weights: they must be the trained adapter's.
+    kept = _config(tiny_base, tmp_path / "b", lr=0.0, init_from=str(tmp_path / "a"))
+    continued = train_generator(kept, pairs=pairs)
+    before = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    after = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert continued.losses[0] < trained.losses[0]  # it starts trained, not fresh
+    assert continued.metadata["config"]["init_from"] == str(tmp_path / "a")
+    with pytest.raises(ValueError, match="rank 16, this run 8"):
+        train_generator(
+            _config(tiny_base, tmp_path / "c", lora_r=8, init_from=kept.init_from), pairs=pairs
+        )
+    with pytest.raises(ValueError, match="holds no LoRA adapter"):
+        train_generator(_config(tiny_base, tmp_path / "d", init_from=str(tmp_path)), pairs=pairs)
+
+
 class Crash(Exception):
     """Stands for the process dying at that point."""
 

@@ -247,6 +247,13 @@ def _add_training_arguments(parser: argparse.ArgumentParser, out: str | None, n_
         metavar="N",
         help="end early at step N of the run's schedule and save the model (resumable)",
     )
+    parser.add_argument(
+        "--init-from",
+        metavar="PATH_OR_ID",
+        default=None,
+        help="start from this trained LoRA adapter (continued fine-tuning), "
+        "e.g. embedded:subquery-generator",
+    )
     parser.add_argument("--save-every", type=int, default=50, metavar="STEPS")
     parser.add_argument("--seed", type=int, default=0, help="data, split and order seed")
     parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
@@ -281,6 +288,7 @@ def _train_config(args: argparse.Namespace, out: str, **extra: Any) -> Any:
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         max_seq_len=args.max_seq_len,
+        init_from=args.init_from,
         max_steps=args.max_steps,
         stop_at_step=args.stop_at_step,
         save_every=args.save_every,

@@ -43,7 +43,13 @@ def ensure_chat_template(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _local_folder(path_or_hub_id: str) -> Path:
+def trained_model_folder(path_or_hub_id: str) -> Path:
+    """The local folder of a trained model: ``embedded:subquery-generator`` (the shipped one),
+    a folder, or a Hub repo (downloaded).
+
+    Raises:
+        FileNotFoundError: a path that is not a folder, or no shipped generator.
+    """
     if path_or_hub_id == embedded.EMBEDDED_GENERATOR:
         shipped = embedded.trained_generator_path()
         if shipped is None:
@@ -64,7 +70,7 @@ def _local_folder(path_or_hub_id: str) -> Path:
 
 def read_metadata(path_or_hub_id: str | Path) -> dict[str, Any]:
     """The ``complm_generator.json`` of a trained generator ({} when it has none)."""
-    meta_path = _local_folder(str(path_or_hub_id)) / METADATA_FILE
+    meta_path = trained_model_folder(str(path_or_hub_id)) / METADATA_FILE
     return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
 
 
@@ -82,7 +88,7 @@ def load_trained_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = _local_folder(str(path_or_hub_id))
+    folder = trained_model_folder(str(path_or_hub_id))
     device = device or default_device()
     metadata = read_metadata(folder)
     adapter_config = folder / "adapter_config.json"
@@ -150,4 +156,5 @@ __all__ = [
     "load_trained_model",
     "read_metadata",
     "resolve_base",
+    "trained_model_folder",
 ]

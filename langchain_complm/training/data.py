@@ -47,6 +47,7 @@ PairKind = Literal[
     "single_source",
     "single_template",
     "reference",
+    "reference_lookalike",
     "multihop_chain",
     "comparison",
     "bridge",
@@ -54,18 +55,19 @@ PairKind = Literal[
 ]
 
 DEFAULT_MIX: dict[str, float] = {
-    "benchmark": 0.09,
-    "recomposed": 0.08,
-    "math_chain": 0.06,
-    "template_parallel": 0.12,
-    "template_chain": 0.07,
+    "benchmark": 0.08,
+    "recomposed": 0.06,
+    "math_chain": 0.05,
+    "template_parallel": 0.15,
+    "template_chain": 0.05,
     "template_fan_in": 0.03,
-    "single_source": 0.10,
-    "single_template": 0.10,
-    "reference": 0.10,
-    "multihop_chain": 0.10,
-    "comparison": 0.06,
-    "bridge": 0.04,
+    "single_source": 0.09,
+    "single_template": 0.11,
+    "reference": 0.08,
+    "reference_lookalike": 0.09,
+    "multihop_chain": 0.08,
+    "comparison": 0.05,
+    "bridge": 0.03,
     "multihop_comparison": 0.05,
 }
 """Expected share of each kind of pair (a kind whose source runs out is skipped)."""
@@ -438,7 +440,8 @@ def _template_parallel(rng: random.Random, src: _Sources) -> TrainingPair:
         q = _short_question(rng)
         if q not in questions:
             questions.append(q)
-    return _pair(_join_short(rng, questions), [(q, ()) for q in questions], "template_parallel")
+    query = _vary(rng, _join_short(rng, questions))
+    return _pair(query, [(q, ()) for q in questions], "template_parallel")
 
 
 # Knowledge chains: (first question, follow-up on {q1}, ways to ask both at once).
@@ -581,9 +584,10 @@ def _single_template(rng: random.Random, src: _Sources) -> TrainingPair:
         lambda: f"Tom has {a} apples and buys {b} more. How many apples does he have now?",
         lambda: f"Is {x} the same as {y}?",
         lambda: _short_question(rng),
+        lambda: _self_contained(rng),
     )
     q = rng.choice(makers)()
-    return _pair(q, [(q, ())], "single_template")
+    return _pair(_vary(rng, q), [(q, ())], "single_template")
 
 
 # --- what real questions do: references, multi-hop chains, comparisons ------------------------
@@ -782,6 +786,47 @@ def _reference(rng: random.Random, src: _Sources) -> TrainingPair:
         extra = _short_question(rng)
         query, steps = f"{query} {extra}", [*steps, (extra, ())]
     return _pair(_vary(rng, query), steps, "reference")
+
+
+_BUILT = tuple(x for x in _LANDMARKS if x not in {"Uluru", "Mount Kilimanjaro", "Table Mountain",
+                                               "the Great Barrier Reef"})
+
+
+def _self_contained(rng: random.Random) -> str:
+    """A question with the words a reference would use ("it", "them", "the difference",
+    "the sum", "which is bigger") that names everything it asks about itself."""
+    x, y = rng.choice(_PAIRS)
+    a, b = rng.sample(range(2, 999), 2)
+    term = rng.choice((*_CS_TERMS, *_PHYSICS_TERMS))
+    makers: tuple[Callable[[], str], ...] = (
+        lambda: f"What is the difference between {x} and {y}?",
+        lambda: f"How do {x} and {y} differ from each other?",
+        lambda: f"What is the sum of {a} and {b}?",
+        lambda: f"What is the difference between {a} and {b}?",
+        lambda: f"Which is bigger, {a} or {b}?",
+        lambda: f"Is {a} larger than {b}?",
+        lambda: f"What is {term}, and how does it work?",
+        lambda: f"What is {term} and why does it matter?",
+        lambda: f"Who wrote {rng.choice(_WORKS)}, and when was it first published?",
+        lambda: f"What is {rng.choice(_DISEASES)} and how is it diagnosed?",
+        lambda: f"What causes {rng.choice(_DISEASES)}, and can it be prevented?",
+        lambda: f"Where is {rng.choice(_BUILT)} and when was it built?",
+    )
+    return rng.choice(makers)()
+
+
+def _reference_lookalike(rng: random.Random, src: _Sources) -> TrainingPair:
+    """Independent parts, one or more of which uses reference words about what it names itself
+    ("..., and what is the difference between TCP and UDP?"): nothing depends on anything."""
+    k = rng.choice((2, 2, 3))
+    questions = [_self_contained(rng)]
+    while len(questions) < k:
+        q = rng.choice((_short_question, _self_contained))(rng)
+        if q not in questions:
+            questions.append(q)
+    rng.shuffle(questions)
+    query = _vary(rng, _join_short(rng, questions))
+    return _pair(query, [(q, ()) for q in questions], "reference_lookalike")
 
 
 def _entity_reference(rng: random.Random) -> tuple[str, str, str]:
@@ -1005,6 +1050,7 @@ _MAKERS: dict[str, Callable[[random.Random, _Sources], TrainingPair | None]] = {
     "single_source": _single_source,
     "single_template": _single_template,
     "reference": _reference,
+    "reference_lookalike": _reference_lookalike,
     "multihop_chain": _multihop_chain,
     "comparison": _comparison,
     "bridge": _bridge,

@@ -41,6 +41,7 @@ from langchain_complm.models.trained import (
     ensure_chat_template,
     read_metadata,
     resolve_base,
+    trained_model_folder,
 )
 from langchain_complm.prompts import TRAINED_DECOMPOSE_SYSTEM
 from langchain_complm.training.data import (
@@ -94,6 +95,10 @@ class TrainConfig:
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     max_seq_len: int = 1024
     """Longer examples are skipped (counted in the metadata)."""
+    init_from: str | None = None
+    """Start from this trained LoRA adapter (a training output folder, a Hub repo holding one,
+    or ``embedded:subquery-generator``) instead of a fresh one: continued fine-tuning keeps
+    what it learned. Its rank must be ``lora_r``."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (default: ``epochs`` over the data)."""
     stop_at_step: int | None = None
@@ -256,6 +261,10 @@ def fine_tune(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+        if config.init_from:
+            _load_initial_adapter(model, config.init_from, config.lora_r)
+    elif config.init_from:
+        raise ValueError("init_from needs a LoRA run (lora_r > 0)")
     model.to(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -421,7 +430,29 @@ def _run_key(config: TrainConfig, n_examples: int, total_steps: int) -> dict[str
         "batch_size": config.batch_size,
         "total_steps": total_steps,
         "lora_r": config.lora_r,
+        **({"init_from": config.init_from} if config.init_from else {}),
     }
+
+
+def _load_initial_adapter(model: Any, source: str, rank: int) -> None:
+    """Copy a trained adapter's LoRA weights into ``model``'s fresh adapter (as float32)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = trained_model_folder(source)
+    weights, settings = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    if not weights.is_file() or not settings.is_file():
+        raise ValueError(f"init_from {source!r}: {folder} holds no LoRA adapter")
+    trained_rank = json.loads(settings.read_text(encoding="utf-8")).get("r")
+    if trained_rank != rank:
+        raise ValueError(f"init_from {source!r} has LoRA rank {trained_rank}, this run {rank}")
+    state = {name: tensor.float() for name, tensor in load_file(str(weights)).items()}
+    loaded = set_peft_model_state_dict(model, state)
+    if loaded.unexpected_keys:
+        raise ValueError(
+            f"init_from {source!r} does not fit this base: "
+            f"{len(loaded.unexpected_keys)} unexpected weights such as {loaded.unexpected_keys[0]}"
+        )
 
 
 def _save_checkpoint(
