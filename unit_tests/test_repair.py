@@ -144,6 +144,41 @@ def test_a_pronoun_with_its_own_antecedent_is_left_alone() -> None:
     assert repair_plan(p).sub_queries == p.sub_queries
 
 
+@pytest.mark.parametrize(
+    "second",
+    [
+        "What is pneumonia and how is it diagnosed?",
+        "What is recursion, and how does it work?",
+        "Where is the Alhambra and when was it built?",
+        "What are mitosis and meiosis, and how do they differ?",
+    ],
+)
+def test_a_pronoun_in_a_second_clause_about_its_own_subject_is_left_alone(second: str) -> None:
+    query = f"What is the square root of 676? {second}"
+    p = plan(query, ("What is the square root of 676?", []), (second, []))
+    assert repair_plan(p) == p
+
+
+def test_a_pronoun_after_a_clause_that_names_nothing_still_refers_back() -> None:
+    result = repaired(
+        "Who wrote Hamlet, and when was it first performed?",
+        ("Who wrote Hamlet?", []),
+        ("And when was it first performed?", []),
+    )
+    assert result.sub_queries[1].depends_on == ("q1",)
+
+
+@pytest.mark.parametrize("lead", ["hey, ", "Can you tell me: ", "Q: "])
+def test_a_numbered_list_after_a_lead_in_is_covered_by_its_items(lead: str) -> None:
+    query = f"{lead}1. Which is bigger, 92 or 874?\n2. Who directed the film The Godfather?"
+    p = plan(
+        query,
+        ("Which is bigger, 92 or 874?", []),
+        ("Who directed the film The Godfather?", []),
+    )
+    assert repair_plan(p) == p
+
+
 def test_a_placeholder_without_its_dependency_gets_it() -> None:
     result = repaired(
         "Who directed Jaws, and when was that director born?",

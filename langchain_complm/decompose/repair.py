@@ -366,8 +366,23 @@ def _find_reference(question: str, earlier: Sequence[_Step]) -> _Reference | Non
     return None
 
 
+_SECOND_CLAUSE = re.compile(
+    r"(?:,\s*|\s)and\s+(?:how|why|when|where|what|which|who|can|could|does|do|did|is|was|"
+    r"are|were|will|should)\b",
+    re.IGNORECASE,
+)
+"""Where a sub-query's second clause starts ("What is gout, and how is it treated?")."""
+
+
 def _names_little_before(question: str, position: int) -> bool:
-    return len(content_stems(question[:position])) <= 1
+    """Whether a pronoun at ``position`` can only point outside its own sub-query: little is
+    named before it, and it is not in a second clause about what the first one names
+    ("What is pneumonia and how is it diagnosed?": "it" is pneumonia)."""
+    head = question[:position]
+    clauses = list(_SECOND_CLAUSE.finditer(head))
+    if clauses and content_stems(head[: clauses[-1].start()]):
+        return False
+    return len(content_stems(head)) <= 1
 
 
 def _agent_stems(question: str) -> set[str]:
@@ -495,6 +510,9 @@ _UNIT_BREAK = re.compile(
     r"compute|calculate|find|convert|define)\b)",
     re.IGNORECASE,
 )
+_LIST_MARKER = re.compile(r"(?:^|(?<=[:,]\s))\(?\d{1,2}[.)]\s+(?=[^\W\d_])")
+"""A list marker starting a part, also after a lead-in ("hey, 1. Which is bigger, 92 or 874?"):
+its number is not something the part asks about."""
 _PREAMBLE = re.compile(r"\b(?:questions?|things|facts|queries|tasks)\b", re.IGNORECASE)
 """A part that talks about the request ("Two questions about space:") asks nothing."""
 
@@ -502,7 +520,7 @@ _PREAMBLE = re.compile(r"\b(?:questions?|things|facts|queries|tasks)\b", re.IGNO
 def _units(query: str) -> list[str]:
     """The parts of a question whose coverage is checked: its questions, lines and
     "..., and what ..." clauses. Preambles ("I have two questions.") ask nothing and pass."""
-    units = [u.strip() for u in _UNIT_BREAK.split(query)]
+    units = [_LIST_MARKER.sub("", u.strip()) for u in _UNIT_BREAK.split(query)]
     asked = [u for u in units if u and not (_PREAMBLE.search(u) and "?" not in u)]
     return asked or [query]
 
