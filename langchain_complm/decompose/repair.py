@@ -15,7 +15,8 @@ in this order:
    gets the dependency, and the placeholder where the words can be replaced by one. A
    pronoun that names something of the earlier question rather than its answer ("Who wrote
    Hamlet? When was it written?") gets the dependency only: the expert then sees the
-   earlier question and its answer as context.
+   earlier question and its answer as context. A pronoun in a second clause about what its
+   own sub-query names ("What is gout, and how is it treated?") is no reference.
 5. **Placeholders without their dependency** get the dependency.
 6. **Coverage**: each part of the question (its structural parts, else the whole) must be
    asked by the plan. A part no sub-query asks is added as a sub-query of its own; a part
