@@ -186,6 +186,16 @@ def test_cli_train_refuses_a_stop_step_below_one(
     assert "--stop-at-step must be at least 1" in capsys.readouterr().err
 
 
+def test_cli_train_refuses_to_continue_an_adapter_as_a_full_fine_tune(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langchain_complm.cli import main
+
+    args = ["train-generator", "--out", str(tmp_path), "--lora-r", "0", "--init-from", "x"]
+    assert main(args) == 2
+    assert "--init-from continues a LoRA adapter" in capsys.readouterr().err
+
+
 def test_score_reply_and_curve_files(tmp_path: Path) -> None:
     from langchain_complm.evaluation.plans import PlanExample
     from langchain_complm.plan import Plan

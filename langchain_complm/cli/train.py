@@ -273,6 +273,8 @@ def _train_config(args: argparse.Namespace, out: str, **extra: Any) -> Any:
         raise UsageError("--n-train and --epochs must be positive and --lora-r at least 0")
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UsageError(f"--stop-at-step must be at least 1, got {args.stop_at_step}")
+    if args.init_from and args.lora_r == 0:
+        raise UsageError("--init-from continues a LoRA adapter: it needs --lora-r above 0")
     from langchain_complm.training.train import TrainConfig
 
     return TrainConfig(
