@@ -181,6 +181,10 @@ def test_a_run_initialized_from_a_trained_adapter_starts_from_its_weights(
         train_generator(
             _config(tiny_base, tmp_path / "c", lora_r=8, init_from=kept.init_from), pairs=pairs
         )
+    narrow = _config(tiny_base, tmp_path / "e", target_modules=("q_proj",))
+    train_generator(narrow, pairs=pairs)
+    with pytest.raises(ValueError, match="adapts fewer modules than this run"):
+        train_generator(_config(tiny_base, tmp_path / "f", init_from=narrow.out), pairs=pairs)
     with pytest.raises(ValueError, match="holds no LoRA adapter"):
         train_generator(_config(tiny_base, tmp_path / "d", init_from=str(tmp_path)), pairs=pairs)
 

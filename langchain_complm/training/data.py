@@ -788,8 +788,11 @@ def _reference(rng: random.Random, src: _Sources) -> TrainingPair:
     return _pair(_vary(rng, query), steps, "reference")
 
 
-_BUILT = tuple(x for x in _LANDMARKS if x not in {"Uluru", "Mount Kilimanjaro", "Table Mountain",
-                                               "the Great Barrier Reef"})
+_BUILT = tuple(
+    x
+    for x in _LANDMARKS
+    if x not in {"Uluru", "Mount Kilimanjaro", "Table Mountain", "the Great Barrier Reef"}
+)
 
 
 def _self_contained(rng: random.Random) -> str:

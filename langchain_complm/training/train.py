@@ -453,6 +453,12 @@ def _load_initial_adapter(model: Any, source: str, rank: int) -> None:
             f"init_from {source!r} does not fit this base: "
             f"{len(loaded.unexpected_keys)} unexpected weights such as {loaded.unexpected_keys[0]}"
         )
+    fresh = [name for name in loaded.missing_keys if "lora_" in name]
+    if fresh:
+        raise ValueError(
+            f"init_from {source!r} adapts fewer modules than this run: no weights for "
+            f"{len(fresh)} LoRA matrices such as {fresh[0]} (set target_modules to its own)"
+        )
 
 
 def _save_checkpoint(
