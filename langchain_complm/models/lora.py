@@ -322,7 +322,7 @@ class LoraEngine(GenerationEngine):
             forward = self._row_forwards.get(module)
             if forward is None:
                 forward = self._row_forwards[module] = _RowAdapters(module.base_layer)
-                module.forward = forward  # an instance attribute: the class's forward stays
+                module.forward = forward  # type: ignore[method-assign]  # per instance: the class keeps its own
             module.enable_adapters(False)  # the engine computes the LoRA updates instead
             forward.stack = _stack(module, names)
 

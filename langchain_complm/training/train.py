@@ -447,7 +447,7 @@ def _load_initial_adapter(model: Any, source: str, rank: int) -> None:
     if trained_rank != rank:
         raise ValueError(f"init_from {source!r} has LoRA rank {trained_rank}, this run {rank}")
     state = {name: tensor.float() for name, tensor in load_file(str(weights)).items()}
-    loaded = set_peft_model_state_dict(model, state)
+    loaded: Any = set_peft_model_state_dict(model, state)
     if loaded.unexpected_keys:
         raise ValueError(
             f"init_from {source!r} does not fit this base: "
