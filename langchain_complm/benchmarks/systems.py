@@ -72,8 +72,7 @@ if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel
 
-    from langchain_complm.config import CompLLMConfig, Decomposer, ModelFactory
-    from langchain_complm.config._schema import Progress
+    from langchain_complm.config import CompLLMConfig, Decomposer, ModelFactory, Progress
 
 SystemName = Literal[
     "complm",
