@@ -11,6 +11,7 @@ import pytest
 from fakes import has_benchmark_data, needs_data
 
 from langchain_complm.decompose import parse_plan
+from langchain_complm.plan import Plan
 from langchain_complm.evaluation.multiexpertqa import build_dataset
 from langchain_complm.training.data import (
     DEFAULT_MIX,
@@ -291,15 +292,31 @@ def test_what_real_questions_do_has_the_shape_of_its_kind() -> None:
 
     pairs = build_training_pairs(400, seed=2, mix=NEW_KINDS)
     assert {p.kind for p in pairs} == set(NEW_KINDS)
+    extra_at: Counter[str] = Counter()
+    hops: Counter[int] = Counter()
     for pair in pairs:
         plan = pair.plan
         if pair.kind == "reference":
             # A follow-up in words became a dependency with a placeholder.
             assert any(sq.depends_on and sq.placeholders for sq in plan.sub_queries)
-        else:
-            shape = "chain" if pair.kind == "multihop_chain" else pair.kind
-            assert plan_shape_ok(plan, shape), pair.query
-    hops = Counter(len(p.plan.sub_queries) for p in pairs if p.kind == "multihop_chain")
+            continue
+        # Some pairs carry an independent question beside the multi-hop one (first or
+        # last part); the rest of the plan keeps the shape of its kind.
+        used = {d for sq in plan.sub_queries for d in sq.depends_on}
+        extras = [sq for sq in plan.sub_queries if not sq.depends_on and sq.id not in used]
+        assert len(extras) <= 1, pair.query
+        if extras:
+            extra_at["first" if extras[0].id == "q1" else "last"] += 1
+            assert extras[0].id in ("q1", plan.sub_queries[-1].id), pair.query
+            assert extras[0].question.lower().rstrip("?.") in pair.query.lower(), pair.query
+        rest = Plan(
+            query=plan.query, sub_queries=tuple(sq for sq in plan.sub_queries if sq not in extras)
+        ).validate_dag()
+        shape = "chain" if pair.kind == "multihop_chain" else pair.kind
+        assert plan_shape_ok(rest, shape), pair.query
+        if shape == "chain":
+            hops[len(rest.sub_queries)] += 1
+    assert extra_at["first"] > 0 and extra_at["last"] > 0
     assert set(hops) == {2, 3, 4}
     # Users' casing and punctuation vary; the sub-queries do not.
     assert any(p.query.islower() or p.query.isupper() for p in pairs)

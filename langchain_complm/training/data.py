@@ -62,12 +62,12 @@ DEFAULT_MIX: dict[str, float] = {
     "template_chain": 0.05,
     "template_fan_in": 0.03,
     "single_source": 0.09,
-    "single_template": 0.11,
+    "single_template": 0.10,
     "reference": 0.08,
-    "reference_lookalike": 0.09,
+    "reference_lookalike": 0.08,
     "multihop_chain": 0.08,
     "comparison": 0.05,
-    "bridge": 0.03,
+    "bridge": 0.05,
     "multihop_comparison": 0.05,
 }
 """Expected share of each kind of pair (a kind whose source runs out is skipped)."""
@@ -503,6 +503,33 @@ def _arith_chain(rng: random.Random) -> tuple[str, list[tuple[str, Sequence[str]
     ]
 
 
+_MOST_PARTS = 5
+"""The longest plan the data teaches (a bridge: two lookups, two hops, a comparison)."""
+
+_PLACEHOLDER_ID = re.compile(r"\{q(\d+)\}")
+
+
+def _beside(
+    rng: random.Random, query: str, steps: list[tuple[str, Sequence[str]]], share: float
+) -> tuple[str, list[tuple[str, Sequence[str]]]]:
+    """With probability ``share``, an independent short question joined before or after the
+    query's parts: plans that end with, or start with, a part nothing depends on, so a
+    dependent last step is not what every multi-part plan looks like."""
+    if rng.random() >= share or len(steps) >= _MOST_PARTS:
+        return query, steps
+    extra = _short_question(rng)
+    if rng.random() < 0.6:
+        return _join_short(rng, [query, extra]), [*steps, (extra, ())]
+    shifted = [
+        (
+            _PLACEHOLDER_ID.sub(lambda m: f"{{q{int(m.group(1)) + 1}}}", q),
+            tuple(f"q{int(d[1:]) + 1}" for d in deps),
+        )
+        for q, deps in steps
+    ]
+    return _join_short(rng, [extra, query]), [(extra, ()), *shifted]
+
+
 def _template_chain(rng: random.Random, src: _Sources) -> TrainingPair:
     if rng.random() < 0.3:
         query, steps = _arith_chain(rng)
@@ -511,21 +538,7 @@ def _template_chain(rng: random.Random, src: _Sources) -> TrainingPair:
         x = rng.choice(vocab)
         query = rng.choice(asks).format(x=x)
         steps = [(first.format(x=x), ()), (then, ("q1",))]
-    if rng.random() < 0.3:  # an independent question beside the chain
-        extra = _short_question(rng)
-        if rng.random() < 0.5:
-            query = _join_short(rng, [query, extra])
-            steps = [*steps, (extra, ())]
-        else:
-            query = _join_short(rng, [extra, query])
-            shifted = [
-                (
-                    q.replace("{q2}", "{q3}").replace("{q1}", "{q2}"),
-                    tuple(f"q{int(d[1:]) + 1}" for d in deps),
-                )
-                for q, deps in steps
-            ]
-            steps = [(extra, ()), *shifted]
+    query, steps = _beside(rng, query, steps, 0.3)
     return _pair(query, steps, "template_chain")
 
 
@@ -729,6 +742,7 @@ def _multihop_chain(rng: random.Random, src: _Sources) -> TrainingPair | None:
     steps: list[tuple[str, Sequence[str]]] = [(relations[0][2].format(x=entity), ())]
     for i, relation in enumerate(relations[1:], start=1):
         steps.append((relation[2].format(x=f"{{q{i}}}"), (f"q{i}",)))
+    query, steps = _beside(rng, query, steps, 0.2)
     return _pair(_vary(rng, query), steps, "multihop_chain")
 
 
@@ -782,9 +796,7 @@ def _reference(rng: random.Random, src: _Sources) -> TrainingPair:
         first, follow, second = _entity_reference(rng)
     query = rng.choice(_JOINS)(first, follow)
     steps: list[tuple[str, Sequence[str]]] = [(first, ()), (second, ("q1",))]
-    if rng.random() < 0.25:  # an independent part beside the pair
-        extra = _short_question(rng)
-        query, steps = f"{query} {extra}", [*steps, (extra, ())]
+    query, steps = _beside(rng, query, steps, 0.3)
     return _pair(_vary(rng, query), steps, "reference")
 
 
@@ -934,7 +946,12 @@ def _comparison(rng: random.Random, src: _Sources) -> TrainingPair:
     kind, attribute, asks, compare = rng.choice(_COMPARISONS)
     a, b = rng.sample(_ENTITIES[kind], 2)
     query = rng.choice(asks).format(a=a, b=b)
-    steps = [(attribute.format(x=a), ()), (attribute.format(x=b), ()), (compare, ("q1", "q2"))]
+    steps: list[tuple[str, Sequence[str]]] = [
+        (attribute.format(x=a), ()),
+        (attribute.format(x=b), ()),
+        (compare, ("q1", "q2")),
+    ]
+    query, steps = _beside(rng, query, steps, 0.2)
     return _pair(_vary(rng, query), steps, "comparison")
 
 
@@ -975,7 +992,8 @@ def _bridge(rng: random.Random, src: _Sources) -> TrainingPair:
         (attribute.format(x="{q2}"), ("q2",)),
         (compare, ("q3", "q4")),
     ]
-    return _pair(_vary(rng, ask.format(a=a, b=b)), steps, "bridge")
+    query, steps = _beside(rng, ask.format(a=a, b=b), steps, 0.15)
+    return _pair(_vary(rng, query), steps, "bridge")
 
 
 # Comparative phrasings of real comparison questions and the attribute each asks.
