@@ -11,8 +11,8 @@ import pytest
 from fakes import has_benchmark_data, needs_data
 
 from langchain_complm.decompose import parse_plan
-from langchain_complm.plan import Plan
 from langchain_complm.evaluation.multiexpertqa import build_dataset
+from langchain_complm.plan import Plan
 from langchain_complm.training.data import (
     DEFAULT_MIX,
     build_training_pairs,
