@@ -79,8 +79,25 @@ def repaired(query: str, *steps: Step) -> Plan:
             [("What is 3 cubed?", []), ("Double it.", [])],
             ("Double {q1}.", ("q1",)),
         ),
+        (
+            "What is the boiling point of water in Celsius? What is that in Fahrenheit?",
+            [("What is the boiling point of water in Celsius?", []),
+             ("What is that in Fahrenheit?", [])],
+            ("What is {q1} in Fahrenheit?", ("q1",)),
+        ),
+        (
+            "How long is a marathon in kilometres, and can you convert it to miles?",
+            [("How long is a marathon in kilometres?", []), ("Convert it to miles.", [])],
+            ("Convert {q1} to miles.", ("q1",)),
+        ),
+        (
+            "What is the speed of light, and how far does light go in 60 seconds at that speed?",
+            [("What is the speed of light?", []),
+             ("How far does light go in 60 seconds at that speed?", [])],
+            ("How far does light go in 60 seconds at {q1}?", ("q1",)),
+        ),
     ],
-)
+)  # fmt: skip
 def test_a_reference_in_words_gets_the_dependency_and_the_placeholder(
     query: str, steps: list[Step], expected: tuple[str, tuple[str, ...]]
 ) -> None:
@@ -238,6 +255,59 @@ def test_an_invented_computation_is_removed() -> None:
         ("q2", "What is twice {q1}?", ("q1",)),
     ]
     assert result.repairs[0] == "q3: removed (computes with 10, 16, not in the question)"
+
+
+@pytest.mark.parametrize(
+    ("query", "first", "second", "invented"),
+    [
+        (
+            "What are the three branches of the US government, and how many amendments does "
+            "the Constitution have?",
+            "What are the three branches of the US government?",
+            "How many amendments does the Constitution have?",
+            "What is the number of years that separate {q1} and {q2}?",
+        ),
+        (
+            "Who painted the Mona Lisa? What is the capital of Peru?",
+            "Who painted the Mona Lisa?",
+            "What is the capital of Peru?",
+            "Was {q1} born in {q2}?",
+        ),
+    ],
+)
+def test_a_combination_the_question_does_not_ask_for_is_removed(
+    query: str, first: str, second: str, invented: str
+) -> None:
+    result = repaired(query, (first, []), (second, []), (invented, ["q1", "q2"]))
+    assert shape(result) == [("q1", first, ()), ("q2", second, ())]
+    assert result.repairs == ("q3: removed (combines answers the question does not ask to combine)",)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Who was born first, Marie Curie or Alan Turing?",
+        "Was Marie Curie born before Alan Turing?",
+        "How many years apart were Marie Curie and Alan Turing born?",
+        "Were Marie Curie and Alan Turing born in the same year?",
+    ],
+)
+def test_a_combination_the_question_asks_for_is_kept(query: str) -> None:
+    p = plan(
+        query,
+        ("In which year was Marie Curie born?", []),
+        ("In which year was Alan Turing born?", []),
+        ("Compare {q1} and {q2}.", ["q1", "q2"]),
+    )
+    assert repair_plan(p) == p
+
+
+def test_a_pronoun_before_in_that_is_no_conversion_is_left_alone() -> None:
+    p = plan(
+        "Where is the Alhambra, and when was it built in its present form?",
+        ("Where is the Alhambra, and when was it built in its present form?", []),
+    )
+    assert repair_plan(p) == p
 
 
 def test_numbers_the_question_writes_in_words_are_not_invented() -> None:

@@ -8,10 +8,14 @@ in this order:
    parents) is removed; its dependents use the earlier one.
 2. **The whole query re-asked**: an independent sub-query that restates the whole question
    beside sub-queries that already cover it is removed (it would answer everything again).
-3. **Invented steps**: a dependent sub-query computing with numbers that appear nowhere in
-   the question ("Add 16 to {q1} and multiply that result by 10") is removed.
+3. **Invented steps**: a final dependent sub-query computing with numbers that appear
+   nowhere in the question ("Add 16 to {q1} and multiply that result by 10"), asking about
+   nothing the question names, or combining answers when the question asks for no
+   comparison or combination ("What is the number of years that separate {q1} and {q2}?"
+   after two unrelated parts) is removed.
 4. **Implicit references**: a sub-query that refers to an earlier answer in words ("that
-   number", "the result", "that organ", "its", "between them") instead of a placeholder
+   number", "the result", "that organ", "at that speed", "that in Fahrenheit", "its",
+   "between them") instead of a placeholder
    gets the dependency, and the placeholder where the words can be replaced by one. A
    pronoun that names something of the earlier question rather than its answer ("Who wrote
    Hamlet? When was it written?") gets the dependency only: the expert then sees the
@@ -201,10 +205,23 @@ def _remove_whole_query_repeats(work: _Work) -> None:
             work.remove(step, None, "re-asks the whole question")
 
 
+_COMBINES = re.compile(
+    r"\b(?:than|more|less|fewer|most|least|first|last|earl(?:y|ier|iest)|later|latest|"
+    r"old(?:er|est)|young(?:er|est)|bigg(?:er|est)|larg(?:er|est)|small(?:er|est)|higher|"
+    r"lower|longer|shorter|taller|greater|same|different|differ\w*|between|both|compar\w*|"
+    r"before|after|versus|vs|sum|total|combined|together|apart|ratio|times|each|either|or|"
+    r"whether|and then)\b",
+    re.IGNORECASE,
+)
+"""Words with which a question asks to compare or combine answers ("which is older",
+"how many years apart", "the total"); without them it asks for its parts alone."""
+
+
 def _remove_invented_steps(work: _Work) -> None:
     """Remove final dependent steps the question does not ask for: computing with numbers
-    it does not hold, or (one parent) asking about nothing it names ("What is the mass
-    of {q1}?" when the question asks no mass)."""
+    it does not hold, (one parent) asking about nothing it names ("What is the mass of
+    {q1}?" when the question asks no mass), or (several parents) combining answers of parts
+    the plan already asks when the question asks for no comparison or combination."""
     allowed = numbers(work.query)
     named = _content_with_agents(work.query)
     for step in list(work.steps):
@@ -216,9 +233,17 @@ def _remove_invented_steps(work: _Work) -> None:
                 step, None, f"computes with {', '.join(sorted(invented))}, not in the question"
             )
             continue
+        if not _readable(work.query):
+            continue
         own = _content_with_agents(step.question)
-        if _readable(work.query) and len(step.depends_on) == 1 and own and not own & named:
+        if len(step.depends_on) == 1 and own and not own & named:
             work.remove(step, None, "asks about nothing the question names")
+        elif (
+            len(step.depends_on) > 1
+            and not _COMBINES.search(work.query)
+            and _covers((s for s in work.steps if s is not step), work.query)
+        ):
+            work.remove(step, None, "combines answers the question does not ask to combine")
 
 
 # --- 4-5: references ----------------------------------------------------------------------------
@@ -266,7 +291,9 @@ _ANSWER_PHRASE = re.compile(
     + r"|\b(?:that|this|it)"
     + r"(?=\s*(?:[?.!]|$)|\s+(?:"
     + _OPERATOR
-    + r")\b)",
+    + r")\b"
+    # "What is that in Fahrenheit?", "convert it to miles"
+    + r"|\s+(?:in|into|to)\s+[^\W\d_]+(?:\s+[^\W\d_]+)?\s*[?.!]?\s*$)",
     re.IGNORECASE,
 )
 _OPERAND = re.compile(
@@ -345,7 +372,15 @@ def _find_reference(question: str, earlier: Sequence[_Step]) -> _Reference | Non
             continue
         noun = stem(m.group(1))
         asks = re.compile(r"\b(?:which|what)\s+(?:\w+\s+)?" + re.escape(m.group(1)), re.I)
-        if any(asks.search(s.question) or noun in _agent_stems(s.question) for s in earlier):
+        # "at that speed" after "What is the speed of light?": the noun an earlier
+        # sub-query asks for, its agent ("that director" after "Who directed X?"), or
+        # what it is about.
+        if any(
+            asks.search(s.question)
+            or noun in _agent_stems(s.question)
+            or noun in content_stems(s.question)
+            for s in earlier
+        ):
             return _Reference(m.start(), m.end(), plural=False, wants=asks, substitute=True)
     # A pronoun after the question has named things of its own most likely refers to them
     # ("The pitch of a sound is related to its ...").
