@@ -280,7 +280,9 @@ def test_a_combination_the_question_does_not_ask_for_is_removed(
 ) -> None:
     result = repaired(query, (first, []), (second, []), (invented, ["q1", "q2"]))
     assert shape(result) == [("q1", first, ()), ("q2", second, ())]
-    assert result.repairs == ("q3: removed (combines answers the question does not ask to combine)",)
+    assert result.repairs == (
+        "q3: removed (combines answers the question does not ask to combine)",
+    )
 
 
 @pytest.mark.parametrize(
