@@ -312,6 +312,65 @@ def test_a_pronoun_before_in_that_is_no_conversion_is_left_alone() -> None:
     assert repair_plan(p) == p
 
 
+# --- merged parts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "parts"),
+    [
+        (
+            "Please answer both:\n(1) What is 15% of 80?\n(2) What are the symptoms of "
+            "iron-deficiency anemia?",
+            ["What is 15% of 80?", "What are the symptoms of iron-deficiency anemia?"],
+        ),
+        (
+            "Could you help me with two things?\nFirst: The eigenvalues of a Hermitian operator "
+            "are always\nA) real\nB) imaginary\nSecond: Who wrote Dracula?",
+            ["The eigenvalues of a Hermitian operator are always\nA) real\nB) imaginary",
+             "Who wrote Dracula?"],
+        ),
+        (
+            "Who painted Guernica? How many legs does a spider have? What is 7 times 8?",
+            ["Who painted Guernica?", "How many legs does a spider have?", "What is 7 times 8?"],
+        ),
+    ],
+)  # fmt: skip
+def test_a_sub_query_copying_several_parts_is_split_into_them(query: str, parts: list[str]) -> None:
+    result = repaired(query, (query, []))
+    assert [sq.question for sq in result.sub_queries] == parts
+    assert not any(sq.depends_on for sq in result.sub_queries)
+    ids = ", ".join(f"q{i}" for i in range(1, len(parts) + 1))
+    assert result.repairs == (f"q1: split into {ids}: it asked {len(parts)} parts of the question",)
+
+
+def test_merged_parts_keep_their_place_among_the_others() -> None:
+    result = repaired(
+        "1. Who wrote Beloved? 2. What is the capital of Peru? 3. What is 2 plus 2?",
+        ("Who wrote Beloved?", []),
+        ("What is the capital of Peru? 3. What is 2 plus 2?", []),
+    )
+    assert shape(result) == [
+        ("q1", "Who wrote Beloved?", ()),
+        ("q2", "What is the capital of Peru?", ()),
+        ("q3", "What is 2 plus 2?", ()),
+    ]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # One question, in a conjunction: may be one question, so no split.
+        "Who wrote Beloved, and when was it first published?",
+        # Sentences that start with a question word but ask nothing.
+        'Read this. "When the ships sail from Macao, they carry silk. When they come to '
+        'Canton, they stay days." Which of the following is true?\nA) silk\nB) silver',
+    ],
+)
+def test_a_sub_query_holding_one_question_is_not_split(query: str) -> None:
+    p = plan(query, (query, []))
+    assert repair_plan(p) == p
+
+
 def test_numbers_the_question_writes_in_words_are_not_invented() -> None:
     p = plan(
         "What is 7 times 6? Then triple the answer.",
@@ -364,6 +423,15 @@ def test_a_chain_cut_short_gets_its_next_hop(query: str, first: str, completion:
     result = repaired(query, (first, []))
     assert shape(result) == [("q1", first, ()), ("q2", completion, ("q1",))]
     assert "only partly asked" in result.repairs[0]
+
+
+def test_a_part_rephrased_with_its_numbers_gets_no_next_hop() -> None:
+    p = plan(
+        "what's the square of 17 and who painted the Mona Lisa",
+        ("What is 17 times 17?", []),
+        ("Who painted the Mona Lisa?", []),
+    )
+    assert repair_plan(p) == p
 
 
 def test_a_complete_chain_is_left_alone() -> None:

@@ -8,6 +8,9 @@ in this order:
    parents) is removed; its dependents use the earlier one.
 2. **The whole query re-asked**: an independent sub-query that restates the whole question
    beside sub-queries that already cover it is removed (it would answer everything again).
+   **Merged parts**: a sub-query that holds two or more of the question's marked parts
+   (an enumeration, ordinals, several questions in a row: ``split_query``) copied whole is
+   replaced by those parts.
 3. **Invented steps**: a final dependent sub-query computing with numbers that appear
    nowhere in the question ("Add 16 to {q1} and multiply that result by 10"), asking about
    nothing the question names, or combining answers when the question asks for no
@@ -41,6 +44,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from langchain_complm.decompose._split import split_query
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
 from langchain_complm.text import (
     FUNCTION_WORDS,
@@ -163,6 +167,60 @@ class _Work:
             return False
         step.depends_on.append(parent)
         return True
+
+
+# --- 2: merged parts ----------------------------------------------------------------------------
+
+
+def _asks(part: str, query: str) -> bool:
+    """Whether a part of ``query`` reads as a question: options to pick, or the user's own
+    question mark (``split_query`` ends a part that starts with a question word with one)."""
+    if _OPTIONS.search(part):
+        return True
+    flat = " ".join(part.split())
+    return "?" in flat and flat[1:] in " ".join(query.split())
+
+
+def _in_order(parts: Sequence[str], text: str) -> list[str]:
+    """The parts whose words occur in ``text`` as a run, each after the one before."""
+    haystack = [w.lower() for w in words(text)]
+    found, at = [], 0
+    for part in parts:
+        needle = [w.lower() for w in words(part)]
+        hit = next(
+            (i for i in range(at, len(haystack) - len(needle) + 1)
+             if needle and haystack[i : i + len(needle)] == needle),
+            None,
+        )  # fmt: skip
+        if hit is not None:
+            found.append(part)
+            at = hit + len(needle)
+    return found
+
+
+def _split_merged_parts(work: _Work, max_sub_queries: int | None) -> None:
+    """Replace a sub-query that copies two or more of the question's marked parts ("(1) ...
+    (2) ..." whole) by those parts, in its place."""
+    parts = split_query(work.query, max_sub_queries, joined=False)
+    if len(parts) < 2 or not all(_asks(p, work.query) for p in parts):
+        return
+    for step in list(work.steps):
+        if step.depends_on or work.dependents(step.id):
+            continue
+        inside = _in_order(parts, step.question)
+        grown = len(work.steps) - 1 + len(inside)
+        if len(inside) < 2 or (max_sub_queries is not None and grown > max_sub_queries):
+            continue
+        at = work.index(step.id)
+        step.question = inside[0]
+        added: list[_Step] = []
+        for part in inside[1:]:
+            added.append(_Step(id=work.new_id(), question=part, depends_on=[]))
+            work.steps.insert(at + len(added), added[-1])
+        work.notes.append(
+            f"{step.id}: split into {', '.join([step.id, *(a.id for a in added)])}: it asked "
+            f"{len(inside)} parts of the question"
+        )
 
 
 # --- 1-3: removals ------------------------------------------------------------------------------
@@ -610,7 +668,11 @@ def _complete(work: _Work, unit: str, candidates: Sequence[_Step]) -> _Step | No
     spans: list[_Span] = []
     for step in candidates:
         span = _span(unit, step)
-        if span and not any(span.start < s.end and s.start < span.end for s in spans):
+        # A step that only shares the part's numbers ("What is 17 times 17?" for "the
+        # square of 17") rephrases the part; a hop answers a phrase of it.
+        if span is None or not content_stems(unit[span.start : span.end]) - numbers(unit):
+            continue
+        if not any(span.start < s.end and s.start < span.end for s in spans):
             spans.append(span)
     text = unit
     for span in sorted(spans, key=lambda s: s.start, reverse=True):
@@ -700,6 +762,7 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
     )
     _remove_repeats(work)
     _remove_whole_query_repeats(work)
+    _split_merged_parts(work, max_sub_queries)
     _remove_invented_steps(work)
     _link_references(work)
     _link_placeholders(work)
