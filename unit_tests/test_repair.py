@@ -304,6 +304,53 @@ def test_a_combination_the_question_asks_for_is_kept(query: str) -> None:
     assert repair_plan(p) == p
 
 
+def test_an_independent_step_about_something_else_is_removed() -> None:
+    result = repaired(
+        "What are the three branches of the US government, and how many amendments does the "
+        "US Constitution have?",
+        ("What are the three branches of the US government?", []),
+        ("How many amendments does the US Constitution have?", []),
+        ("What is the number of years that separate the first two questions?", []),
+    )
+    assert [sq.id for sq in result.sub_queries] == ["q1", "q2"]
+    assert result.repairs == ("q3: removed (asks about nothing the question names)",)
+
+
+def test_an_independent_step_the_question_needs_is_kept() -> None:
+    # Few of its words are the question's, but without it the question is not asked.
+    result = repair_plan(
+        plan(
+            "What is 2 plus 2, and who painted the Mona Lisa?",
+            ("What is 2 plus 2?", []),
+            ("Which Renaissance artist created the famous Lisa portrait?", []),
+        )
+    )
+    assert [sq.id for sq in result.sub_queries][:2] == ["q1", "q2"]
+    assert not any("removed" in note for note in result.repairs)
+
+
+def test_a_second_question_about_the_first_answer_is_split_off() -> None:
+    query = "Who founded Microsoft with Bill Gates, and when was he born?"
+    result = repaired(query, (query, []))
+    assert shape(result) == [
+        ("q1", "Who founded Microsoft with Bill Gates?", ()),
+        ("q2", "When was {q1} born?", ("q1",)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Who wrote Beloved, and when was it first published?",
+        "What is the capital of France, and what is its population?",
+        "What is gout, and how is it treated?",
+    ],
+)
+def test_a_second_question_about_what_the_first_names_stays_whole(query: str) -> None:
+    p = plan(query, (query, []))
+    assert repair_plan(p) == p
+
+
 def test_a_pronoun_before_in_that_is_no_conversion_is_left_alone() -> None:
     p = plan(
         "Where is the Alhambra, and when was it built in its present form?",

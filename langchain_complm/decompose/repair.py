@@ -275,15 +275,33 @@ _COMBINES = re.compile(
 "how many years apart", "the total"); without them it asks for its parts alone."""
 
 
+_ABOUT_THE_QUESTION = 0.5
+"""An independent sub-query with less than this share of its content words in the question
+asks about something else (when the other sub-queries already ask the whole question)."""
+
+
 def _remove_invented_steps(work: _Work) -> None:
     """Remove final dependent steps the question does not ask for: computing with numbers
-    it does not hold, (one parent) asking about nothing it names ("What is the mass of
-    {q1}?" when the question asks no mass), or (several parents) combining answers of parts
-    the plan already asks when the question asks for no comparison or combination."""
+    it does not hold, (one parent, or none beside sub-queries that ask the whole question)
+    asking about nothing it names ("What is the mass of {q1}?" when the question asks no
+    mass), or (several parents) combining answers of parts the plan already asks when the
+    question asks for no comparison or combination."""
     allowed = numbers(work.query)
     named = _content_with_agents(work.query)
     for step in list(work.steps):
-        if not step.depends_on or work.dependents(step.id):
+        if work.dependents(step.id):
+            continue
+        if not step.depends_on:
+            # "What is the number of years that separate the first two questions?"
+            own = content_stems(step.question)
+            others = [s for s in work.steps if s is not step]
+            if (
+                others
+                and _readable(work.query)
+                and _overlap(own, named) < _ABOUT_THE_QUESTION
+                and _covers(others, work.query)
+            ):
+                work.remove(step, None, "asks about nothing the question names")
             continue
         invented = numbers(step.question) - allowed
         if invented:
@@ -542,6 +560,31 @@ def _their(question: str, ref: _Reference, names: Sequence[str]) -> str:
     )
 
 
+def _split_inner_references(work: _Work, max_sub_queries: int | None) -> None:
+    """Split a sub-query whose second question refers to the answer of its first ("Who
+    painted X, and in which city was that artist born?"), so that the reference can become
+    a dependency. A pronoun about what the first question names ("Who wrote Beloved, and
+    when was it published?") is no such reference: the sub-query stays whole."""
+    for step in list(work.steps):
+        if step.depends_on or work.dependents(step.id) or step.braced:
+            continue
+        if max_sub_queries is not None and len(work.steps) >= max_sub_queries:
+            return
+        pieces = split_query(step.question, allow_references=True)
+        if len(pieces) != 2:
+            continue
+        first = _Step(step.id, pieces[0], [])
+        ref = _find_reference(pieces[1], [first])
+        if ref is None or ref.wants is None or not ref.wants.search(pieces[0]):
+            continue
+        if _THING_PRONOUN.fullmatch(pieces[1][ref.start : ref.end]):
+            continue
+        step.question = pieces[0]
+        second = _Step(id=work.new_id(), question=pieces[1], depends_on=[])
+        work.steps.insert(work.index(step.id) + 1, second)
+        work.notes.append(f"{step.id}: split into {step.id}, {second.id}: {second.id} refers to it")
+
+
 def _link_references(work: _Work) -> None:
     for index, step in enumerate(work.steps):
         if index == 0 or step.depends_on or step.braced:
@@ -764,6 +807,7 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
     _remove_whole_query_repeats(work)
     _split_merged_parts(work, max_sub_queries)
     _remove_invented_steps(work)
+    _split_inner_references(work, max_sub_queries)
     _link_references(work)
     _link_placeholders(work)
     if not _repair_coverage(work, max_sub_queries):
