@@ -316,21 +316,6 @@ def test_an_independent_step_about_something_else_is_removed() -> None:
     assert result.repairs == ("q3: removed (asks about nothing the question names)",)
 
 
-def test_a_step_restating_its_parent_is_removed() -> None:
-    result = repaired(
-        "what year did the Berlin Wall fall?? who is the author of 1984??",
-        ("What year did the Berlin Wall fall?", []),
-        ("Who wrote 1984?", []),
-        ("What is the year of {q1}?", ["q1"]),
-        ("What is the author of {q2}?", ["q2"]),
-    )
-    assert [sq.id for sq in result.sub_queries] == ["q1", "q2"]
-    assert result.repairs == (
-        "q3: removed (asks again what q1 asks)",
-        "q4: removed (asks again what q2 asks)",
-    )
-
-
 def test_an_independent_step_the_question_needs_is_kept() -> None:
     # Few of its words are the question's, but without it the question is not asked.
     result = repair_plan(

@@ -280,17 +280,6 @@ _ABOUT_THE_QUESTION = 0.5
 asks about something else (when the other sub-queries already ask the whole question)."""
 
 
-def _asks_its_parent_again(work: _Work, step: _Step) -> bool:
-    """Whether a one-parent step only restates its parent about its answer ("What is the
-    author of {q2}?" after "Who wrote 1984?"), while the rest of the plan asks the whole
-    question. Steps with numbers compute, so they are left to the number rule."""
-    parent = next(s for s in work.steps if s.id == step.depends_on[0])
-    own = content_stems(step.question)
-    if not own or numbers(step.question) or not own <= _content_with_agents(parent.question):
-        return False
-    return _covers((s for s in work.steps if s is not step), work.query)
-
-
 def _remove_invented_steps(work: _Work) -> None:
     """Remove final dependent steps the question does not ask for: computing with numbers
     it does not hold, (one parent, or none beside sub-queries that ask the whole question)
@@ -325,8 +314,6 @@ def _remove_invented_steps(work: _Work) -> None:
         own = _content_with_agents(step.question)
         if len(step.depends_on) == 1 and own and not own & named:
             work.remove(step, None, "asks about nothing the question names")
-        elif len(step.depends_on) == 1 and _asks_its_parent_again(work, step):
-            work.remove(step, None, f"asks again what {step.depends_on[0]} asks")
         elif (
             len(step.depends_on) > 1
             and not _COMBINES.search(work.query)
