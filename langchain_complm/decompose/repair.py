@@ -23,7 +23,9 @@ in this order:
    pronoun that names something of the earlier question rather than its answer ("Who wrote
    Hamlet? When was it written?") gets the dependency only: the expert then sees the
    earlier question and its answer as context. A pronoun in a second clause about what its
-   own sub-query names ("What is gout, and how is it treated?") is no reference.
+   own sub-query names ("What is gout, and how is it treated?") is no reference. A
+   sub-query whose second question asks about its first one's answer ("Who founded X, and
+   when was he born?") is split first, so the reference can become a dependency.
 5. **Placeholders without their dependency** get the dependency.
 6. **Coverage**: each part of the question (its structural parts, else the whole) must be
    asked by the plan. A part no sub-query asks is added as a sub-query of its own; a part
@@ -140,6 +142,17 @@ class _Work:
                 )
         self.notes.append(f"{step.id}: removed ({why})")
 
+    def split(self, step: _Step, pieces: Sequence[str]) -> list[str]:
+        """``step`` asks ``pieces[0]``; the other pieces become independent steps right
+        after it. Returns the ids, ``step``'s first."""
+        step.question = pieces[0]
+        at = self.index(step.id)
+        ids = [step.id]
+        for offset, piece in enumerate(pieces[1:], start=1):
+            ids.append(self.new_id())
+            self.steps.insert(at + offset, _Step(id=ids[-1], question=piece, depends_on=[]))
+        return ids
+
     def new_id(self) -> str:
         taken = {s.id for s in self.steps}
         n = len(self.steps) + 1
@@ -211,15 +224,9 @@ def _split_merged_parts(work: _Work, max_sub_queries: int | None) -> None:
         grown = len(work.steps) - 1 + len(inside)
         if len(inside) < 2 or (max_sub_queries is not None and grown > max_sub_queries):
             continue
-        at = work.index(step.id)
-        step.question = inside[0]
-        added: list[_Step] = []
-        for part in inside[1:]:
-            added.append(_Step(id=work.new_id(), question=part, depends_on=[]))
-            work.steps.insert(at + len(added), added[-1])
+        ids = work.split(step, inside)
         work.notes.append(
-            f"{step.id}: split into {', '.join([step.id, *(a.id for a in added)])}: it asked "
-            f"{len(inside)} parts of the question"
+            f"{step.id}: split into {', '.join(ids)}: it asked {len(inside)} parts of the question"
         )
 
 
@@ -291,10 +298,10 @@ def _remove_invented_steps(work: _Work) -> None:
     for step in list(work.steps):
         if work.dependents(step.id):
             continue
+        others = [s for s in work.steps if s is not step]
         if not step.depends_on:
             # "What is the number of years that separate the first two questions?"
             own = content_stems(step.question)
-            others = [s for s in work.steps if s is not step]
             if (
                 others
                 and _readable(work.query)
@@ -317,7 +324,7 @@ def _remove_invented_steps(work: _Work) -> None:
         elif (
             len(step.depends_on) > 1
             and not _COMBINES.search(work.query)
-            and _covers((s for s in work.steps if s is not step), work.query)
+            and _covers(others, work.query)
         ):
             work.remove(step, None, "combines answers the question does not ask to combine")
 
@@ -562,8 +569,8 @@ def _their(question: str, ref: _Reference, names: Sequence[str]) -> str:
 
 def _split_inner_references(work: _Work, max_sub_queries: int | None) -> None:
     """Split a sub-query whose second question refers to the answer of its first ("Who
-    painted X, and in which city was that artist born?"), so that the reference can become
-    a dependency. A pronoun about what the first question names ("Who wrote Beloved, and
+    founded Microsoft with Bill Gates, and when was he born?"), so that the reference can
+    become a dependency. A pronoun about what the first question names ("Who wrote Beloved, and
     when was it published?") is no such reference: the sub-query stays whole."""
     for step in list(work.steps):
         if step.depends_on or work.dependents(step.id) or step.braced:
@@ -579,10 +586,10 @@ def _split_inner_references(work: _Work, max_sub_queries: int | None) -> None:
             continue
         if _THING_PRONOUN.fullmatch(pieces[1][ref.start : ref.end]):
             continue
-        step.question = pieces[0]
-        second = _Step(id=work.new_id(), question=pieces[1], depends_on=[])
-        work.steps.insert(work.index(step.id) + 1, second)
-        work.notes.append(f"{step.id}: split into {step.id}, {second.id}: {second.id} refers to it")
+        first_id, second_id = work.split(step, pieces)
+        work.notes.append(
+            f"{first_id}: split into {first_id}, {second_id}: {second_id} refers to it"
+        )
 
 
 def _link_references(work: _Work) -> None:
