@@ -196,7 +196,7 @@ def test_bad_question_exits_2(
 def test_question_from_stdin(
     capsys: pytest.CaptureFixture[str], config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2+3?\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Q?\n"))
     assert run(capsys, "ask", "-q", "--config", str(config_file), "-")[:2] == (0, ANSWER + "\n")
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert run(capsys, "ask", "-q", "--config", str(config_file), "-")[0] == 2
