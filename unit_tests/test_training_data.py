@@ -171,6 +171,53 @@ def test_cli_dump_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert json.loads(capsys.readouterr().out)["pairs"] == 20
 
 
+def test_cli_mix_reweighs_the_default_kinds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langchain_complm.cli import main
+
+    path = tmp_path / "pairs.jsonl"
+    only_parallel = [f"--mix={kind}=0" for kind in DEFAULT_MIX if kind != "template_parallel"]
+    assert main(["train-generator", "--dump-data", str(path), "--n-train", "5", *only_parallel]) == 0
+    assert {p.kind for p in load_pairs(path)} == {"template_parallel"}
+    capsys.readouterr()
+
+
+def test_a_runs_mix_shapes_its_pairs_and_its_identity() -> None:
+    from langchain_complm.training.train import TrainConfig, _load_pairs, _run_key
+
+    mix = {kind: 0.0 for kind in DEFAULT_MIX} | {"reference_lookalike": 1.0}
+    config = TrainConfig(n_train=4, mix=mix)
+    assert {p.kind for p in _load_pairs(config)} == {"reference_lookalike"}
+    assert _run_key(config, 4, 1) != _run_key(TrainConfig(n_train=4), 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("mix", "message"),
+    [
+        ("nope=1", "unknown kind 'nope'"),
+        ("bridge=lots", "must be a number"),
+        ("bridge=-1", "0 or more"),
+        ("bridge=nan", "0 or more"),
+    ],
+)
+def test_cli_mix_names_a_bad_item(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mix: str, message: str
+) -> None:
+    from langchain_complm.cli import main
+
+    assert main(["train-generator", "--out", str(tmp_path), "--mix", mix]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_mix_with_data_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from langchain_complm.cli import main
+
+    args = ["train-generator", "--out", str(tmp_path), "--data", "x.jsonl", "--mix", "bridge=1"]
+    assert main(args) == 2
+    assert "cannot be used with --data" in capsys.readouterr().err
+
+
 def test_cli_eval_needs_a_model_or_a_curve(capsys: pytest.CaptureFixture[str]) -> None:
     from langchain_complm.cli import main
 

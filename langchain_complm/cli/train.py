@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 from langchain_complm.cli._common import EXIT_OK, Command, Console
 from langchain_complm.errors import UsageError
 from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL
-from langchain_complm.training.data import build_training_pairs, pair_statistics, save_pairs
+from langchain_complm.training.data import (
+    DEFAULT_MIX,
+    build_training_pairs,
+    pair_statistics,
+    save_pairs,
+)
 
 DEFAULT_OUT = "runs/subquery-generator"
 
@@ -30,6 +36,14 @@ DEFAULT_OUT = "runs/subquery-generator"
 def _configure_train(parser: argparse.ArgumentParser) -> None:
     _add_training_arguments(parser, out=DEFAULT_OUT, n_train=3000)
     parser.add_argument("--data", metavar="JSONL", help="train on these pairs instead")
+    parser.add_argument(
+        "--mix",
+        action="append",
+        default=[],
+        metavar="KIND=SHARE",
+        help="share of a kind of built pair (repeatable; others keep the default mix, "
+        "0 leaves a kind out)",
+    )
     parser.add_argument(
         "--dump-data",
         metavar="JSONL",
@@ -39,9 +53,12 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace, console: Console) -> int:
     """``complm train-generator``: build the pairs and fine-tune the base model."""
-    config = _train_config(args, args.out, data_path=args.data)
+    mix = _mix(args.mix)
+    if mix and args.data:
+        raise UsageError("--mix shapes built pairs: it cannot be used with --data")
+    config = _train_config(args, args.out, data_path=args.data, mix=mix)
     if args.dump_data:
-        pairs = build_training_pairs(args.n_train, args.seed, data_dir=args.data_dir)
+        pairs = build_training_pairs(args.n_train, args.seed, data_dir=args.data_dir, mix=mix)
         save_pairs(pairs, args.dump_data)
         console.progress(f"wrote {len(pairs)} pairs to {args.dump_data}")
         console.print(json.dumps(pair_statistics(pairs), indent=2))
@@ -57,6 +74,28 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
     else:
         console.print(f"saved {result.out} ({json.dumps(summary)})")
     return EXIT_OK
+
+
+def _mix(items: list[str]) -> dict[str, float] | None:
+    """The training mix of ``--mix KIND=SHARE`` items over :data:`DEFAULT_MIX`."""
+    if not items:
+        return None
+    mix = dict(DEFAULT_MIX)
+    for item in items:
+        kind, _, share = item.partition("=")
+        if kind not in DEFAULT_MIX:
+            raise UsageError(
+                f"--mix {item!r}: unknown kind {kind!r}; kinds: {', '.join(DEFAULT_MIX)}"
+            )
+        try:
+            mix[kind] = float(share)
+        except ValueError:
+            raise UsageError(f"--mix {item!r}: the share must be a number") from None
+        if not (math.isfinite(mix[kind]) and mix[kind] >= 0):
+            raise UsageError(f"--mix {item!r}: the share must be a finite number, 0 or more")
+    if not any(mix.values()):
+        raise UsageError("--mix leaves no kind of pair")
+    return mix
 
 
 def _configure_eval(parser: argparse.ArgumentParser) -> None:

@@ -79,6 +79,8 @@ class TrainConfig:
     """Read pairs from this JSONL instead of building them (``n_train`` still caps them)."""
     data_dir: str | None = None
     """Benchmark data location for building pairs (see ``build_dataset``)."""
+    mix: dict[str, float] | None = None
+    """Share of each kind of built pair (default :data:`~.data.DEFAULT_MIX`)."""
     seed: int = 0
     epochs: float = 1.0
     batch_size: int = 8
@@ -164,7 +166,9 @@ def encode_chat(tokenizer: Any, chat: Chat) -> tuple[list[int], list[int]]:
 def _load_pairs(config: TrainConfig) -> list[TrainingPair]:
     if config.data_path:
         return load_pairs(config.data_path)[: config.n_train]
-    return build_training_pairs(config.n_train, config.seed, data_dir=config.data_dir)
+    return build_training_pairs(
+        config.n_train, config.seed, data_dir=config.data_dir, mix=config.mix
+    )
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -195,6 +199,7 @@ def train_generator(
         "data": {
             "pairs": len(pairs),
             "seed": config.seed,
+            **({"mix": config.mix} if config.mix and not config.data_path else {}),
             "source": config.data_path
             or "build_training_pairs (multiexpertqa-all train + templates)",
             "statistics": pair_statistics(pairs),
@@ -426,6 +431,7 @@ def _run_key(config: TrainConfig, n_examples: int, total_steps: int) -> dict[str
     return {
         "base": config.base,
         "seed": config.seed,
+        **({"mix": config.mix} if config.mix else {}),
         "examples": n_examples,
         "batch_size": config.batch_size,
         "total_steps": total_steps,
