@@ -178,7 +178,8 @@ def test_cli_mix_reweighs_the_default_kinds(
 
     path = tmp_path / "pairs.jsonl"
     only_parallel = [f"--mix={kind}=0" for kind in DEFAULT_MIX if kind != "template_parallel"]
-    assert main(["train-generator", "--dump-data", str(path), "--n-train", "5", *only_parallel]) == 0
+    args = ["train-generator", "--dump-data", str(path), "--n-train", "5", *only_parallel]
+    assert main(args) == 0
     assert {p.kind for p in load_pairs(path)} == {"template_parallel"}
     capsys.readouterr()
 
