@@ -329,6 +329,42 @@ def test_an_independent_step_the_question_needs_is_kept() -> None:
     assert not any("removed" in note for note in result.repairs)
 
 
+def test_a_hop_asked_again_of_its_own_answer_is_removed() -> None:
+    result = repaired(
+        "Who wrote 'The Raven', and in what city was that author born?",
+        ("Who wrote The Raven?", []),
+        ("In which city was {q1} born?", ["q1"]),
+        ("In which city was {q2} born?", ["q2"]),
+    )
+    assert [sq.id for sq in result.sub_queries] == ["q1", "q2"]
+    assert result.repairs == ("q3: removed (asks q2's hop again)",)
+
+
+def test_a_hop_the_question_asks_twice_is_kept() -> None:
+    p = plan(
+        "Who is the father of the father of Prince William?",
+        ("Who is the father of Prince William?", []),
+        ("Who is the father of {q1}?", ["q1"]),
+        ("Who is the father of {q2}?", ["q2"]),
+    )
+    # The third step repeats the second one's hop, but the question asks it twice.
+    assert [sq.id for sq in repair_plan(p).sub_queries] == ["q1", "q2", "q3"]
+
+
+def test_a_step_asking_nothing_beyond_its_parent_is_removed() -> None:
+    result = repaired(
+        "Who discovered penicillin, and what is 9 squared?",
+        ("Who discovered penicillin?", []),
+        ("What is {q1}?", ["q1"]),
+        ("What is 9 squared?", []),
+    )
+    assert [sq.question for sq in result.sub_queries] == [
+        "Who discovered penicillin?",
+        "What is 9 squared?",
+    ]
+    assert result.repairs == ("q2: removed (asks nothing beyond q1)",)
+
+
 def test_a_second_question_about_the_first_answer_is_split_off() -> None:
     query = "Who founded Microsoft with Bill Gates, and when was he born?"
     result = repaired(query, (query, []))

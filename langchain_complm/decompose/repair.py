@@ -43,6 +43,7 @@ the hand-written broken plans in ``unit_tests/test_repair.py``.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -319,7 +320,10 @@ def _remove_invented_steps(work: _Work) -> None:
         if not _readable(work.query):
             continue
         own = _content_with_agents(step.question)
-        if len(step.depends_on) == 1 and own and not own & named:
+        hop = _repeated_hop(work, step)
+        if hop:
+            work.remove(step, None, hop)
+        elif len(step.depends_on) == 1 and own and not own & named:
             work.remove(step, None, "asks about nothing the question names")
         elif (
             len(step.depends_on) > 1
@@ -327,6 +331,25 @@ def _remove_invented_steps(work: _Work) -> None:
             and _covers(others, work.query)
         ):
             work.remove(step, None, "combines answers the question does not ask to combine")
+
+
+def _repeated_hop(work: _Work, step: _Step) -> str | None:
+    """Why a one-parent step adds no hop: it asks nothing beyond its parent's answer ("What
+    is {q1}?"), or it asks its parent's own relation of that answer again ("In which city
+    was {q2} born?" after "In which city was {q1} born?") where the question asks that
+    relation once."""
+    parent = next((s for s in work.steps if s.id in step.depends_on), None)
+    if len(step.depends_on) != 1 or parent is None:
+        return None  # a dangling dependency is the validator's to report
+    own = content_stems(step.question)
+    if not own:
+        return f"asks nothing beyond {parent.id}"
+    if not parent.depends_on or own != content_stems(parent.question):
+        return None
+    counts = Counter(stem(w) for w in words(work.query))
+    if all(counts[s] >= 2 for s in own):
+        return None  # "the father of the father of X" asks the hop twice
+    return f"asks {parent.id}'s hop again"
 
 
 # --- 4-5: references ----------------------------------------------------------------------------
