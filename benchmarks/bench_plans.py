@@ -2,7 +2,9 @@
 
 Generates once per decoding (``free``: the model writes its JSON as it was trained;
 ``constrained``: decoding held to the plan's JSON grammar) on the held-out compound
-questions and on HotpotQA/MuSiQue/Bamboogle test-split questions by kind, keeps every reply
+questions and on HotpotQA/MuSiQue/Bamboogle test-split questions by kind (``--sets`` adds
+``multihop-dev``: the same from the dev split, a sample no repair rule was written for),
+keeps every reply
 in ``<out>/<decoding>-<set>.json`` (reused when present, so an interrupted run resumes and
 a finished one only rescores), and scores each reply with and without plan repair. Prints
 a Markdown table; ``--md FILE`` also writes it.
@@ -71,7 +73,7 @@ def main() -> None:
         "| --- | --- | ---: | --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
     ]
     for split in args.sets.split(","):
-        examples = eval_examples(split, args.multihop_n if split == "multihop" else 1000)
+        examples = eval_examples(split, args.multihop_n if "multihop" in split else 1000)
         for decoding in args.decodings.split(","):
             path = out / f"{decoding}-{split}.json"
             if generator is None and not path.is_file():

@@ -172,3 +172,15 @@ def test_multihop_examples_come_from_the_test_split_only() -> None:
     assert Counter(e.kind for e in examples) == {"chain": 20, "comparison": 20}
     train = {r.question for r in split_sources("general", "train")}
     assert not train & {e.query for e in examples}
+
+
+@needs_data
+def test_the_dev_multihop_sample_is_a_second_unseen_one() -> None:
+    from langchain_complm.training.evaluate import eval_examples
+
+    dev = eval_examples("multihop-dev", 20)
+    assert Counter(e.kind for e in dev) == {"chain": 20, "comparison": 20}
+    seen = {r.question for r in split_sources("general", "train")} | {
+        e.query for e in eval_examples("multihop", 20)
+    }
+    assert not seen & {e.query for e in dev}

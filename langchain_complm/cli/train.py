@@ -107,10 +107,11 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--split",
-        choices=("dev", "test", "heldout", "multihop"),
+        choices=("dev", "test", "heldout", "multihop", "multihop-dev"),
         default="dev",
         help="a benchmark split; heldout: the 126 held-out compound questions; multihop: "
-        "HotpotQA/MuSiQue/Bamboogle test-split questions by kind (--n per kind)",
+        "HotpotQA/MuSiQue/Bamboogle test-split questions by kind (--n per kind); "
+        "multihop-dev: the same from the dev split",
     )
     parser.add_argument("--n", type=int, default=200, help="evaluation examples")
     parser.add_argument(

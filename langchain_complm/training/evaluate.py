@@ -49,7 +49,8 @@ def eval_examples(
     Args:
         split: ``"dev"`` or ``"test"`` (never ``"train"``); ``"heldout"``: the first ``n``
             held-out compound questions; ``"multihop"``: ``n`` multi-hop questions of each
-            kind from the test split (see :mod:`langchain_complm.evaluation.plans`).
+            kind from the test split (see :mod:`langchain_complm.evaluation.plans`);
+            ``"multihop-dev"``: the same from the dev split, a second sample.
         n: number of examples.
         seed: the builder's seed (use the training data's).
         singles: share of single source questions.
@@ -60,8 +61,10 @@ def eval_examples(
 
     if split == "heldout":
         return heldout_examples()[:n]
-    if split == "multihop":
-        return multihop_examples(n, "test", seed, data_dir=data_dir)
+    if split in {"multihop", "multihop-dev"}:
+        return multihop_examples(
+            n, "dev" if split == "multihop-dev" else "test", seed, data_dir=data_dir
+        )
     if split == "train":
         raise ValueError("evaluate on 'dev' or 'test'; the generator is trained on 'train'")
     items = None
