@@ -15,7 +15,8 @@ in this order:
    nowhere in the question ("Add 16 to {q1} and multiply that result by 10"), asking about
    nothing the question names, or combining answers when the question asks for no
    comparison or combination ("What is the number of years that separate {q1} and {q2}?"
-   after two unrelated parts) is removed.
+   after two unrelated parts) is removed, as is a step adding no hop: "What is {q1}?", or
+   its parent's relation asked again of its parent's answer.
 4. **Implicit references**: a sub-query that refers to an earlier answer in words ("that
    number", "the result", "that organ", "at that speed", "that in Fahrenheit", "its",
    "between them") instead of a placeholder
