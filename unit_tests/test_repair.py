@@ -351,6 +351,20 @@ def test_a_hop_the_question_asks_twice_is_kept() -> None:
     assert [sq.id for sq in repair_plan(p).sub_queries] == ["q1", "q2", "q3"]
 
 
+def test_a_generator_loop_of_one_hop_is_cut_back_to_the_hop_asked() -> None:
+    query = "What is 6 times 7? Next, multiply that result by 2 and add 1."
+    again = [(f"Multiply {{q{i}}} by 2 and add 1.", [f"q{i}"]) for i in range(1, 6)]
+    result = repaired(query, ("What is 6 times 7?", []), *again)
+    assert shape(result) == [
+        ("q1", "What is 6 times 7?", ()),
+        ("q2", "Multiply {q1} by 2 and add 1.", ("q1",)),
+    ]
+    # Each removal makes the step before it final, and that one is judged in turn.
+    assert result.repairs == tuple(
+        f"q{i}: removed (asks q{i - 1}'s hop again)" for i in range(6, 2, -1)
+    )
+
+
 def test_a_step_asking_nothing_beyond_its_parent_is_removed() -> None:
     result = repaired(
         "Who discovered penicillin, and what is 9 squared?",
@@ -426,6 +440,33 @@ def test_a_sub_query_copying_several_parts_is_split_into_them(query: str, parts:
     assert result.repairs == (f"q1: split into {ids}: it asked {len(parts)} parts of the question",)
 
 
+def test_parts_copied_with_small_slips_are_split_into_the_questions_parts() -> None:
+    program = (
+        "In the program below, y is a positive integer.\nresult <- 0\nREPEAT 3 TIMES {\n"
+        "REPEAT y TIMES {\nresult <- result + 1\n}\n}\nWhat is result afterwards?\n"
+        "A) y+3\nB) 3y\nC) y^3\nD) 3^y"
+    )
+    case = (
+        "A truck driver on his lunch break carelessly ran over a pedestrian, who sued his "
+        "employer for negligence. Is the employer liable?\nA) Yes, by vicarious liability.\n"
+        "B) No, he was not within the scope of his employment."
+    )
+    query = f"Here are two unrelated questions; answer each of them.\n1. {program}\n2. {case}"
+    # The generator doubled a line of the program and wrote "2)" for "2.".
+    copied = program.replace("REPEAT y TIMES {", "REPEAT y TIMES {\nREPEAT y TIMES {")
+    result = repaired(query, (f"{copied}\n2) {case}", []))
+    assert [sq.question for sq in result.sub_queries] == [program, case]
+
+
+def test_a_short_part_inside_a_rephrased_question_is_not_split_out() -> None:
+    p = plan(
+        "1. What is gout? 2. Who wrote Dracula?",
+        ("What is the usual treatment of gout, and who is the author of Dracula?", []),
+    )
+    # Neither part occurs whole, so the sub-query is not taken for a copy of both.
+    assert not any("split" in note for note in repair_plan(p).repairs)
+
+
 def test_merged_parts_keep_their_place_among_the_others() -> None:
     result = repaired(
         "1. Who wrote Beloved? 2. What is the capital of Peru? 3. What is 2 plus 2?",
@@ -475,6 +516,32 @@ def test_a_dropped_part_is_added() -> None:
         ("q1", "What is 15% of 80?", ()),
         ("q2", "What are the symptoms of iron-deficiency anemia?", ()),
     ]
+
+
+def test_a_dropped_source_question_is_added_whole() -> None:
+    problem = (
+        "A ball is dropped, falls 6 meters and then passes through a photogate. The "
+        "predicted velocity is 20% above the measured one. Which best describes the cause?\n"
+        "A) Air resistance\nB) Gravity varies"
+    )
+    query = f"Could you help me with two things?\nFirst: Who wrote Dracula?\nSecond: {problem}"
+    result = repaired(query, ("Who wrote Dracula?", []))
+    # Its sentences, its "and then" clause and its options are not parts of their own.
+    assert shape(result) == [("q1", "Who wrote Dracula?", ()), ("q2", problem, ())]
+
+
+def test_a_copied_source_question_needs_no_completion_of_its_options() -> None:
+    mcq = (
+        "What do meteorites reveal about the solar system?\nA) It is 4.6 billion years old."
+        "\nB) It once held 10 planets."
+    )
+    word_problem = (
+        "Each pole has 4 street lights and each of 4 intersections has 6 poles. How many "
+        "lights are there if 20 are not working?"
+    )
+    query = f"I have two questions.\nFirst, {mcq}\nSecond, {word_problem}"
+    p = plan(query, (mcq, []), (word_problem, []))
+    assert repair_plan(p) == p
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,15 @@ in this order:
 2. **The whole query re-asked**: an independent sub-query that restates the whole question
    beside sub-queries that already cover it is removed (it would answer everything again).
    **Merged parts**: a sub-query that holds two or more of the question's marked parts
-   (an enumeration, ordinals, several questions in a row: ``split_query``) copied whole is
-   replaced by those parts.
+   (an enumeration, ordinals, several questions in a row: ``split_query``) copied whole,
+   or with a copying slip or two, is replaced by those parts.
 3. **Invented steps**: a final dependent sub-query computing with numbers that appear
    nowhere in the question ("Add 16 to {q1} and multiply that result by 10"), asking about
    nothing the question names, or combining answers when the question asks for no
    comparison or combination ("What is the number of years that separate {q1} and {q2}?"
    after two unrelated parts) is removed, as is a step adding no hop: "What is {q1}?", or
-   its parent's relation asked again of its parent's answer.
+   its parent's relation asked again of its parent's answer. Removal repeats until no
+   final step is invented, so a generator's loop of one hop is cut back to the hop.
 4. **Implicit references**: a sub-query that refers to an earlier answer in words ("that
    number", "the result", "that organ", "at that speed", "that in Fahrenheit", "its",
    "between them") instead of a placeholder
@@ -28,7 +29,8 @@ in this order:
    sub-query whose second question asks about its first one's answer ("Who founded X, and
    when was he born?") is split first, so the reference can become a dependency.
 5. **Placeholders without their dependency** get the dependency.
-6. **Coverage**: each part of the question (its structural parts, else the whole) must be
+6. **Coverage**: each part of the question (its structural parts, else the whole; a
+   source question with options, a word problem or a vignette counts as one) must be
    asked by the plan. A part no sub-query asks is added as a sub-query of its own; a part
    only partly asked (a chain cut short: "Who directed X?" for "Where was the director of
    X born?") gets a final step: the part with the asked span replaced by the placeholder
@@ -47,6 +49,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 
 from langchain_complm.decompose._split import split_query
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
@@ -196,20 +199,25 @@ def _asks(part: str, query: str) -> bool:
     return "?" in flat and flat[1:] in " ".join(query.split())
 
 
+_COPIED = 0.9
+"""A part counts as copied into a sub-query when this share of its words occur there in
+order, in runs broken at most once per ``_WORDS_PER_SLIP`` words: generators copy long
+parts with small slips (a line doubled, "2)" for "2."); a short part must occur whole."""
+_WORDS_PER_SLIP = 10
+
+
 def _in_order(parts: Sequence[str], text: str) -> list[str]:
-    """The parts whose words occur in ``text`` as a run, each after the one before."""
+    """The parts copied into ``text`` (see ``_COPIED``), each after the one before."""
     haystack = [w.lower() for w in words(text)]
     found, at = [], 0
     for part in parts:
         needle = [w.lower() for w in words(part)]
-        hit = next(
-            (i for i in range(at, len(haystack) - len(needle) + 1)
-             if needle and haystack[i : i + len(needle)] == needle),
-            None,
-        )  # fmt: skip
-        if hit is not None:
+        matcher = SequenceMatcher(None, haystack[at:], needle, autojunk=False)
+        blocks = [b for b in matcher.get_matching_blocks() if b.size]
+        copied = sum(b.size for b in blocks) >= _COPIED * len(needle)
+        if needle and copied and len(blocks) <= 1 + len(needle) // _WORDS_PER_SLIP:
             found.append(part)
-            at = hit + len(needle)
+            at += blocks[-1].a + blocks[-1].size
     return found
 
 
@@ -290,48 +298,56 @@ asks about something else (when the other sub-queries already ask the whole ques
 
 
 def _remove_invented_steps(work: _Work) -> None:
-    """Remove final dependent steps the question does not ask for: computing with numbers
-    it does not hold, (one parent, or none beside sub-queries that ask the whole question)
-    asking about nothing it names ("What is the mass of {q1}?" when the question asks no
-    mass), or (several parents) combining answers of parts the plan already asks when the
+    """Remove final steps the question does not ask for (see :func:`_invented`), until none
+    is left: removing one makes its parent final, and a generator stuck in a loop writes the
+    same hop many times over."""
+    removed = True
+    while removed:
+        removed = False
+        for step in list(work.steps):
+            why = None if work.dependents(step.id) else _invented(work, step)
+            if why:
+                work.remove(step, None, why)
+                removed = True
+
+
+def _invented(work: _Work, step: _Step) -> str | None:
+    """Why a final step is not asked for: it computes with numbers the question does not
+    hold, (one parent, or none beside sub-queries that ask the whole question) asks about
+    nothing it names ("What is the mass of {q1}?" when the question asks no mass), adds no
+    hop, or (several parents) combines answers of parts the plan already asks when the
     question asks for no comparison or combination."""
-    allowed = numbers(work.query)
     named = _content_with_agents(work.query)
-    for step in list(work.steps):
-        if work.dependents(step.id):
-            continue
-        others = [s for s in work.steps if s is not step]
-        if not step.depends_on:
-            # "What is the number of years that separate the first two questions?"
-            own = content_stems(step.question)
-            if (
-                others
-                and _readable(work.query)
-                and _overlap(own, named) < _ABOUT_THE_QUESTION
-                and _covers(others, work.query)
-            ):
-                work.remove(step, None, "asks about nothing the question names")
-            continue
-        invented = numbers(step.question) - allowed
-        if invented:
-            work.remove(
-                step, None, f"computes with {', '.join(sorted(invented))}, not in the question"
-            )
-            continue
-        if not _readable(work.query):
-            continue
-        own = _content_with_agents(step.question)
-        hop = _repeated_hop(work, step)
-        if hop:
-            work.remove(step, None, hop)
-        elif len(step.depends_on) == 1 and own and not own & named:
-            work.remove(step, None, "asks about nothing the question names")
-        elif (
-            len(step.depends_on) > 1
-            and not _COMBINES.search(work.query)
+    others = [s for s in work.steps if s is not step]
+    if not step.depends_on:
+        # "What is the number of years that separate the first two questions?"
+        own = content_stems(step.question)
+        if (
+            others
+            and _readable(work.query)
+            and _overlap(own, named) < _ABOUT_THE_QUESTION
             and _covers(others, work.query)
         ):
-            work.remove(step, None, "combines answers the question does not ask to combine")
+            return "asks about nothing the question names"
+        return None
+    invented = numbers(step.question) - numbers(work.query)
+    if invented:
+        return f"computes with {', '.join(sorted(invented))}, not in the question"
+    if not _readable(work.query):
+        return None
+    own = _content_with_agents(step.question)
+    hop = _repeated_hop(work, step)
+    if hop:
+        return hop
+    if len(step.depends_on) == 1 and own and not own & named:
+        return "asks about nothing the question names"
+    if (
+        len(step.depends_on) > 1
+        and not _COMBINES.search(work.query)
+        and _covers(others, work.query)
+    ):
+        return "combines answers the question does not ask to combine"
+    return None
 
 
 def _repeated_hop(work: _Work, step: _Step) -> str | None:
@@ -686,9 +702,16 @@ _PREAMBLE = re.compile(r"\b(?:questions?|things|facts|queries|tasks)\b", re.IGNO
 
 
 def _units(query: str) -> list[str]:
-    """The parts of a question whose coverage is checked: its questions, lines and
-    "..., and what ..." clauses. Preambles ("I have two questions.") ask nothing and pass."""
-    units = [_LIST_MARKER.sub("", u.strip()) for u in _UNIT_BREAK.split(query)]
+    """The parts of a question whose coverage is checked: its marked parts, and within a
+    short one its questions, lines and "..., and what ..." clauses. A source question (one
+    with options, a word problem, a vignette) is one unit: its sentences, passage lines and
+    "... and then ..." clauses are not questions of their own. Preambles ("I have two
+    questions.") ask nothing and pass."""
+    units: list[str] = []
+    for part in split_query(query, allow_references=True) or [query]:
+        whole = _OPTIONS.search(part) or len(words(part)) > _LONG_SUB_QUERY_WORDS
+        units += [part] if whole else _UNIT_BREAK.split(part)
+    units = [_LIST_MARKER.sub("", u.strip()) for u in units]
     asked = [u for u in units if u and not (_PREAMBLE.search(u) and "?" not in u)]
     return asked or [query]
 
@@ -777,9 +800,16 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
     own_content = set().union(*(content_stems(s.question) for s in work.steps))
     if query_content and own_content and _overlap(own_content, query_content) < _UNRELATED:
         return False
-    if query_content and _overlap(query_content, plan_content) < _UNRELATED:
+    units = _units(work.query)
+    # A plan asking one part of many (a short question beside a long vignette) asks little
+    # of the question's words, but it asks the question.
+    if (
+        query_content
+        and _overlap(query_content, plan_content) < _UNRELATED
+        and not any(_missing_share(unit, plan_content) <= _MISSING_OK for unit in units)
+    ):
         return False
-    for unit in _units(work.query):
+    for unit in units:
         asked: set[str] = set()
         for step in work.steps:
             asked |= _content_with_agents(step.question)

@@ -985,7 +985,7 @@ def _bridge(rng: random.Random, src: _Sources) -> TrainingPair:
     kind, find, attribute, asks = rng.choice(_BRIDGES)
     ask, compare = rng.choice(asks)
     a, b = rng.sample(_ENTITIES[kind], 2)
-    steps = [
+    steps: list[tuple[str, Sequence[str]]] = [
         (find.format(x=a), ()),
         (find.format(x=b), ()),
         (attribute.format(x="{q1}"), ("q1",)),
