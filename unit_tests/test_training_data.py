@@ -15,6 +15,7 @@ from langchain_complm.evaluation.multiexpertqa import build_dataset
 from langchain_complm.plan import Plan
 from langchain_complm.training.data import (
     DEFAULT_MIX,
+    SPLIT_SEED,
     build_training_pairs,
     chat_messages,
     iter_training_pairs,
@@ -22,6 +23,7 @@ from langchain_complm.training.data import (
     pair_statistics,
     plan_to_target,
     save_pairs,
+    split_seed_of,
     target_to_plan,
 )
 
@@ -382,3 +384,49 @@ def test_multihop_comparisons_come_from_the_train_split_only() -> None:
     for pair in pairs:
         assert pair.query in train and pair.query not in test
         assert plan_shape_ok(pair.plan, "comparison"), pair.query
+
+
+@needs_data
+def test_another_draw_seed_draws_from_the_same_train_split() -> None:
+    from langchain_complm.evaluation.multiexpertqa import split_sources
+    from langchain_complm.training.evaluate import eval_examples
+
+    mix = {"multihop_comparison": 1.0, "single_source": 1.0}
+    pairs = build_training_pairs(80, seed=1, mix=mix)
+    assert pairs != build_training_pairs(80, seed=0, mix=mix)  # other draws...
+    # ...from the split every evaluation set is disjoint from (seed 1's own train split
+    # holds questions of seed 0's dev and test splits).
+    train = {r.question for r in split_sources("general", "train")}
+    assert {p.query for p in pairs if p.kind == "multihop_comparison"} <= train
+    evaluated = {
+        e.query for split in ("multihop", "multihop-dev") for e in eval_examples(split, 30)
+    }
+    evaluated |= {
+        part.question
+        for split in ("dev", "test")
+        for item in build_dataset("multiexpertqa-all", split, 50, seed=0)
+        for part in item.parts
+    }
+    assert not {p.query for p in pairs} & evaluated
+    other_split = build_training_pairs(80, seed=1, split_seed=1, mix=mix)
+    assert {p.query for p in other_split} != {p.query for p in pairs}
+
+
+def test_a_trained_generators_split_seed_is_read_from_its_metadata() -> None:
+    assert split_seed_of({"data": {"seed": 1, "split_seed": 0}, "seed": 1}) == 0
+    # Runs made before the split had its own seed drew from their seed's split.
+    assert split_seed_of({"data": {"seed": 1}, "seed": 1}) == 1
+    assert split_seed_of({}) == SPLIT_SEED
+
+
+def test_continuing_an_adapter_of_another_split_is_refused(tmp_path: Path) -> None:
+    from langchain_complm.training.train import TrainConfig, train_generator
+
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "complm_generator.json").write_text(json.dumps({"data": {"seed": 1}, "seed": 1}))
+    config = TrainConfig(n_train=4, mix=TEMPLATES_ONLY, init_from=str(start), out=str(tmp_path))
+    with pytest.raises(
+        ValueError, match="trained on split seed 1, this run draws from split seed 0"
+    ):
+        train_generator(config)

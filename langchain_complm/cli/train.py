@@ -25,9 +25,11 @@ from langchain_complm.errors import UsageError
 from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL
 from langchain_complm.training.data import (
     DEFAULT_MIX,
+    SPLIT_SEED,
     build_training_pairs,
     pair_statistics,
     save_pairs,
+    split_seed_of,
 )
 
 DEFAULT_OUT = "runs/subquery-generator"
@@ -36,6 +38,14 @@ DEFAULT_OUT = "runs/subquery-generator"
 def _configure_train(parser: argparse.ArgumentParser) -> None:
     _add_training_arguments(parser, out=DEFAULT_OUT, n_train=3000)
     parser.add_argument("--data", metavar="JSONL", help="train on these pairs instead")
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=SPLIT_SEED,
+        metavar="SEED",
+        help=f"the benchmark split built pairs draw sources from (default {SPLIT_SEED}, the one "
+        "the evaluation sets are built with; --seed changes only the draws)",
+    )
     parser.add_argument(
         "--mix",
         action="append",
@@ -56,9 +66,15 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
     mix = _mix(args.mix)
     if mix and args.data:
         raise UsageError("--mix shapes built pairs: it cannot be used with --data")
-    config = _train_config(args, args.out, data_path=args.data, mix=mix)
+    config = _train_config(args, args.out, data_path=args.data, mix=mix, split_seed=args.split_seed)
     if args.dump_data:
-        pairs = build_training_pairs(args.n_train, args.seed, data_dir=args.data_dir, mix=mix)
+        pairs = build_training_pairs(
+            args.n_train,
+            args.seed,
+            split_seed=args.split_seed,
+            data_dir=args.data_dir,
+            mix=mix,
+        )
         save_pairs(pairs, args.dump_data)
         console.progress(f"wrote {len(pairs)} pairs to {args.dump_data}")
         console.print(json.dumps(pair_statistics(pairs), indent=2))
@@ -122,7 +138,9 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-repair", action="store_true", help="score the plans as parsed, without plan repair"
     )
-    parser.add_argument("--seed", type=int, default=None, help="default: the training seed")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="default: the split seed of its training data"
+    )
     parser.add_argument("--max-chars", type=int, default=None, help="skip longer queries")
     parser.add_argument("--device", help="cpu, cuda:0, ...")
     parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
@@ -199,7 +217,7 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
             raise UsageError("give a trained generator (PATH_OR_ID), --replies JSON or --curve")
         from langchain_complm.models.trained import load_trained_generator, read_metadata
 
-        seed = args.seed if args.seed is not None else read_metadata(args.model).get("seed", 0)
+        seed = args.seed if args.seed is not None else split_seed_of(read_metadata(args.model))
         console.progress(f"Loading {args.model}...")
         generator = load_trained_generator(
             args.model,
@@ -295,7 +313,12 @@ def _add_training_arguments(parser: argparse.ArgumentParser, out: str | None, n_
         "e.g. embedded:subquery-generator",
     )
     parser.add_argument("--save-every", type=int, default=50, metavar="STEPS")
-    parser.add_argument("--seed", type=int, default=0, help="data, split and order seed")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data and its order (train-generator: --split-seed fixes the split)",
+    )
     parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
     parser.add_argument("--device", help="cpu, cuda:0, ... (default: CUDA when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

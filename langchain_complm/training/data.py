@@ -14,8 +14,12 @@ equivalent one, deterministically from a seed, out of two ingredients:
   "and" but ask one thing ("What is the difference between TCP and UDP?").
 
 Source questions of the builder's splits are disjoint for a given seed, so training pairs
-built with seed ``s`` share no source question with ``build_dataset(..., "dev"|"test", seed=s)``.
-Evaluate with the seed the training data was built with (the trained model's metadata has it).
+drawn from the train split of ``split_seed`` share no source question with
+``build_dataset(..., "dev"|"test", seed=split_seed)``, nor with the multi-hop evaluation
+sets of that seed. The split seed is separate from the draw ``seed`` and defaults to
+:data:`SPLIT_SEED`, the one every evaluation set here is built with: another draw seed
+gives other pairs from the same train split, never questions of an evaluation split.
+Evaluate with the split seed (the trained model's metadata has it).
 
 Pairs are drawn one by one from a seeded generator, so ``n`` pairs are a prefix of ``n + k``
 (a learning curve over training-set sizes trains on nested sets).
@@ -28,7 +32,7 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +75,11 @@ DEFAULT_MIX: dict[str, float] = {
     "multihop_comparison": 0.05,
 }
 """Expected share of each kind of pair (a kind whose source runs out is skipped)."""
+
+SPLIT_SEED = 0
+"""The builder's split that training sources come from by default: the seed the benchmark
+and multi-hop evaluation sets are built with (``build_dataset`` and ``eval_examples``
+default to it), so that no evaluation question is ever a training source."""
 
 DEFAULT_BENCHMARK_ITEMS = 1200
 """Train items asked of the builder (fewer are used when the train split runs out)."""
@@ -313,16 +322,19 @@ def _join_long(rng: random.Random, texts: Sequence[str]) -> str:
 
 
 class _Sources:
-    """The builder's train items, their source parts, and what has been used."""
+    """The builder's train items (of ``split_seed``'s split), their source parts shuffled
+    with ``seed``, and what has been used."""
 
-    def __init__(self, seed: int, data_dir: Any, n_items: int) -> None:
+    def __init__(self, seed: int, split_seed: int, data_dir: Any, n_items: int) -> None:
         from langchain_complm.evaluation.multiexpertqa import build_dataset
 
         items = None
         n = n_items
         while items is None and n >= 10:  # n_items 0: templates only, no data needed
             try:
-                items = build_dataset("multiexpertqa-all", "train", n, seed=seed, data_dir=data_dir)
+                items = build_dataset(
+                    "multiexpertqa-all", "train", n, seed=split_seed, data_dir=data_dir
+                )
             except ValueError:  # the train split ran out of some domain
                 n = int(n * 0.9)
         self.items = [i for i in items or [] if i.gold_plan is not None]
@@ -335,7 +347,7 @@ class _Sources:
         rng.shuffle(self.parts)
         self._item_iter = iter(self.items)
         self._single_iter = iter(list(self.parts))
-        self._comparison_iter = iter(self._comparisons(seed, data_dir) if items else ())
+        self._comparison_iter = iter(self._comparisons(split_seed, data_dir) if items else ())
 
     @staticmethod
     def _comparisons(seed: int, data_dir: Any) -> list[str]:
@@ -1085,6 +1097,7 @@ _MAKERS: dict[str, Callable[[random.Random, _Sources], TrainingPair | None]] = {
 def iter_training_pairs(
     seed: int = 0,
     *,
+    split_seed: int = SPLIT_SEED,
     data_dir: Any = None,
     mix: dict[str, float] | None = None,
     benchmark_items: int = DEFAULT_BENCHMARK_ITEMS,
@@ -1093,7 +1106,8 @@ def iter_training_pairs(
     """Endless stream of distinct training pairs (stops only if every kind is exhausted).
 
     Args:
-        seed: fixes the builder's train split (use the same seed to evaluate) and the draws.
+        seed: fixes the draws.
+        split_seed: fixes the builder's train split the sources come from (evaluate with it).
         data_dir: benchmark data location, as for ``build_dataset``.
         mix: share of each kind (default :data:`DEFAULT_MIX`); a 0 share leaves a kind out.
         benchmark_items: train items asked of the builder.
@@ -1104,7 +1118,7 @@ def iter_training_pairs(
     if unknown:
         raise ValueError(f"unknown pair kinds: {sorted(unknown)}")
     needs_sources = any(weights.get(k, 0) > 0 for k in _SOURCE_KINDS)
-    src = _Sources(seed, data_dir, benchmark_items if needs_sources else 0)
+    src = _Sources(seed, split_seed, data_dir, benchmark_items if needs_sources else 0)
     rng = random.Random(f"complm-train:{seed}")
     seen: set[str] = set()
     misses = 0
@@ -1139,6 +1153,14 @@ def build_training_pairs(n: int, seed: int = 0, **options: Any) -> list[Training
         if len(pairs) == n:
             return pairs
     raise ValueError(f"only {len(pairs)} distinct training pairs could be made, not {n}")
+
+
+def split_seed_of(metadata: Mapping[str, Any]) -> int:
+    """The builder split a trained generator's pairs came from (the seed to evaluate it
+    with), from its metadata: runs made before the split had a seed of its own drew from
+    their ``seed``'s split."""
+    data = metadata.get("data", {})
+    return int(data.get("split_seed", data.get("seed", metadata.get("seed", SPLIT_SEED))))
 
 
 def save_pairs(pairs: Iterable[TrainingPair], path: str | os.PathLike[str]) -> None:
@@ -1177,6 +1199,7 @@ def pair_statistics(pairs: Sequence[TrainingPair]) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_MIX",
+    "SPLIT_SEED",
     "PairKind",
     "TrainingPair",
     "build_training_pairs",
@@ -1186,5 +1209,6 @@ __all__ = [
     "pair_statistics",
     "plan_to_target",
     "save_pairs",
+    "split_seed_of",
     "target_to_plan",
 ]

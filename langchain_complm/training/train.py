@@ -45,11 +45,13 @@ from langchain_complm.models.trained import (
 )
 from langchain_complm.prompts import TRAINED_DECOMPOSE_SYSTEM
 from langchain_complm.training.data import (
+    SPLIT_SEED,
     TrainingPair,
     build_training_pairs,
     chat_messages,
     load_pairs,
     pair_statistics,
+    split_seed_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,9 @@ class TrainConfig:
     mix: dict[str, float] | None = None
     """Share of each kind of built pair (default :data:`~.data.DEFAULT_MIX`)."""
     seed: int = 0
+    split_seed: int = SPLIT_SEED
+    """The benchmark builder's split built pairs draw their sources from (``seed`` draws
+    the pairs): keep the default, the split every evaluation set is disjoint from."""
     epochs: float = 1.0
     batch_size: int = 8
     """Sequences per optimizer step (accumulated over micro-batches)."""
@@ -167,7 +172,11 @@ def _load_pairs(config: TrainConfig) -> list[TrainingPair]:
     if config.data_path:
         return load_pairs(config.data_path)[: config.n_train]
     return build_training_pairs(
-        config.n_train, config.seed, data_dir=config.data_dir, mix=config.mix
+        config.n_train,
+        config.seed,
+        split_seed=config.split_seed,
+        data_dir=config.data_dir,
+        mix=config.mix,
     )
 
 
@@ -189,6 +198,16 @@ def train_generator(
         resume: continue from ``<out>/checkpoint`` when it exists (same config and data).
         on_step: called with (step, loss) after every optimizer step.
     """
+    if config.init_from and not config.data_path and pairs is None:
+        # Built pairs from another split would hold the evaluation questions of the split
+        # the adapter was trained on, and the continued model would be scored on them.
+        start = split_seed_of(read_metadata(config.init_from))
+        if start != config.split_seed:
+            raise ValueError(
+                f"init_from {config.init_from!r} was trained on split seed {start}, this run "
+                f"draws from split seed {config.split_seed}: the continued model would have "
+                "seen evaluation questions of both; use the same split_seed (seed may differ)"
+            )
     pairs = list(pairs) if pairs is not None else _load_pairs(config)
     if not pairs:
         raise ValueError("no training pairs")
@@ -199,6 +218,7 @@ def train_generator(
         "data": {
             "pairs": len(pairs),
             "seed": config.seed,
+            "split_seed": config.split_seed,
             **({"mix": config.mix} if config.mix and not config.data_path else {}),
             "source": config.data_path
             or "build_training_pairs (multiexpertqa-all train + templates)",
@@ -431,6 +451,7 @@ def _run_key(config: TrainConfig, n_examples: int, total_steps: int) -> dict[str
     return {
         "base": config.base,
         "seed": config.seed,
+        **({"split_seed": config.split_seed} if config.split_seed != SPLIT_SEED else {}),
         **({"mix": config.mix} if config.mix else {}),
         "examples": n_examples,
         "batch_size": config.batch_size,
