@@ -50,6 +50,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from functools import cached_property
 
 from langchain_complm.decompose._split import split_query
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
@@ -124,6 +125,17 @@ class _Work:
     query: str
     steps: list[_Step]
     notes: list[str] = field(default_factory=list)
+
+    # The question never changes while its plan is repaired; rules ask these of it per step.
+    @cached_property
+    def units(self) -> list[str]:
+        """The question's parts whose coverage is checked (:func:`_units`)."""
+        return _units(self.query)
+
+    @cached_property
+    def named(self) -> set[str]:
+        """What the question names: its content words, with agents."""
+        return _content_with_agents(self.query)
 
     def index(self, sq_id: str) -> int:
         return next(i for i, s in enumerate(self.steps) if s.id == sq_id)
@@ -255,11 +267,11 @@ def _remove_repeats(work: _Work) -> None:
             seen[key] = step.id
 
 
-def _covers(steps: Iterable[_Step], query: str) -> bool:
+def _covers(steps: Iterable[_Step], work: _Work) -> bool:
     asked: set[str] = set()
     for step in steps:
         asked |= _content_with_agents(step.question)
-    return all(_missing_share(unit, asked) <= _MISSING_OK for unit in _units(query))
+    return all(_missing_share(unit, asked) <= _MISSING_OK for unit in work.units)
 
 
 def _remove_whole_query_repeats(work: _Work) -> None:
@@ -276,7 +288,7 @@ def _remove_whole_query_repeats(work: _Work) -> None:
             0 < len(part) < len(own) and _overlap(part, own) >= 0.6
             for part in (content_stems(o.question) for o in others)
         )
-        if _f1(own, query) >= 0.8 and subsumes and _covers(others, work.query):
+        if _f1(own, query) >= 0.8 and subsumes and _covers(others, work):
             work.remove(step, None, "re-asks the whole question")
 
 
@@ -317,7 +329,7 @@ def _invented(work: _Work, step: _Step) -> str | None:
     nothing it names ("What is the mass of {q1}?" when the question asks no mass), adds no
     hop, or (several parents) combines answers of parts the plan already asks when the
     question asks for no comparison or combination."""
-    named = _content_with_agents(work.query)
+    named = work.named
     others = [s for s in work.steps if s is not step]
     if not step.depends_on:
         # "What is the number of years that separate the first two questions?"
@@ -326,7 +338,7 @@ def _invented(work: _Work, step: _Step) -> str | None:
             others
             and _readable(work.query)
             and _overlap(own, named) < _ABOUT_THE_QUESTION
-            and _covers(others, work.query)
+            and _covers(others, work)
         ):
             return "asks about nothing the question names"
         return None
@@ -344,7 +356,7 @@ def _invented(work: _Work, step: _Step) -> str | None:
     if (
         len(step.depends_on) > 1
         and not _COMBINES.search(work.query)
-        and _covers(others, work.query)
+        and _covers(others, work)
     ):
         return "combines answers the question does not ask to combine"
     return None
@@ -800,7 +812,7 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
     own_content = set().union(*(content_stems(s.question) for s in work.steps))
     if query_content and own_content and _overlap(own_content, query_content) < _UNRELATED:
         return False
-    units = _units(work.query)
+    units = work.units
     # A plan asking one part of many (a short question beside a long vignette) asks little
     # of the question's words, but it asks the question.
     if (
