@@ -458,6 +458,54 @@ def test_parts_copied_with_small_slips_are_split_into_the_questions_parts() -> N
     assert [sq.question for sq in result.sub_queries] == [program, case]
 
 
+MCQ = (
+    "A 52-year-old man has pain in the upper right abdomen after meals. Which enzyme is "
+    "raised in his blood?\nA) Hepatic lipase\nB) Amylase\nC) Alkaline phosphatase\n"
+    "D) Creatine kinase"
+)
+
+
+@pytest.mark.parametrize(
+    "miscopy",
+    [
+        MCQ.replace("Hepatic", "Hepular"),  # a slip in a word
+        MCQ.replace("\nC) Alkaline phosphatase", ""),  # an option dropped
+        MCQ.replace("A 52-year-old man has", "A 52-year-old man who has"),  # a word added
+    ],
+    ids=["slip", "dropped-option", "added-word"],
+)
+def test_a_miscopied_source_question_gets_the_users_text(miscopy: str) -> None:
+    query = f"Please answer both.\n1. {MCQ}\n2. What is 15% of 80?"
+    result = repaired(query, (miscopy, []), ("What is 15% of 80?", []))
+    assert shape(result) == [("q1", MCQ, ()), ("q2", "What is 15% of 80?", ())]
+    assert result.repairs == ("q1: restored to the user's text of a part it miscopied",)
+
+
+PROBLEM = (
+    "Tanya makes a salt scrub from salt, oil and sugar. She makes enough to fill a 10-ounce "
+    "jar each time, and she uses twice as much oil as salt and as much salt as sugar. How "
+    "many ounces of oil does she use?"
+)
+
+
+@pytest.mark.parametrize(
+    "follow_up",
+    [
+        [("Multiply {q1} by 3 and subtract 2. What number do you get?", ["q1"])],
+        # Not linked yet: its words are another step's, so the first hop stays one.
+        [("Multiply that result by 3 and subtract 2. What number do you get?", [])],
+        # Cut short: the first hop alone is coverage's to complete, not a miscopy.
+        [],
+    ],
+    ids=["linked", "unlinked", "missing"],
+)
+def test_the_first_hop_of_a_word_problem_keeps_its_text(follow_up: list[Step]) -> None:
+    query = f"{PROBLEM} Then multiply that result by 2 and add 1. What number do you get?"
+    result = repair_plan(plan(query, (PROBLEM, []), *follow_up))
+    assert result.sub_queries[0].question == PROBLEM
+    assert not any("miscopied" in note for note in result.repairs)
+
+
 def test_a_short_part_inside_a_rephrased_question_is_not_split_out() -> None:
     p = plan(
         "1. What is gout? 2. Who wrote Dracula?",

@@ -96,6 +96,9 @@ NO_SPLITS = [
     "Compare Python and Java, and explain which is faster.",
     "What is 3.5 plus 1.5?",
     "Which of these is a mammal? A. Shark B. Dolphin C. Trout",
+    # An enumeration inside an option line is the option's.
+    "How can customary law relate to treaties?\nA) Treaties only codify it\nB) It cannot be "
+    "in treaties\nC) Treaties may 1) codify it, 2) crystallise it, 3) make it emerge",
     "",
 ]
 

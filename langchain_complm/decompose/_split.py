@@ -6,6 +6,7 @@ a row, and questions joined by ", and". Used by the structural decomposer and by
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 
 _QWORDS = (
     "what|who|whom|whose|which|when|where|why|how|is|are|was|were|am|does|do|did|can|could|"
@@ -71,7 +72,7 @@ def split_query(
     ``joined=False`` questions joined by ", and" stay one part ("Who wrote Beloved, and
     when was it published?" may be one question).
     """
-    text = _normalize_space(query)
+    text = normalize_space(query)
     if not text:
         return []
     parts = _split_enumeration(text) or _split_ordinals(text) or _split_sentences(text, joined)
@@ -87,7 +88,7 @@ def split_query(
     return parts
 
 
-def _normalize_space(query: str) -> str:
+def normalize_space(query: str) -> str:
     """Every whitespace run becomes one space, or one newline if it holds a line break.
 
     With no run longer than one character, the ``\\s*``/``\\s+`` in the patterns below
@@ -111,9 +112,15 @@ def _strip_joiners(part: str) -> str:
 # --- enumerations -----------------------------------------------------------------------------
 
 
+_OPTION_LINE = re.compile(r"^\(?[A-H][.)] [^\n]*", re.MULTILINE)
+"""A multiple-choice option on a line of its own: an enumeration inside it ("C) Treaties may
+1) codify ..., 2) crystallise ...") is the option's, not the query's."""
+
+
 def _split_enumeration(text: str) -> list[str]:
+    options = [m.span() for m in _OPTION_LINE.finditer(text)]
     for pattern in _ENUMERATIONS:
-        markers = _sequential(pattern, text, _labels(pattern))
+        markers = _sequential(pattern, text, _labels(pattern), options)
         if len(markers) >= 2:
             return _cut(text, markers)
     return []
@@ -125,10 +132,17 @@ def _labels(pattern: re.Pattern[str]) -> list[str]:
     return [str(i) for i in range(1, 100)]
 
 
-def _sequential(pattern: re.Pattern[str], text: str, labels: list[str]) -> list[re.Match[str]]:
-    """The markers labelled labels[0], labels[1], ... in order (greedy, first match each)."""
+def _sequential(
+    pattern: re.Pattern[str], text: str, labels: list[str], skipped: list[tuple[int, int]]
+) -> list[re.Match[str]]:
+    """The markers labelled labels[0], labels[1], ... in order (greedy, first match each),
+    none inside the ``skipped`` spans (sorted, disjoint)."""
+    starts = [start for start, _ in skipped]
     found: list[re.Match[str]] = []
     for match in pattern.finditer(text):
+        at = bisect_right(starts, match.start()) - 1
+        if at >= 0 and match.start() < skipped[at][1]:
+            continue
         if len(found) < len(labels) and match.group(1).lower() == labels[len(found)]:
             found.append(match)
     return found

@@ -10,7 +10,9 @@ in this order:
    beside sub-queries that already cover it is removed (it would answer everything again).
    **Merged parts**: a sub-query that holds two or more of the question's marked parts
    (an enumeration, ordinals, several questions in a row: ``split_query``) copied whole,
-   or with a copying slip or two, is replaced by those parts.
+   or with a copying slip or two, is replaced by those parts. **Miscopied parts**: an
+   independent final sub-query that copies a source question (options, a word problem, a
+   vignette) with slips ("Hepular" for "Hepatic", an option dropped) gets the user's text.
 3. **Invented steps**: a final dependent sub-query computing with numbers that appear
    nowhere in the question ("Add 16 to {q1} and multiply that result by 10"), asking about
    nothing the question names, or combining answers when the question asks for no
@@ -52,7 +54,7 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from functools import cached_property
 
-from langchain_complm.decompose._split import split_query
+from langchain_complm.decompose._split import normalize_space, split_query
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
 from langchain_complm.text import (
     FUNCTION_WORDS,
@@ -233,12 +235,16 @@ def _in_order(parts: Sequence[str], text: str) -> list[str]:
     return found
 
 
-def _split_merged_parts(work: _Work, max_sub_queries: int | None) -> None:
+def _marked_parts(query: str, max_sub_queries: int | None) -> list[str]:
+    """The question's marked parts in the user's own text, when it has two or more and
+    each reads as a question; else none."""
+    parts = split_query(query, max_sub_queries, joined=False)
+    return parts if len(parts) >= 2 and all(_asks(p, query) for p in parts) else []
+
+
+def _split_merged_parts(work: _Work, parts: Sequence[str], max_sub_queries: int | None) -> None:
     """Replace a sub-query that copies two or more of the question's marked parts ("(1) ...
     (2) ..." whole) by those parts, in its place."""
-    parts = split_query(work.query, max_sub_queries, joined=False)
-    if len(parts) < 2 or not all(_asks(p, work.query) for p in parts):
-        return
     for step in list(work.steps):
         if step.depends_on or work.dependents(step.id):
             continue
@@ -250,6 +256,51 @@ def _split_merged_parts(work: _Work, max_sub_queries: int | None) -> None:
         work.notes.append(
             f"{step.id}: split into {', '.join(ids)}: it asked {len(inside)} parts of the question"
         )
+
+
+_MISCOPIED = 0.8
+"""An independent final sub-query holding this share of a source question's words in order,
+and not many more, is that question copied with slips ("Hepular" for "Hepatic", an option
+dropped): the expert should read what the user wrote."""
+
+
+def _is_source(part: str) -> bool:
+    """A source question: options to pick, or a word problem or vignette."""
+    return bool(_OPTIONS.search(part)) or len(words(part)) > _LONG_SUB_QUERY_WORDS
+
+
+def _restore_miscopied_parts(work: _Work, parts: Sequence[str]) -> None:
+    """Give an independent final sub-query that miscopies one of the question's source
+    questions (among its marked parts, else the question itself) the user's own text,
+    unless what it lacks is asked by another sub-query (the part was split on purpose)."""
+    held = {tuple(w.lower() for w in words(s.question)) for s in work.steps}
+    text = normalize_space(work.query)
+    # Only parts the splitter left as the user wrote them (it may flatten lines or share a
+    # stem between items) are the user's text.
+    copies = [p for p in parts if p in text] or ([text] if len(work.units) == 1 else [])
+    for source in (p for p in copies if _is_source(p)):
+        wanted = [w.lower() for w in words(source)]
+        if tuple(wanted) in held:
+            continue
+        for step in work.steps:
+            own = [w.lower() for w in words(step.question)]
+            if step.depends_on or work.dependents(step.id) or len(own) > len(wanted) / _MISCOPIED:
+                continue
+            blocks = SequenceMatcher(None, own, wanted, autojunk=False).get_matching_blocks()
+            if sum(b.size for b in blocks) < _MISCOPIED * len(wanted):
+                continue
+            # The source's first words and nothing else: a chain's first hop (a word problem
+            # before its follow-up), for coverage to complete, unless options were dropped.
+            prefix = blocks[0].a == blocks[0].b == 0 and blocks[0].size == len(own)
+            if prefix and len(_OPTIONS.findall(step.question)) >= len(_OPTIONS.findall(source)):
+                continue
+            lacking = content_stems(source) - content_stems(step.question)
+            if any(lacking & content_stems(s.question) for s in work.steps if s is not step):
+                continue
+            step.question = source
+            held.add(tuple(wanted))
+            work.notes.append(f"{step.id}: restored to the user's text of a part it miscopied")
+            break
 
 
 # --- 1-3: removals ------------------------------------------------------------------------------
@@ -353,11 +404,7 @@ def _invented(work: _Work, step: _Step) -> str | None:
         return hop
     if len(step.depends_on) == 1 and own and not own & named:
         return "asks about nothing the question names"
-    if (
-        len(step.depends_on) > 1
-        and not _COMBINES.search(work.query)
-        and _covers(others, work)
-    ):
+    if len(step.depends_on) > 1 and not _COMBINES.search(work.query) and _covers(others, work):
         return "combines answers the question does not ask to combine"
     return None
 
@@ -648,7 +695,7 @@ def _link_references(work: _Work) -> None:
     for index, step in enumerate(work.steps):
         if index == 0 or step.depends_on or step.braced:
             continue
-        if len(words(step.question)) > _LONG_SUB_QUERY_WORDS or _OPTIONS.search(step.question):
+        if _is_source(step.question):
             continue
         earlier = work.steps[:index]
         ref = _find_reference(step.question, earlier)
@@ -721,8 +768,7 @@ def _units(query: str) -> list[str]:
     questions.") ask nothing and pass."""
     units: list[str] = []
     for part in split_query(query, allow_references=True) or [query]:
-        whole = _OPTIONS.search(part) or len(words(part)) > _LONG_SUB_QUERY_WORDS
-        units += [part] if whole else _UNIT_BREAK.split(part)
+        units += [part] if _is_source(part) else _UNIT_BREAK.split(part)
     units = [_LIST_MARKER.sub("", u.strip()) for u in units]
     asked = [u for u in units if u and not (_PREAMBLE.search(u) and "?" not in u)]
     return asked or [query]
@@ -878,7 +924,9 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
     )
     _remove_repeats(work)
     _remove_whole_query_repeats(work)
-    _split_merged_parts(work, max_sub_queries)
+    parts = _marked_parts(plan.query, max_sub_queries)
+    _split_merged_parts(work, parts, max_sub_queries)
+    _restore_miscopied_parts(work, parts)
     _remove_invented_steps(work)
     _split_inner_references(work, max_sub_queries)
     _link_references(work)
