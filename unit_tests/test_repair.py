@@ -555,6 +555,13 @@ def test_numbers_the_question_writes_in_words_are_not_invented() -> None:
 # --- coverage -------------------------------------------------------------------------------
 
 
+def test_a_word_problem_cut_before_its_follow_up_gets_the_follow_up_as_a_hop() -> None:
+    follow_up = "Then multiply that result by 3 and subtract 2. What number do you get?"
+    result = repaired(f"{PROBLEM} {follow_up}", (PROBLEM, []))
+    # "twice" in the problem and "multiply" share a stem; the first hop ends at its "?".
+    assert shape(result) == [("q1", PROBLEM, ()), ("q2", f"{{q1}} {follow_up}", ("q1",))]
+
+
 def test_a_dropped_part_is_added() -> None:
     result = repaired(
         "What is 15% of 80, and what are the symptoms of iron-deficiency anemia?",

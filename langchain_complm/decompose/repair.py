@@ -788,7 +788,8 @@ class _Span:
 
 def _span(unit: str, step: _Step) -> _Span | None:
     """Where in ``unit`` the question of ``step`` is asked: the longest run of its content
-    words (gaps of up to three other words), widened over a leading article."""
+    words (gaps of up to three other words, none across a question mark), widened over a
+    leading article."""
     wanted = _content_with_agents(step.question)
     tokens = [(start, end, stem(word)) for start, end, word in word_spans(unit)]
     hits = [
@@ -800,7 +801,10 @@ def _span(unit: str, step: _Step) -> _Span | None:
         return None
     runs: list[list[int]] = [[hits[0]]]
     for i in hits[1:]:
-        if i - runs[-1][-1] <= 4:
+        # A question mark ends what is asked: "... does she use? Then multiply ..." is a
+        # next hop even where its words echo the first ("twice" and "multiply").
+        between = unit[tokens[runs[-1][-1]][1] : tokens[i][0]]
+        if i - runs[-1][-1] <= 4 and "?" not in between:
             runs[-1].append(i)
         else:
             runs.append([i])
@@ -813,7 +817,11 @@ def _span(unit: str, step: _Step) -> _Span | None:
         "the", "a", "an", "that", "this",
     }:  # fmt: skip
         first -= 1
-    return _Span(tokens[first][0], tokens[best[-1]][1], step)
+    end = tokens[best[-1]][1]
+    # The question mark of a question the step asks whole, before the next one, goes with
+    # it ("{q1} Then multiply that result ...").
+    end += unit.startswith("?", end) and bool(unit[end + 1 :].strip())
+    return _Span(tokens[first][0], end, step)
 
 
 def _complete(work: _Work, unit: str, candidates: Sequence[_Step]) -> _Step | None:
