@@ -220,12 +220,16 @@ parts with small slips (a line doubled, "2)" for "2."); a short part must occur 
 _WORDS_PER_SLIP = 10
 
 
+def _lower_words(text: str) -> list[str]:
+    return [w.lower() for w in words(text)]
+
+
 def _in_order(parts: Sequence[str], text: str) -> list[str]:
     """The parts copied into ``text`` (see ``_COPIED``), each after the one before."""
-    haystack = [w.lower() for w in words(text)]
+    haystack = _lower_words(text)
     found, at = [], 0
     for part in parts:
-        needle = [w.lower() for w in words(part)]
+        needle = _lower_words(part)
         matcher = SequenceMatcher(None, haystack[at:], needle, autojunk=False)
         blocks = [b for b in matcher.get_matching_blocks() if b.size]
         copied = sum(b.size for b in blocks) >= _COPIED * len(needle)
@@ -273,17 +277,17 @@ def _restore_miscopied_parts(work: _Work, parts: Sequence[str]) -> None:
     """Give an independent final sub-query that miscopies one of the question's source
     questions (among its marked parts, else the question itself) the user's own text,
     unless what it lacks is asked by another sub-query (the part was split on purpose)."""
-    held = {tuple(w.lower() for w in words(s.question)) for s in work.steps}
+    copied = {s.id: _lower_words(s.question) for s in work.steps}
     text = normalize_space(work.query)
     # Only parts the splitter left as the user wrote them (it may flatten lines or share a
     # stem between items) are the user's text.
     copies = [p for p in parts if p in text] or ([text] if len(work.units) == 1 else [])
     for source in (p for p in copies if _is_source(p)):
-        wanted = [w.lower() for w in words(source)]
-        if tuple(wanted) in held:
+        wanted = _lower_words(source)
+        if wanted in copied.values():
             continue
         for step in work.steps:
-            own = [w.lower() for w in words(step.question)]
+            own = copied[step.id]
             if step.depends_on or work.dependents(step.id) or len(own) > len(wanted) / _MISCOPIED:
                 continue
             blocks = SequenceMatcher(None, own, wanted, autojunk=False).get_matching_blocks()
@@ -297,8 +301,7 @@ def _restore_miscopied_parts(work: _Work, parts: Sequence[str]) -> None:
             lacking = content_stems(source) - content_stems(step.question)
             if any(lacking & content_stems(s.question) for s in work.steps if s is not step):
                 continue
-            step.question = source
-            held.add(tuple(wanted))
+            step.question, copied[step.id] = source, wanted
             work.notes.append(f"{step.id}: restored to the user's text of a part it miscopied")
             break
 
