@@ -470,9 +470,10 @@ MCQ = (
     [
         MCQ.replace("Hepatic", "Hepular"),  # a slip in a word
         MCQ.replace("\nC) Alkaline phosphatase", ""),  # an option dropped
+        MCQ.replace("\nD) Creatine kinase", ""),  # the last option dropped: a prefix
         MCQ.replace("A 52-year-old man has", "A 52-year-old man who has"),  # a word added
     ],
-    ids=["slip", "dropped-option", "added-word"],
+    ids=["slip", "dropped-option", "dropped-last-option", "added-word"],
 )
 def test_a_miscopied_source_question_gets_the_users_text(miscopy: str) -> None:
     query = f"Please answer both.\n1. {MCQ}\n2. What is 15% of 80?"
