@@ -29,6 +29,7 @@ EXPECTED_ALL = {
         "ConversationPolicy",
         "DecompositionInput",
         "PlanStreamParser",
+        "ShapeRouter",
         "StructuralSubQueryGenerator",
         "SubQueryGenerator",
         "parse_plan",

@@ -352,3 +352,75 @@ def test_exported_generator_is_half_size_and_loads_the_same(
     original = load_trained_generator(result.out, device="cpu", max_new_tokens=8)
     exported = load_trained_generator(shipped, device="cpu", max_new_tokens=8)
     assert exported.llm.batch(prompt)[0].content == original.llm.batch(prompt)[0].content
+
+
+def test_generator_with_shapes_exports_and_loads_one_engine_for_both_adapters(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    from fakes import KeywordEmbeddings
+
+    from langchain_complm.decompose.shapes import ShapeRouter
+    from langchain_complm.models.lora import LoraEngine
+    from langchain_complm.models.trained import SHAPE_ROUTER_FILE
+    from langchain_complm.training.train import export_generator
+
+    compound = train_generator(_config(tiny_base, tmp_path / "compound", max_steps=1), pairs=pairs)
+    multihop = train_generator(
+        _config(tiny_base, tmp_path / "multihop", max_steps=2, seed=1), pairs=pairs
+    )
+    # Questions saying "sum" are multi-hop; the embeddings do not count.
+    keywords = KeywordEmbeddings()
+    router = ShapeRouter(
+        embeddings=keywords,
+        idf={"sum": 1.0},
+        phrasing_weights={"sum": 10.0},
+        embedding_weights=[0.0] * len(keywords.vocabulary),
+        bias=-5.0,
+    )
+    router_file = tmp_path / "router.json"
+    router.save(router_file, "keywords")
+    with pytest.raises(ValueError, match="go together"):
+        export_generator(compound.out, tmp_path / "bad", shapes={"multihop": multihop.out})
+    shipped = export_generator(
+        compound.out,
+        tmp_path / "shipped",
+        shapes={"multihop": multihop.out},
+        shape_router=router_file,
+    )
+    assert json.loads((shipped / METADATA_FILE).read_text())["shapes"] == {
+        "router": SHAPE_ROUTER_FILE,
+        "adapters": {"multihop": "multihop"},
+    }
+
+    generator = load_trained_generator(
+        shipped, device="cpu", max_new_tokens=8, embeddings=KeywordEmbeddings()
+    )
+    llm, shape_llm = generator.llm, generator.shape_llms["multihop"]
+    assert isinstance(llm.engine, LoraEngine) and shape_llm.engine is llm.engine  # type: ignore[attr-defined]
+    assert (llm.adapter, shape_llm.adapter) == ("compound", "multihop")  # type: ignore[attr-defined]
+    assert generator.shape_router is not None
+    assert generator.shape_router.batch(["What is the sum of 2 and 3?", "Who?"]) == [
+        "multihop",
+        "compound",
+    ]
+    # Each shape's adapter answers as it does alone.
+    prompt = [pairs[0].query]
+    alone = load_trained_generator(shipped / "multihop", device="cpu", max_new_tokens=8)
+    assert shape_llm.batch(prompt)[0].content == alone.llm.batch(prompt)[0].content
+
+
+def test_generator_with_unusable_shapes_is_refused_by_name(
+    tiny_base: Path, pairs: list[TrainingPair], tmp_path: Path
+) -> None:
+    from fakes import KeywordEmbeddings
+
+    run = train_generator(_config(tiny_base, tmp_path / "run", max_steps=1), pairs=pairs)
+    metadata_file = run.out / METADATA_FILE
+    metadata = json.loads(metadata_file.read_text())
+    for shapes, message in [
+        ({"adapters": {}}, "'shapes' must be"),
+        ({"router": "missing.json", "adapters": {}}, "missing.json: not a usable shape router"),
+    ]:
+        metadata_file.write_text(json.dumps(metadata | {"shapes": shapes}))
+        with pytest.raises(ValueError, match=message):
+            load_trained_generator(run.out, device="cpu", embeddings=KeywordEmbeddings())

@@ -1,5 +1,5 @@
-"""``complm train-generator``, ``complm eval-generator``, ``complm train-expert`` and
-``complm eval-expert``.
+"""``complm train-generator``, ``complm eval-generator``, ``complm train-shape-router``,
+``complm train-expert`` and ``complm eval-expert``.
 
 ::
 
@@ -8,6 +8,7 @@
     complm train-generator --dump-data pairs.jsonl --n-train 3000      # only write the pairs
     complm eval-generator runs/subquery-generator --split dev --n 200
     complm eval-generator --curve 0,250,1000,3000 --curve-dir runs/curve --docs docs/curve
+    complm train-shape-router --out runs/shape_router.json --n-train 3000
     complm train-expert math --out runs/expert-math --n-train 800 --max-steps 100  # + eval
     complm eval-expert runs/expert-math --n 100 --report runs/expert-math/eval.json
 
@@ -20,9 +21,9 @@ import json
 import math
 from typing import Any
 
-from langchain_complm.cli._common import EXIT_OK, Command, Console
+from langchain_complm.cli._common import EXIT_OK, Command, Console, positive_int
 from langchain_complm.errors import UsageError
-from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL
+from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL, EMBEDDED_EMBEDDINGS
 from langchain_complm.training.data import (
     DEFAULT_MIX,
     SPLIT_SEED,
@@ -89,6 +90,34 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
         console.print(json.dumps(result.metadata, indent=2))
     else:
         console.print(f"saved {result.out} ({json.dumps(summary)})")
+    return EXIT_OK
+
+
+def _configure_shape_router(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="JSON", help="where to write the router")
+    parser.add_argument("--n-train", type=positive_int, default=3000, metavar="N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seed", type=int, default=SPLIT_SEED)
+    parser.add_argument("--data-dir", metavar="DIR", help="benchmark data folder, or 'hub'")
+    parser.add_argument(
+        "--embeddings",
+        default=EMBEDDED_EMBEDDINGS,
+        metavar="MODEL",
+        help="sentence-transformers model (default: the embedded all-MiniLM-L6-v2)",
+    )
+
+
+def run_shape_router(args: argparse.Namespace, console: Console) -> int:
+    """``complm train-shape-router``: fit the generator's shape router on training pairs."""
+    from langchain_complm.models.embedded import embeddings_for
+    from langchain_complm.training.shapes import MULTIHOP_KINDS, fit_shape_router, shape_pairs
+
+    pairs = shape_pairs(args.n_train, args.seed, split_seed=args.split_seed, data_dir=args.data_dir)
+    multihop = sum(pair.kind in MULTIHOP_KINDS for pair in pairs)
+    console.progress(f"fitting on {len(pairs)} pairs ({multihop} multi-hop)")
+    router = fit_shape_router(pairs, embeddings_for(args.embeddings))
+    router.save(args.out, args.embeddings)
+    console.print(f"saved {args.out} ({len(router.idf)} grams)")
     return EXIT_OK
 
 
@@ -484,6 +513,12 @@ COMMANDS = (
         run=run_eval,
     ),
     Command(
+        name="train-shape-router",
+        help="fit the router that hands each question's shape to its generator adapter",
+        configure=_configure_shape_router,
+        run=run_shape_router,
+    ),
+    Command(
         name="train-expert",
         help="fine-tune a LoRA domain expert (math, medicine, science, ...) and compare it "
         "with its base on held-out questions",
@@ -499,4 +534,11 @@ COMMANDS = (
 )
 
 
-__all__ = ["COMMANDS", "run_eval", "run_eval_expert", "run_train", "run_train_expert"]
+__all__ = [
+    "COMMANDS",
+    "run_eval",
+    "run_eval_expert",
+    "run_shape_router",
+    "run_train",
+    "run_train_expert",
+]

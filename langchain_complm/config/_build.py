@@ -143,17 +143,9 @@ def load_embeddings(spec: EmbeddingsSpec, progress: Progress | None = None) -> E
     model_kwargs = {"device": spec.device} if spec.device else {}
     label = f"embeddings ({spec.model_id})"
     with _loading(progress, label, "Embeddings", label):
-        if spec.is_embedded:
-            from langchain_complm.models.embedded import default_embeddings
+        from langchain_complm.models.embedded import embeddings_for
 
-            return default_embeddings(model_kwargs=model_kwargs)
-        from langchain_huggingface import HuggingFaceEmbeddings
-
-        return HuggingFaceEmbeddings(
-            model_name=spec.model_id,
-            model_kwargs=model_kwargs,
-            encode_kwargs={"normalize_embeddings": True},
-        )
+        return embeddings_for(spec.model_id, model_kwargs=model_kwargs)
 
 
 @contextmanager

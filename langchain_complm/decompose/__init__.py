@@ -10,7 +10,9 @@
   sub-query once it and its parents are complete (``SubQueryGenerator.stream_plan``);
 - :func:`repair_plan`: plan repair, which both decomposers apply (a custom decomposer can
   too: ``my_decomposer | RunnableLambda(repair_plan)``);
-- :func:`plan_json_schema`: the plan's grammar, for a local model's constrained decoding.
+- :func:`plan_json_schema`: the plan's grammar, for a local model's constrained decoding;
+- :class:`ShapeRouter`: names a question's shape, so that a generator hands each shape to
+  the model that plans it best (``SubQueryGenerator.shape_router``).
 """
 
 from langchain_complm.decompose._parser import PlanStreamParser, parse_plan
@@ -21,12 +23,14 @@ from langchain_complm.decompose.generator import (
     plan_json_schema,
 )
 from langchain_complm.decompose.repair import repair_plan
+from langchain_complm.decompose.shapes import ShapeRouter
 from langchain_complm.decompose.structural import StructuralSubQueryGenerator
 
 __all__ = [
     "ConversationPolicy",
     "DecompositionInput",
     "PlanStreamParser",
+    "ShapeRouter",
     "StructuralSubQueryGenerator",
     "SubQueryGenerator",
     "parse_plan",

