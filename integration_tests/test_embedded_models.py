@@ -159,20 +159,27 @@ def test_smollm2_concurrent_threads_match_sequential(smollm2_folder: Path) -> No
 
 
 @pytest.mark.slow
-def test_shipped_sub_query_generator_splits_and_chains(smollm2_folder: Path) -> None:
+def test_shipped_sub_query_generator_splits_chains_and_hops(smollm2_folder: Path) -> None:
     from langchain_complm.models.embedded import EMBEDDED_GENERATOR
     from langchain_complm.models.trained import load_trained_generator
 
     generator = load_trained_generator(EMBEDDED_GENERATOR, device="cpu")
-    parallel, chain, single = generator.batch(
-        [
-            "What is 15% of 80, and what are the symptoms of iron-deficiency anemia?",
-            "Who wrote Dracula, and where was that author born?",
-            "What is the difference between mitosis and meiosis?",
-        ]
-    )
+    questions = [
+        "What is 15% of 80, and what are the symptoms of iron-deficiency anemia?",
+        "Who wrote Dracula, and where was that author born?",
+        "What is the difference between mitosis and meiosis?",
+        "What is the place of birth of the director of the film Amadeus?",
+    ]
+    assert generator.shape_router is not None
+    shapes = generator.shape_router.batch(questions)
+    assert (shapes[0], shapes[2], shapes[3]) == ("compound", "compound", "multihop")
+    parallel, chain, single, multihop = generator.batch(questions)
     assert parallel.fallback_reason is None and len(parallel.sub_queries) == 2
     assert not any(sq.depends_on for sq in parallel.sub_queries)
     assert chain.fallback_reason is None and len(chain.sub_queries) == 2
     assert chain.sub_queries[1].depends_on == (chain.sub_queries[0].id,)
     assert len(single.sub_queries) == 1
+    # The hop the question only implies is written by the multi-hop adapter.
+    assert multihop.fallback_reason is None and len(multihop.sub_queries) >= 2
+    assert "direct" in multihop.sub_queries[0].question.lower()
+    assert multihop.sub_queries[1].depends_on == (multihop.sub_queries[0].id,)
