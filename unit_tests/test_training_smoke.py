@@ -414,12 +414,26 @@ def test_generator_with_unusable_shapes_is_refused_by_name(
 ) -> None:
     from fakes import KeywordEmbeddings
 
+    from langchain_complm.decompose.shapes import ShapeRouter
+
     run = train_generator(_config(tiny_base, tmp_path / "run", max_steps=1), pairs=pairs)
+    keywords = KeywordEmbeddings()
+    weights = [0.0] * len(keywords.vocabulary)
+    router = ShapeRouter(
+        embeddings=keywords, idf={}, phrasing_weights={}, embedding_weights=weights
+    )
+    router.save(run.out / "router.json", "keywords")
     metadata_file = run.out / METADATA_FILE
     metadata = json.loads(metadata_file.read_text())
     for shapes, message in [
         ({"adapters": {}}, "'shapes' must be"),
+        ({"router": "r.json", "adapters": ["multihop"]}, "'shapes' must be"),
         ({"router": "missing.json", "adapters": {}}, "missing.json: not a usable shape router"),
+        ({"router": "router.json", "adapters": {}}, "routes to 'multihop', but the adapters"),
+        (
+            {"router": "router.json", "adapters": {"multihop": "nowhere"}},
+            r"without an adapter: \['multihop'\]",
+        ),
     ]:
         metadata_file.write_text(json.dumps(metadata | {"shapes": shapes}))
         with pytest.raises(ValueError, match=message):

@@ -191,6 +191,8 @@ def _shape_router(
     try:
         path = folder / shapes["router"]
         adapters = shapes["adapters"]
+        if not isinstance(adapters, dict):
+            raise TypeError("adapters is not a mapping")
     except (KeyError, TypeError) as exc:
         raise ValueError(
             f"{folder / METADATA_FILE}: 'shapes' must be {{'router': file, 'adapters': "
