@@ -423,6 +423,8 @@ def test_generator_with_unusable_shapes_is_refused_by_name(
         embeddings=keywords, idf={}, phrasing_weights={}, embedding_weights=weights
     )
     router.save(run.out / "router.json", "keywords")
+    (run.out / "config-only").mkdir()
+    (run.out / "config-only" / "adapter_config.json").write_text("{}")
     metadata_file = run.out / METADATA_FILE
     metadata = json.loads(metadata_file.read_text())
     for shapes, message in [
@@ -432,6 +434,10 @@ def test_generator_with_unusable_shapes_is_refused_by_name(
         ({"router": "router.json", "adapters": {}}, "routes to 'multihop', but the adapters"),
         (
             {"router": "router.json", "adapters": {"multihop": "nowhere"}},
+            r"without an adapter: \['multihop'\]",
+        ),
+        (
+            {"router": "router.json", "adapters": {"multihop": "config-only"}},
             r"without an adapter: \['multihop'\]",
         ),
     ]:
