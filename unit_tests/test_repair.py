@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
@@ -257,6 +258,25 @@ def test_an_invented_computation_is_removed() -> None:
     assert result.repairs[0] == "q3: removed (computes with 10, 16, not in the question)"
 
 
+def test_a_generator_looping_on_one_hop_is_cut_back_without_slowing_down() -> None:
+    # A small model stuck in a loop writes the same hop until its token budget runs out;
+    # removing one final hop at a time once took cubic time (14 s for this reply).
+    hops = [(f"What is {{q{i}}} times 2?", [f"q{i}"]) for i in range(1, 999)]
+    started = time.perf_counter()
+    result = repaired(
+        "What is 15% of 80, and who wrote Hamlet?",
+        ("What is 15% of 80?", []),
+        *hops,
+        ("Who wrote Hamlet?", []),
+    )
+    assert time.perf_counter() - started < 4.0
+    assert shape(result) == [
+        ("q1", "What is 15% of 80?", ()),
+        ("q1000", "Who wrote Hamlet?", ()),
+    ]
+    assert result.repairs[-1] == "q2: removed (computes with 2, not in the question)"
+
+
 @pytest.mark.parametrize(
     ("query", "first", "second", "invented"),
     [
@@ -480,6 +500,41 @@ def test_a_miscopied_source_question_gets_the_users_text(miscopy: str) -> None:
     result = repaired(query, (miscopy, []), ("What is 15% of 80?", []))
     assert shape(result) == [("q1", MCQ, ()), ("q2", "What is 15% of 80?", ())]
     assert result.repairs == ("q1: restored to the user's text of a part it miscopied",)
+
+
+THESIS_MCQ = (
+    "Which of the following quotations best describes the central thesis of difference "
+    "feminism?\nA) There are fundamental differences between individual women.\nB) Men and "
+    "women have different conceptions of the feminist project.\nC) Women look to context, "
+    "whereas men appeal to neutral, abstract notions of justice.\nD) Men are unable to "
+    "comprehend their differences from women."
+)
+PASSAGE_MCQ = (
+    'This question refers to the following information.\n"The imperialist system bears major '
+    'responsibility for African economic retardation by draining African wealth."\nWalter '
+    "Rodney, How Europe Underdeveloped Africa, 1974\nWhich of the following best explains the "
+    "importance of trading contacts with Europeans in the period 1450 to 1750?\nA) Foodstuffs "
+    "from the New World\nB) Firearms for new states\nC) Europeans bought every slave"
+)
+CUT_PARTS = (THESIS_MCQ, "What is 15% of 80?", PASSAGE_MCQ)
+
+
+@pytest.mark.parametrize(
+    ("index", "cut"),
+    [
+        (0, THESIS_MCQ.split("\nB)")[0]),  # cut after its first option
+        (2, PASSAGE_MCQ.split(" by draining")[0] + "\n" + PASSAGE_MCQ.split("?\n")[1]),
+    ],
+    ids=["options-cut", "question-cut"],
+)
+def test_a_question_with_options_cut_short_gets_the_users_text(index: int, cut: str) -> None:
+    # Any copy of a multiple-choice question from its start is that question: coverage
+    # would otherwise ask the rest in a step that depends on the cut copy.
+    query = "I have three questions.\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(CUT_PARTS, 1))
+    steps = [(cut if i == index else q, []) for i, q in enumerate(CUT_PARTS)]
+    result = repaired(query, *steps)
+    assert shape(result) == [(f"q{i}", q, ()) for i, q in enumerate(CUT_PARTS, 1)]
+    assert result.repairs == (f"q{index + 1}: restored to the user's text of a part it miscopied",)
 
 
 PROBLEM = (

@@ -51,7 +51,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
+from difflib import Match, SequenceMatcher
 from functools import cached_property
 
 from langchain_complm.decompose._split import normalize_space, split_query
@@ -266,6 +266,10 @@ _MISCOPIED = 0.8
 """An independent final sub-query holding this share of a source question's words in order,
 and not many more, is that question copied with slips ("Hepular" for "Hepatic", an option
 dropped): the expert should read what the user wrote."""
+_SPLIT_ON_PURPOSE = 0.5
+"""A miscopy whose missing words another sub-query asks, this share of them or more, left
+those words out on purpose (the part was split); fewer shared ("best", "following") are
+the words that any two questions share."""
 
 
 def _is_source(part: str) -> bool:
@@ -273,10 +277,21 @@ def _is_source(part: str) -> bool:
     return bool(_OPTIONS.search(part)) or len(words(part)) > _LONG_SUB_QUERY_WORDS
 
 
+def _cut_with_options(own: list[str], source: str, blocks: list[Match]) -> bool:
+    """Whether a sub-query's words ``own`` copy a multiple-choice source question from its
+    start with words cut out (options, the passage, the question line): every word it holds
+    is the source's, in order. No hop asks part of a question with options: it has one
+    answer, the option picked."""
+    held = sum(b.size for b in blocks)
+    starts = bool(blocks) and blocks[0].a == blocks[0].b == 0
+    return bool(_OPTIONS.search(source)) and starts and held >= _COPIED * len(own)
+
+
 def _restore_miscopied_parts(work: _Work, parts: Sequence[str]) -> None:
     """Give an independent final sub-query that miscopies one of the question's source
-    questions (among its marked parts, else the question itself) the user's own text,
-    unless what it lacks is asked by another sub-query (the part was split on purpose)."""
+    questions (among its marked parts, else the question itself), or cuts one with options
+    short, the user's own text, unless what it lacks is asked by another sub-query (the
+    part was split on purpose)."""
     copied = {s.id: _lower_words(s.question) for s in work.steps}
     text = normalize_space(work.query)
     # Only parts the splitter left as the user wrote them (it may flatten lines or share a
@@ -290,16 +305,22 @@ def _restore_miscopied_parts(work: _Work, parts: Sequence[str]) -> None:
             own = copied[step.id]
             if step.depends_on or work.dependents(step.id) or len(own) > len(wanted) / _MISCOPIED:
                 continue
-            blocks = SequenceMatcher(None, own, wanted, autojunk=False).get_matching_blocks()
-            if sum(b.size for b in blocks) < _MISCOPIED * len(wanted):
+            matcher = SequenceMatcher(None, own, wanted, autojunk=False)
+            blocks = [b for b in matcher.get_matching_blocks() if b.size]
+            cut = _cut_with_options(own, source, blocks)
+            if not cut and sum(b.size for b in blocks) < _MISCOPIED * len(wanted):
                 continue
             # The source's first words and nothing else: a chain's first hop (a word problem
             # before its follow-up), for coverage to complete, unless options were dropped.
-            prefix = blocks[0].a == blocks[0].b == 0 and blocks[0].size == len(own)
+            prefix = bool(blocks) and blocks[0].a == blocks[0].b == 0 and blocks[0].size == len(own)
             if prefix and len(_OPTIONS.findall(step.question)) >= len(_OPTIONS.findall(source)):
                 continue
             lacking = content_stems(source) - content_stems(step.question)
-            if any(lacking & content_stems(s.question) for s in work.steps if s is not step):
+            if lacking and any(
+                len(lacking & content_stems(s.question)) >= _SPLIT_ON_PURPOSE * len(lacking)
+                for s in work.steps
+                if s is not step
+            ):
                 continue
             step.question, copied[step.id] = source, wanted
             work.notes.append(f"{step.id}: restored to the user's text of a part it miscopied")
@@ -370,10 +391,14 @@ def _remove_invented_steps(work: _Work) -> None:
     removed = True
     while removed:
         removed = False
+        # Counted once a pass, not asked per step: a looping reply of hundreds of hops
+        # would make each pass quadratic.
+        parents = Counter(p for s in work.steps for p in s.depends_on)
         for step in list(work.steps):
-            why = None if work.dependents(step.id) else _invented(work, step)
+            why = None if parents[step.id] else _invented(work, step)
             if why:
                 work.remove(step, None, why)
+                parents.subtract(step.depends_on)
                 removed = True
 
 

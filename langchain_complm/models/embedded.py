@@ -110,13 +110,21 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def has_adapter(folder: Path) -> bool:
+    """Whether ``folder`` holds a PEFT adapter: its config and its weights."""
+    # Without both files PEFT takes the folder for a Hub repo id and names no missing file.
+    weights = ("adapter_model.safetensors", "adapter_model.bin")
+    return (folder / "adapter_config.json").is_file() and any(
+        (folder / name).is_file() for name in weights
+    )
+
+
 def trained_generator_path() -> Path | None:
     """The Sub-query Generator shipped with the package (a LoRA adapter for SmolLM2-135M
     trained by ``complm train-generator``; docs/trained-generator.md), or ``None`` in a build
     without it."""
     folder = Path(str(resources.files("langchain_complm") / "data" / "subquery-generator"))
-    shipped = ("adapter_config.json", "adapter_model.safetensors")
-    return folder if all((folder / name).is_file() for name in shipped) else None
+    return folder if has_adapter(folder) else None
 
 
 def default_cache_dir() -> Path:
@@ -223,6 +231,7 @@ __all__ = [
     "default_chat_model",
     "default_embeddings",
     "embeddings_for",
+    "has_adapter",
     "minilm_path",
     "smollm2_gguf_path",
     "smollm2_path",

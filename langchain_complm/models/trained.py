@@ -183,14 +183,6 @@ def load_trained_generator(
     )
 
 
-def _has_adapter(folder: Path) -> bool:
-    # Without both files PEFT takes the folder for a Hub repo id and names no missing file.
-    weights = ("adapter_model.safetensors", "adapter_model.bin")
-    return (folder / "adapter_config.json").is_file() and any(
-        (folder / name).is_file() for name in weights
-    )
-
-
 def _shape_router(
     folder: Path, shapes: dict[str, Any], embeddings: Embeddings | None
 ) -> ShapeRouter:
@@ -212,7 +204,7 @@ def _shape_router(
         router = ShapeRouter.from_dict(data, embeddings or embedded.embeddings_for(name))
     except (OSError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path}: not a usable shape router ({exc})") from exc
-    missing = [s for s in adapters if not _has_adapter(folder / adapters[s])]
+    missing = [s for s in adapters if not embedded.has_adapter(folder / adapters[s])]
     if router.route not in adapters or missing:
         raise ValueError(
             f"{folder / METADATA_FILE}: the shape router routes to {router.route!r}, but the "
