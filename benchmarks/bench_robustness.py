@@ -1,14 +1,17 @@
-"""Parse time against reply size, and splitter time against query size, on adversarial input;
-and what a timeout costs a call that does not time out.
+"""Parse and repair time against reply size, and splitter time against query size, on
+adversarial input; and what a timeout costs a call that does not time out.
 
 For every kind of adversarial text in :mod:`langchain_complm.evaluation.adversarial` (bracket
 runs, deep nesting, unterminated strings, quotes, Python literals, long valid plans, ...) and a
 range of sizes, it times :func:`~langchain_complm.decompose.parse_plan` on replies and
 :func:`~langchain_complm.decompose.structural.split_query` on queries (median of
 ``--repeats`` runs), and prints a Markdown table per function: one row per kind, one column per
-size, plus the worst kind per size. Linear work shows as times that grow with the size (and stop
-growing past the 64 K characters a reply is read to); the quadratic and exponential code this
-replaced took seconds on a few hundred characters.
+size, plus the worst kind per size. Plan repair is timed, with the parse, on the valid plans
+of :func:`~langchain_complm.evaluation.adversarial.adversarial_plans` (a model looping on
+one hop, restated parts, a fan-in over every answer) up to the longest reply read. Linear
+work shows as times that grow with the size (and stop growing past the 64 K characters a
+reply is read to); the quadratic and exponential code this replaced took seconds on a few
+hundred characters, and plan repair took 14 s on a 1,000-hop loop.
 
 Timeouts: a timed sync call runs in a thread of its own. The last table is the median wall time
 of calls that finish in time, with the default timeout and with none: a bare
@@ -42,9 +45,15 @@ from report import report_header
 from langchain_complm import Expert, FailurePolicy, Plan, RoutingDecision, SubQuery
 from langchain_complm.concurrency import DEFAULT_TIMEOUT, call_with_timeout
 from langchain_complm.decompose import SubQueryGenerator, parse_plan
-from langchain_complm.decompose.generator import MAX_REPLY_CHARS
+from langchain_complm.decompose._parser import MAX_REPLY_CHARS
+from langchain_complm.decompose.repair import repair_plan
 from langchain_complm.decompose.structural import split_query
-from langchain_complm.evaluation.adversarial import adversarial_queries, adversarial_replies
+from langchain_complm.evaluation.adversarial import (
+    REPAIR_QUERY,
+    adversarial_plans,
+    adversarial_queries,
+    adversarial_replies,
+)
 from langchain_complm.execute import QueryExecutor
 from langchain_complm.pipeline import DEFAULT_MAX_QUERY_CHARS
 
@@ -150,17 +159,28 @@ def main() -> None:
     load_before = os.getloadavg()
     started = time.perf_counter()
     replies = measure(adversarial_replies, lambda t: parse_plan(t, "q"), reply_sizes, args.repeats)
+    plan_sizes = tuple(s for s in reply_sizes if s <= MAX_REPLY_CHARS)
+    repaired = measure(
+        adversarial_plans,
+        lambda t: repair_plan(parse_plan(t, REPAIR_QUERY)),
+        plan_sizes,
+        args.repeats,
+    )
     queries = measure(adversarial_queries, split_query, query_sizes, args.repeats)
     overhead = timeout_overhead(20 if args.quick else 200)
     out = [
         *report_header(
-            "Benchmarks: parser and splitter time on adversarial input",
+            "Benchmarks: parser, repair and splitter time on adversarial input",
             f"median of {args.repeats} runs per cell",
             load_before,
             started,
         ),
         "",
         *markdown("parse_plan: time against reply size", "reply", replies, reply_sizes),
+        "",
+        *markdown(
+            "parse_plan + repair_plan: time against reply size", "reply", repaired, plan_sizes
+        ),
         "",
         *markdown("split_query: time against query size", "query", queries, query_sizes),
         "",

@@ -353,15 +353,17 @@ def _remove_whole_query_repeats(work: _Work) -> None:
     if len(work.steps) < 2:
         return
     query = content_stems(work.query)
+    # Read once: this rule removes steps but rewrites none, and pairs them all.
+    stems = {s.id: content_stems(s.question) for s in work.steps}
     for step in list(work.steps):
         if step.depends_on or work.dependents(step.id) or len(work.steps) < 2:
             continue
-        own = content_stems(step.question)
+        own = stems[step.id]
         others = [s for s in work.steps if s is not step]
         # It holds another sub-query's question and more: the others are its parts.
         subsumes = any(
             0 < len(part) < len(own) and _overlap(part, own) >= 0.6
-            for part in (content_stems(o.question) for o in others)
+            for part in (stems[o.id] for o in others)
         )
         if _f1(own, query) >= 0.8 and subsumes and _covers(others, work):
             work.remove(step, None, "re-asks the whole question")

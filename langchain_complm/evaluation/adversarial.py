@@ -1,8 +1,9 @@
 """Adversarial inputs: texts of a given length built to make parsers and splitters work hard.
 
-They are the kinds of input that once took the structural splitter and the plan parser
-super-linear time (runs of joiners, whitespace and end marks; bracket runs, deep nesting,
-unterminated strings, quotes and escapes). The robustness tests and
+They are the kinds of input that once took the structural splitter, the plan parser and
+plan repair super-linear time (runs of joiners, whitespace and end marks; bracket runs, deep
+nesting, unterminated strings, quotes and escapes; a small model looping on one hop). The
+robustness tests and
 ``benchmarks/bench_robustness.py`` share them.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["adversarial_queries", "adversarial_replies"]
+__all__ = ["REPAIR_QUERY", "adversarial_plans", "adversarial_queries", "adversarial_replies"]
 
 
 def _repeat(unit: str, length: int, head: str = "", tail: str = "") -> str:
@@ -68,4 +69,38 @@ def adversarial_replies(length: int) -> dict[str, str]:
         "plan before noise": _repeat("} ] ", length - len(plan), plan),
         "big number": _repeat("9", length, '{"sub_queries": [{"id": ', ', "question": "a?"}]}'),
         "surrogate escapes": _repeat("\\ud800", length, '{"sub_queries": [{"question": "', '"}]}'),
+    }
+
+
+REPAIR_QUERY = "What is 15% of 80, and who wrote Hamlet?"
+"""The question :func:`adversarial_plans` are replies to."""
+
+
+def _plan_reply(questions: list[str], parents: list[list[int]]) -> str:
+    items = [
+        {"id": f"q{i}", "question": q, "depends_on": [f"q{p}" for p in ps]}
+        for i, (q, ps) in enumerate(zip(questions, parents, strict=True), start=1)
+    ]
+    return json.dumps({"sub_queries": items})
+
+
+def adversarial_plans(length: int) -> dict[str, str]:
+    """Valid plan replies to :data:`REPAIR_QUERY` of at most about ``length`` characters,
+    by kind, that give plan repair the most to do: a model looping on one hop (each hop a
+    final step once the next is removed), the same loop with its placeholders undeclared,
+    many restatements of one part, and a fan-in over every answer."""
+    count = max(3, length // 95)
+    first, last = "What is 15% of 80?", "Who wrote Hamlet?"
+    hops = [f"What is {{q{i}}} times 2?" for i in range(1, count - 1)]
+    chain = [[i] for i in range(1, count - 1)]
+    independent: list[list[int]] = [[]] * count
+    restated = [f"Who wrote Hamlet, act {i}?" for i in range(1, count - 1)]
+    fan_in = " and ".join(f"{{q{i}}}" for i in range(1, count))
+    return {
+        "looping hop": _plan_reply([first, *hops, last], [[], *chain, []]),
+        "undeclared placeholders": _plan_reply([first, *hops, last], independent),
+        "restated part": _plan_reply([first, *restated, last], independent),
+        "fan-in": _plan_reply(
+            [first, *restated, f"Compare {fan_in}."], [[]] * (count - 1) + [list(range(1, count))]
+        ),
     }
