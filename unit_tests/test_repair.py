@@ -553,6 +553,26 @@ def test_a_question_with_options_cut_short_gets_the_users_text(index: int, cut: 
     assert result.repairs == (f"q{index + 1}: restored to the user's text of a part it miscopied",)
 
 
+LIGHTS = (
+    "Each pole on a road intersection has 4 street lights. If the number of poles at each "
+    "intersection is 6, and the road has 4 intersections, calculate the total number of "
+    "functioning street lights if 20 streetlights from the total number are not working."
+)
+
+
+def test_a_word_problem_with_the_next_questions_options_glued_on_gets_the_users_text() -> None:
+    # A request without a question mark ("..., calculate the total") is a part, and the
+    # options after it are the next part's, not its own.
+    parts = (LIGHTS, THESIS_MCQ)
+    query = "I have two questions.\n" + "\n".join(
+        f"{n}, {q}" for n, q in zip(("First", "Second"), parts, strict=True)
+    )
+    glued = LIGHTS + "\nA)" + THESIS_MCQ.split("\nA)")[1]
+    result = repaired(query, (glued, []), (THESIS_MCQ, []))
+    assert shape(result) == [("q1", LIGHTS, ()), ("q2", THESIS_MCQ, ())]
+    assert result.repairs == ("q1: restored to the user's text of a part it miscopied",)
+
+
 PROBLEM = (
     "Tanya makes a salt scrub from salt, oil and sugar. She makes enough to fill a 10-ounce "
     "jar each time, and she uses twice as much oil as salt and as much salt as sugar. How "

@@ -204,13 +204,19 @@ class _Work:
 # --- 2: merged parts ----------------------------------------------------------------------------
 
 
+_REQUESTS = "list|tell|give|name|explain|describe|compute|calculate|find|determine|convert|define"
+"""Verbs with which a user asks without a question mark ("..., calculate the total")."""
+_REQUEST = re.compile(rf"(?:^|[.,;:]\s+)(?:please\s+)?(?:{_REQUESTS})\b", re.IGNORECASE)
+
+
 def _asks(part: str, query: str) -> bool:
-    """Whether a part of ``query`` reads as a question: options to pick, or the user's own
-    question mark (``split_query`` ends a part that starts with a question word with one)."""
+    """Whether a part of ``query`` reads as a question: options to pick, or, as the user
+    wrote it, a question mark (``split_query`` ends a part that starts with a question word
+    with one) or a clause that asks ("..., calculate the total number of ...")."""
     if _OPTIONS.search(part):
         return True
     flat = " ".join(part.split())
-    return "?" in flat and flat[1:] in " ".join(query.split())
+    return bool("?" in flat or _REQUEST.search(flat)) and flat[1:] in " ".join(query.split())
 
 
 _COPIED = 0.9
@@ -287,11 +293,22 @@ def _cut_with_options(own: list[str], source: str, blocks: list[Match]) -> bool:
     return bool(_OPTIONS.search(source)) and starts and held >= _COPIED * len(own)
 
 
+def _borrows(own: list[str], wanted: list[str], others: list[list[str]]) -> bool:
+    """Whether a sub-query's words ``own`` are a part's (``wanted``) followed by words of
+    another part (``others``): a generator gluing the next question's options onto a word
+    problem."""
+    rest = own[len(wanted) :]
+    if own[: len(wanted)] != wanted or not rest:
+        return False
+    held = (SequenceMatcher(None, rest, other, autojunk=False) for other in others)
+    return any(sum(b.size for b in m.get_matching_blocks()) >= _COPIED * len(rest) for m in held)
+
+
 def _restore_miscopied_parts(work: _Work, parts: Sequence[str]) -> None:
     """Give an independent final sub-query that miscopies one of the question's source
-    questions (among its marked parts, else the question itself), or cuts one with options
-    short, the user's own text, unless what it lacks is asked by another sub-query (the
-    part was split on purpose)."""
+    questions (among its marked parts, else the question itself), cuts one with options
+    short, or glues another part's words onto it, the user's own text, unless what it lacks
+    is asked by another sub-query (the part was split on purpose)."""
     copied = {s.id: _lower_words(s.question) for s in work.steps}
     text = normalize_space(work.query)
     # Only parts the splitter left as the user wrote them (it may flatten lines or share a
@@ -299,11 +316,14 @@ def _restore_miscopied_parts(work: _Work, parts: Sequence[str]) -> None:
     copies = [p for p in parts if p in text] or ([text] if len(work.units) == 1 else [])
     for source in (p for p in copies if _is_source(p)):
         wanted = _lower_words(source)
+        others = [_lower_words(p) for p in parts if p != source]
         if wanted in copied.values():
             continue
         for step in work.steps:
             own = copied[step.id]
-            if step.depends_on or work.dependents(step.id) or len(own) > len(wanted) / _MISCOPIED:
+            if step.depends_on or work.dependents(step.id):
+                continue
+            if len(own) > len(wanted) / _MISCOPIED and not _borrows(own, wanted, others):
                 continue
             matcher = SequenceMatcher(None, own, wanted, autojunk=False)
             blocks = [b for b in matcher.get_matching_blocks() if b.size]
@@ -779,8 +799,7 @@ _UNIT_BREAK = re.compile(
     r"|\n(?!\s*\(?[A-Ha-h][.)]\s)"  # a new line that is not a multiple-choice option
     r"|;\s+"
     r"|(?:,?\s+and|:)\s+(?=(?:what|who|whom|whose|which|when|where|why|how)\b)"
-    r"|,?\s+and\s+(?:also|then)\s+|,\s+and\s+(?=(?:list|tell|give|name|explain|describe|"
-    r"compute|calculate|find|convert|define)\b)",
+    rf"|,?\s+and\s+(?:also|then)\s+|,\s+and\s+(?=(?:{_REQUESTS})\b)",
     re.IGNORECASE,
 )
 _LIST_MARKER = re.compile(r"(?:^|(?<=[:,]\s))\(?\d{1,2}[.)]\s+(?=[^\W\d_])")
