@@ -762,6 +762,93 @@ def test_fallback_and_unreadable_plans_are_returned_unchanged() -> None:
     assert repair_plan(spanish) is spanish
 
 
+# --- comparisons --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "steps", "lookups", "compare"),
+    [
+        (
+            "Which is heavier, a blue whale or an African elephant?",
+            [("Which is heavier, a blue whale or an African elephant?", [])],
+            ["How heavy is a blue whale?", "How heavy is an African elephant?"],
+            "Which is heavier: {q1} or {q2}?",
+        ),
+        (
+            "Are Ari Up and Boz Burrell both guitarists?",
+            [("What is the nationality of Ari Up and Boz Burrell?", [])],
+            ["Is Ari Up guitarists?", "Is Boz Burrell guitarists?"],
+            "Are both {q1} and {q2} yes?",
+        ),
+        (
+            "Were Ransom Riggs and John Berry from the same country?",
+            [("What is the capital of France?", []), ("What is the capital of Sweden?", []),
+             ("Are {q1} and {q2} from the same country?", ["q1", "q2"])],
+            ["What country was Ransom Riggs from?", "What country was John Berry from?"],
+            "Are {q1} and {q2} the same country?",
+        ),
+        (
+            "Which has a higher melting point: tungsten or copper?",
+            [("What is the melting point of tungsten?", []),
+             ("Which has a higher melting point: tungsten or copper?", ["q1"])],
+            ["What is the melting point of tungsten?", "What is the melting point of copper?"],
+            "Which number is larger: {q1} or {q2}?",
+        ),
+    ],
+)  # fmt: skip
+def test_a_comparison_not_looked_up_item_by_item_gets_its_plan(
+    query: str, steps: list[Step], lookups: list[str], compare: str
+) -> None:
+    result = repaired(query, *steps)
+    assert shape(result) == [
+        ("q1", lookups[0], ()),
+        ("q2", lookups[1], ()),
+        ("q3", compare, ("q1", "q2")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "steps"),
+    [
+        (  # each item looked up, in other words than the question's
+            "Who was born first, Johann Sebastian Bach or George Frideric Handel?",
+            [("In which year was Johann Sebastian Bach born?", []),
+             ("In what year was George Frideric Handel born?", []),
+             ("Which year is earlier: {q1} or {q2}?", ["q1", "q2"])],
+        ),
+        (  # a bridge the phrasing does not name: the lookups share "capital"
+            "Do the capitals of Portugal and Greece each have more than a million inhabitants?",
+            [("What is the capital of Portugal?", []), ("What is the capital of Greece?", []),
+             ("How many inhabitants does {q1} have?", ["q1"]),
+             ("How many inhabitants does {q2} have?", ["q2"]),
+             ("Are both {q3} and {q4} more than a million?", ["q3", "q4"])],
+        ),
+        (  # a bridge comparison: each item's director, not the item, was born
+            "Which film has the director born later, Amadeus or The Shining?",
+            [("Which film has the director born later, Amadeus or The Shining?", [])],
+        ),
+        (  # a phrasing with no attribute to look up
+            "Which director was also a writer, Noel M. Smith or Reza Parsa?",
+            [("Which director was also a writer, Noel M. Smith or Reza Parsa?", [])],
+        ),
+    ],
+)  # fmt: skip
+def test_a_comparison_is_left_alone_when_it_cannot_be_looked_up_better(
+    query: str, steps: list[Step]
+) -> None:
+    given = plan(query, *steps)
+    assert repair_plan(given) == given
+
+
+def test_a_comparison_beside_another_part_is_left_to_coverage() -> None:
+    given = plan(
+        "Which is heavier, a blue whale or an African elephant? Also, what is 2 + 2?",
+        ("Which is heavier, a blue whale or an African elephant?", []),
+        ("What is 2 + 2?", []),
+    )
+    assert not any("looked up one by one" in r for r in repair_plan(given).repairs)
+
+
 # --- good plans -----------------------------------------------------------------------------
 
 

@@ -31,7 +31,13 @@ in this order:
    sub-query whose second question asks about its first one's answer ("Who founded X, and
    when was he born?") is split first, so the reference can become a dependency.
 5. **Placeholders without their dependency** get the dependency.
-6. **Coverage**: each part of the question (its structural parts, else the whole; a
+6. **Comparisons**: a question comparing two named items ("Which is heavier, A or B?",
+   "Are A and B both P?", "Were A and B from the same country?") whose plan does not look
+   each item up in an independent sub-query of its own (it asks the comparison whole, or
+   both items at once) gets the plan its phrasing asks for: each item's attribute, then
+   the comparison. Bridge comparisons and phrasings with no attribute to look up are left
+   to the other rules.
+7. **Coverage**: each part of the question (its structural parts, else the whole; a
    source question with options, a word problem or a vignette counts as one) must be
    asked by the plan. A part no sub-query asks is added as a sub-query of its own; a part
    only partly asked (a chain cut short: "Who directed X?" for "Where was the director of
@@ -54,6 +60,7 @@ from dataclasses import dataclass, field
 from difflib import Match, SequenceMatcher
 from functools import cached_property
 
+from langchain_complm.decompose._phrasing import comparison_items, comparison_plan
 from langchain_complm.decompose._split import normalize_space, split_query
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
 from langchain_complm.text import (
@@ -780,7 +787,42 @@ def _link_placeholders(work: _Work) -> None:
                 work.notes.append(f"{step.id}: uses {{{name}}}: dependency on {name} added")
 
 
-# --- 6: coverage --------------------------------------------------------------------------------
+# --- 6: comparisons -----------------------------------------------------------------------------
+
+
+def _looks_up(asked: set[str], item: set[str], other: set[str]) -> bool:
+    """Whether a sub-query's words name one item (any of its own words: "J. S. Bach" for
+    "Johann Sebastian Bach") and not the other."""
+    return bool(asked & item) and not asked & other
+
+
+def _compare_apart(work: _Work, max_sub_queries: int | None) -> None:
+    """A comparison of two named items whose plan does not look each one up in an
+    independent sub-query of its own (it asks the comparison whole, or both items at once)
+    gets the plan its phrasing asks for: each item's attribute, then the comparison."""
+    if len(work.units) != 1 or (max_sub_queries is not None and max_sub_queries < 3):
+        return
+    if (steps := comparison_plan(work.query)) is None:
+        return
+    a, b = (content_stems(item) for item in comparison_items(work.query) or ("", ""))
+    a, b = a - b, b - a
+    if not a or not b:
+        return
+    lookups = [content_stems(s.question) for s in work.steps if not s.depends_on]
+    # Words every lookup has ("capital" in "the capitals of Portugal and Greece") tell
+    # nothing about which item a lookup asks.
+    frame = set.intersection(*lookups) if len(lookups) > 1 else set()
+    a, b = a - frame, b - frame
+    if any(_looks_up(x, a, b) for x in lookups) and any(_looks_up(x, b, a) for x in lookups):
+        return
+    replaced = ", ".join(s.id for s in work.steps)
+    work.steps = [_Step(f"q{i}", q, list(d)) for i, (q, d) in enumerate(steps, 1)]
+    work.notes.append(
+        f"{replaced}: replaced: the comparison's items are looked up one by one, then compared"
+    )
+
+
+# --- 7: coverage --------------------------------------------------------------------------------
 
 _MISSING_OK = 0.15
 """A part of the question is asked when at most this share of its content words is missing
@@ -988,6 +1030,7 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
     _split_inner_references(work, max_sub_queries)
     _link_references(work)
     _link_placeholders(work)
+    _compare_apart(work, max_sub_queries)
     if not _repair_coverage(work, max_sub_queries):
         return Plan.single(
             plan.query,

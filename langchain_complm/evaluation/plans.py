@@ -27,20 +27,19 @@ Shapes (deterministic, on the dependency graph only):
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from langchain_complm.decompose._phrasing import MultihopKind, comparison_items, multihop_kind
 from langchain_complm.evaluation.metrics import normalize_answer
 from langchain_complm.evaluation.multiexpertqa import Split, split_sources
 from langchain_complm.evaluation.sources import DataLocation
 from langchain_complm.plan import Plan, SubQuery
 
-MultihopKind = Literal["chain", "comparison", "bridge"]
 MULTIHOP_KINDS: tuple[MultihopKind, ...] = ("chain", "comparison", "bridge")
 
 HELDOUT_FILE = "heldout-compound.jsonl"
@@ -83,49 +82,6 @@ def heldout_examples() -> list[PlanExample]:
 
 
 # --- multi-hop questions by phrasing ------------------------------------------------------------
-
-_OR_PAIR = re.compile(r"[,:]\s*(?:the\s+)?([^,:?]+?),?\s+or\s+(?:the\s+)?([^,?]+?)\s*\?\s*$", re.I)
-_BOTH = re.compile(
-    r"^\s*(?:are|were|is|was|do|did|does|have|has)\s+(?:both\s+)?(.+?)\s+and\s+(.+?)\s+"
-    r"(?:both|the same|of the same|from the same|each|either)\b",
-    re.IGNORECASE,
-)
-_RELATED = (
-    r"director|author|writer|composer|performer|singer|creator|founder|father|mother|"
-    r"spouse|wife|husband|producer|publisher|designer|owner|manufacturer"
-)
-_BRIDGE = re.compile(
-    r"\b(?:has|had|with)\s+the\s+(?:" + _RELATED + r")\b|\bwhose\s+(?:" + _RELATED + r")\b"
-    r"|\b(?:" + _RELATED + r")s?\s+of\s+(?:the\s+)?(?:film|movie|book|novel|song|album|"
-    r"opera|company|band|play|series)\b",
-    re.IGNORECASE,
-)
-_NESTED = re.compile(
-    r"\b(?:the|a|an)\s+(?:[\w-]+\s+){0,3}?(?:who|that|which|whose|where|when)\b"
-    r"|\bof\s+the\s+[\w-]+\s+(?:of|who|that|which)\b|\b\w+['’]s\s+\w+",
-    re.IGNORECASE,
-)
-
-
-def comparison_items(question: str) -> tuple[str, str] | None:
-    """The two things a comparison question compares ("Who was born first, A or B?"),
-    when its phrasing names them."""
-    for pattern in (_OR_PAIR, _BOTH):
-        if m := pattern.search(question):
-            return m.group(1).strip(), m.group(2).strip()
-    return None
-
-
-def multihop_kind(question: str) -> MultihopKind | None:
-    """The kind of a multi-hop question, read from its phrasing: a ``comparison`` of two
-    named items, a ``bridge`` comparison (of an entity related to each item: "Which film
-    has the director born later, A or B?"), or a compositional ``chain`` ("the X of the Y
-    of Z", "the woman who ...", "Z's Y"); None when the phrasing does not tell."""
-    if comparison_items(question) is not None:
-        return "bridge" if _BRIDGE.search(question) else "comparison"
-    if _NESTED.search(question):
-        return "chain"
-    return None
 
 
 def multihop_examples(

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_complm.decompose._phrasing import comparison_plan, multihop_kind
 from langchain_complm.plan import Plan, SubQuery
 from langchain_complm.prompts import TRAINED_DECOMPOSE_SYSTEM
 
@@ -354,7 +355,6 @@ class _Sources:
         """Comparison questions of the multi-hop train split (never the test split that
         the multi-hop evaluation draws from)."""
         from langchain_complm.evaluation.multiexpertqa import split_sources
-        from langchain_complm.evaluation.plans import multihop_kind
 
         records = split_sources("general", "train", seed, data_dir)
         return [r.question for r in records if multihop_kind(r.question) == "comparison"]
@@ -1008,60 +1008,14 @@ def _bridge(rng: random.Random, src: _Sources) -> TrainingPair:
     return _pair(_vary(rng, query), steps, "bridge")
 
 
-# Comparative phrasings of real comparison questions and the attribute each asks.
-_COMPARED: tuple[tuple[re.Pattern[str], str, str], ...] = (
-    (re.compile(r"\bborn (?:first|earlier)\b|\bolder\b", re.I), "When was {x} born?",
-     "Which date is earlier: {q1} or {q2}?"),
-    (re.compile(r"\bborn later\b|\byounger\b", re.I), "When was {x} born?",
-     "Which date is later: {q1} or {q2}?"),
-    (re.compile(r"\b(?:formed|founded|established|created) (?:first|earlier)\b", re.I),
-     "When was {x} {verb}?", "Which date is earlier: {q1} or {q2}?"),
-    (re.compile(r"\b(?:released|published|launched|opened|built) (?:first|earlier)\b", re.I),
-     "When was {x} {verb}?", "Which date is earlier: {q1} or {q2}?"),
-    (re.compile(r"\b(?:released|published|launched|opened|built) (?:later|more recently)\b", re.I),
-     "When was {x} {verb}?", "Which date is later: {q1} or {q2}?"),
-    (re.compile(r"\bsame nationality\b", re.I), "What is the nationality of {x}?",
-     "Are {q1} and {q2} the same nationality?"),
-    (re.compile(r"\blived longer\b", re.I), "How long did {x} live?",
-     "Which is longer: {q1} or {q2}?"),
-    (re.compile(r"\b(?:is|stands) (?:taller|higher)\s*[,:]", re.I), "How tall is {x}?",
-     "Which is taller: {q1} or {q2}?"),
-)  # fmt: skip
-
-
 def _multihop_comparison(rng: random.Random, src: _Sources) -> TrainingPair | None:
-    """A comparison question of HotpotQA's train split, with a plan from its phrasing: each
-    item's attribute looked up, then compared (questions whose phrasing maps to no attribute
-    are skipped)."""
-    from langchain_complm.evaluation.plans import comparison_items
-
+    """A comparison question of HotpotQA's train split, with the plan its phrasing asks for
+    (:func:`~langchain_complm.decompose._phrasing.comparison_plan`; questions whose phrasing
+    maps to no attribute are skipped)."""
     while (question := src.next_comparison()) is not None:
-        items = comparison_items(question)
-        # Items with commas of their own ("University of California, Berkeley") or that
-        # point back ("his brother Dexter") cannot be cut out reliably.
-        if items is None or len(re.findall(r"[,:]", question)) > 1:
-            continue
-        if any(re.search(r"\b(?:his|her|its|their)\b", item, re.I) for item in items):
-            continue
-        # "Which American rock band ..." keeps its category in each lookup.
-        category = _CATEGORY.match(question)
-        for pattern, attribute, compare in _COMPARED:
-            if (match := pattern.search(question)) is None:
-                continue
-            verb = match.group().split()[0].lower()
-            named = [f"the {category.group(1)} {x}" if category else x for x in items]
-            steps = [
-                (attribute.format(x=named[0], verb=verb), ()),
-                (attribute.format(x=named[1], verb=verb), ()),
-                (compare, ("q1", "q2")),
-            ]
+        if (steps := comparison_plan(question)) is not None:
             return _pair(question, steps, "multihop_comparison")
     return None
-
-
-_CATEGORY = re.compile(
-    r"^\s*(?:which|what)\s+((?!of\b)[\w' -]+?)\s+(?:is|was|were|are|has|had|did|does)\b", re.I
-)
 
 
 _SOURCE_KINDS = (

@@ -1,0 +1,75 @@
+"""The plan a comparison question's phrasing asks for."""
+
+from __future__ import annotations
+
+import pytest
+
+from langchain_complm.decompose._phrasing import comparison_items, comparison_plan
+
+
+@pytest.mark.parametrize(
+    ("question", "lookups", "compare"),
+    [
+        ("Who was born first, Johann Sebastian Bach or George Frideric Handel?",
+         ["When was Johann Sebastian Bach born?", "When was George Frideric Handel born?"],
+         "Which date is earlier: {q1} or {q2}?"),
+        ("Which is longer, the Amazon River or the Mississippi River?",
+         ["How long is Amazon River?", "How long is Mississippi River?"],
+         "Which is longer: {q1} or {q2}?"),
+        ("Which has a lower boiling point: ethanol or water?",
+         ["What is the boiling point of ethanol?", "What is the boiling point of water?"],
+         "Which number is smaller: {q1} or {q2}?"),
+        ("Which band has more members, Queen or Nirvana?",
+         ["How many members does the band Queen have?",
+          "How many members does the band Nirvana have?"],
+         "Which number is larger: {q1} or {q2}?"),
+        ("Are Hanafuda and Okey both card games?",
+         ["Is Hanafuda card games?", "Is Okey card games?"], "Are both {q1} and {q2} yes?"),
+        ("Have Serena Williams and Roger Federer both won Wimbledon?",
+         ["Has Serena Williams won Wimbledon?", "Has Roger Federer won Wimbledon?"],
+         "Are both {q1} and {q2} yes?"),
+        ("Were Ernest Hemingway and F. Scott Fitzgerald of the same nationality?",
+         ["What was the nationality of Ernest Hemingway?",
+          "What was the nationality of F. Scott Fitzgerald?"],
+         "Are {q1} and {q2} the same nationality?"),
+        ("Are Jerome Storm and Andrés Wood from the same country?",
+         ["What country is Jerome Storm from?", "What country is Andrés Wood from?"],
+         "Are {q1} and {q2} the same country?"),
+        ("Were Ernest Hemingway and William Faulkner born in the same state?",
+         ["What state was Ernest Hemingway born in?", "What state was William Faulkner born in?"],
+         "Are {q1} and {q2} the same state?"),
+        ("Do Marie Curie and Pierre Curie have the same nationality?",
+         ["What is the nationality of Marie Curie?", "What is the nationality of Pierre Curie?"],
+         "Are {q1} and {q2} the same nationality?"),
+    ],
+)  # fmt: skip
+def test_a_comparison_is_planned_item_by_item(
+    question: str, lookups: list[str], compare: str
+) -> None:
+    assert comparison_plan(question) == [
+        (lookups[0], ()),
+        (lookups[1], ()),
+        (compare, ("q1", "q2")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Which film has the director born later, Amadeus or The Shining?",  # a bridge
+        "Which director was also a writer, Noel M. Smith or Reza Parsa?",  # no attribute
+        "Were the authors of Pride and Prejudice and Emma born in the same country?",
+        "Which city is larger, Berkeley, California or Austin, Texas?",  # commas in items
+        "Who was born first, Dexter or his brother Dean?",  # an item pointing back
+        "What is the capital of France?",
+    ],
+)
+def test_a_question_the_reading_cannot_plan_gets_none(question: str) -> None:
+    assert comparison_plan(question) is None
+
+
+def test_have_the_same_ends_the_second_item() -> None:
+    assert comparison_items("Do Jelena Jankovic and Marat Safin have the same coach?") == (
+        "Jelena Jankovic",
+        "Marat Safin",
+    )
