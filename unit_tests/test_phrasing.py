@@ -1,10 +1,10 @@
-"""The plan a comparison question's phrasing asks for."""
+"""The plan a comparison or compositional question's phrasing asks for."""
 
 from __future__ import annotations
 
 import pytest
 
-from langchain_complm.decompose._phrasing import comparison_items, comparison_plan
+from langchain_complm.decompose._phrasing import chain_plan, comparison_items, comparison_plan
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,53 @@ def test_have_the_same_ends_the_second_item() -> None:
         "Jelena Jankovic",
         "Marat Safin",
     )
+
+
+@pytest.mark.parametrize(
+    ("question", "steps"),
+    [
+        ("When did the president who said Tear Down This Wall die?",
+         [("Who is the president who said Tear Down This Wall?", ()),
+          ("When did {q1} die?", ("q1",))]),
+        ("In what year was the tallest self-supporting tower completed?",
+         [("What is the tallest self-supporting tower?", ()),
+          ("In what year was {q1} completed?", ("q1",))]),
+        ("Who is the father of the father of modern Hebrew?",
+         [("Who is the father of modern Hebrew?", ()), ("Who is the father of {q1}?", ("q1",))]),
+        ("How many times did plague occur in the place where Crucifixion's creator died?",
+         [("Who is Crucifixion's creator?", ()), ("What is the place where {q1} died?", ("q1",)),
+          ("How many times did plague occur in {q2}?", ("q2",))]),
+        ("Mesih Pasha's uncle became emperor in what year?",
+         [("Who is Mesih Pasha's uncle?", ()), ("{q1} became emperor in what year?", ("q1",))]),
+        ("What company is the label responsible for Don't Let Me Wait Too Long a part of?",
+         [("Who is the label responsible for Don't Let Me Wait Too Long?", ()),
+          ("What company is {q1} a part of?", ("q1",))]),
+        ("Where is the casino that Summer Nights takes place in?",
+         [("What is the casino that Summer Nights takes place in?", ()),
+          ("Where is {q1}?", ("q1",))]),
+        ("Who won the 1993 Indy Car race in the city with the largest population in the state "
+         "where Poachie Range is located?",
+         [("What is the state where Poachie Range is located?", ()),
+          ("Who won the 1993 Indy Car race in the city with the largest population in {q1}?",
+           ("q1",))]),
+    ],
+)  # fmt: skip
+def test_a_compositional_question_is_planned_description_by_description(
+    question: str, steps: list[tuple[str, tuple[str, ...]]]
+) -> None:
+    assert chain_plan(question) == steps
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What is the capital of France?",  # the description is the whole question
+        "What is the largest planet in the solar system?",
+        "hey, what is the greatest common divisor of 270 and 70?",
+        "What did the families of Romeo and Juliet have against each other?",
+        "Which country hosted the 2016 Summer Olympics, and what is the currency of that country?",
+        "The native country of emu birds started conscription. What year did the draft start?",
+    ],
+)
+def test_a_question_with_no_description_to_look_up_first_gets_no_chain(question: str) -> None:
+    assert chain_plan(question) is None

@@ -849,6 +849,38 @@ def test_a_comparison_beside_another_part_is_left_to_coverage() -> None:
     assert not any("looked up one by one" in r for r in repair_plan(given).repairs)
 
 
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("When was the person who shared the Nobel Prize in Physics in 1954 with Max Born born?",
+          [])],
+        [("When was the person that shared the 1954 Nobel Prize in Physics with Max Born born?",
+          [])],
+    ],
+)  # fmt: skip
+def test_a_compositional_question_planned_without_a_hop_gets_its_chain(steps: list[Step]) -> None:
+    query = "When was the person who shared the Nobel Prize in Physics in 1954 with Max Born born?"
+    result = repaired(query, *steps)
+    assert shape(result) == [
+        (
+            "q1",
+            "Who is the person who shared the Nobel Prize in Physics in 1954 with Max Born?",
+            (),
+        ),
+        ("q2", "When was {q1} born?", ("q1",)),
+    ]
+    assert "hop by hop" in result.repairs[-1]
+
+
+def test_a_compositional_question_planned_with_a_hop_is_left_to_the_model() -> None:
+    given = plan(
+        "When was the person who shared the Nobel Prize in Physics in 1954 with Max Born born?",
+        ("Who shared the Nobel Prize in Physics in 1954 with Max Born?", []),
+        ("When was {q1} born?", ["q1"]),
+    )
+    assert repair_plan(given) == given
+
+
 # --- good plans -----------------------------------------------------------------------------
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from langchain_complm.text import content_stems, words
+
 MultihopKind = Literal["chain", "comparison", "bridge"]
 
 _OR_PAIR = re.compile(
@@ -189,3 +191,157 @@ def comparison_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
             (compare, ("q1", "q2")),
         ]
     return None
+
+
+# --- the plan a compositional chain asks for ---------------------------------------------------
+
+_SUPERLATIVE = (
+    r"(?:(?:second|third|fourth|fifth|\d+(?:st|nd|rd|th))\s+)?(?:(?:most|least)\s+[\w-]+|first|"
+    r"last|best|worst|largest|biggest|smallest|highest|lowest|longest|shortest|tallest|oldest|"
+    r"youngest|earliest|latest|newest|fastest|slowest|deepest|heaviest|richest|hottest|coldest|"
+    r"greatest|closest|farthest|furthest|busiest|wealthiest|poorest|strongest|brightest|"
+    r"widest|smallest|most\s+recent)"
+)
+_KIN = (
+    r"father|mother|son|daughter|brother|sister|uncle|aunt|nephew|niece|grandfather|"
+    r"grandmother|child|children|parent|parents|successor|predecessor|employer|birthplace|"
+    r"hometown|capital|headquarters|label|team|leader|" + _RELATED
+)
+# Where a description starts: a relative clause ("the city where ...", "the band who
+# performs ..."), a superlative ("the tallest ..."), a relation ("the composer of ...") and
+# "the Y of Z" inside "the X of the Y of Z" run to the end of the question (or to its own
+# verb); a name's relative ("Mesih Pasha's uncle") is the match.
+_BETWEEN = (  # the words of a relative's noun: no verb, no preposition ("of that country")
+    r"(?:(?!(?:the|is|was|are|were|it|be|has|have|had|of|in|for|to|with|from|by|and|than|"
+    r"both)\b)[\w-]+\s+){0,4}?"
+)
+_DESCRIPTION = re.compile(
+    r"(?P<relative>the\s+" + _BETWEEN + r"(?:who|that|which|where|whose|during\s+which|"
+    r"in\s+which|responsible\s+for|named\s+after|(?:[\w]+ed|written|known|made|built|sung|"
+    r"won|held|born)\s+(?:by|in|for|after|as))\b)"
+    r"|(?P<superlative>the\s+" + _SUPERLATIVE + r"\b)"
+    r"|(?P<relation>the\s+(?:[\w-]+\s+)?(?:" + _KIN + r")\s+of\s+\S)"
+    r"|(?P<of>(?<=\bof\s)the\s+[a-z][\w-]*\s+of\s+(?:the\s+)?\S)"
+    r"|(?P<kin>(?:[A-Z][\w.-]*\s+){0,3}[A-Z][\w.-]*['’]s?\s+(?:[\w-]+\s+){0,2}?(?:"
+    + _KIN
+    + r")\b)",
+)
+_STARTS = re.compile(r"\bthe\b|(?<![\w'’])[A-Z]")
+# A question whose subject comes after its verb ("When did D die?", "In what year was D
+# completed?", "What company is D a part of?") ends with its own verb, after D.
+_INVERTED = re.compile(
+    r"^\s*(?:(?:in|into|from|to|for|at|on|with|by)\s+)?(?:when|where|why|how(?:\s+(?:many|much|long|old)(?:\s+[\w-]+)?)?|"
+    r"(?:what|which)\s+[\w-]+)\s+(?P<aux>was|were|is|are|did|does|do|has|have|had)\s+",
+    re.IGNORECASE,
+)
+_PARTICLES = {"out", "up", "in", "of", "from", "on", "to", "for", "by", "at", "with", "off"}
+_PERSON_HEAD = re.compile(
+    r"\b(?:person|man|woman|people|president|king|queen|actor|actress|player|scientist|poet|"
+    r"artist|politician|commander|"
+    + _KIN.replace("capital|", "").replace("headquarters|", "")
+    + r")\b",
+    re.IGNORECASE,
+)
+_ASKED_HERE = re.compile(r"\b(?:what|how\s+(?:many|much))\b|\{q\}", re.IGNORECASE)
+_MAX_HOPS = 4
+
+
+_IRREGULAR_PARTICIPLES = {
+    "born", "built", "made", "held", "won", "sung", "written", "known", "sold", "shot", "set",
+    "led", "run", "begun", "found", "taught", "bought", "thought", "drawn", "grown", "hit",
+}  # fmt: skip
+
+
+def _verb_tail(body: str, aux: str) -> int:
+    """Where the own verb of an inverted question starts ("When did D die?", "When was D
+    born?", "What company is D a part of?"); the end when its verb is the copula ("Where
+    is the casino that Summer Nights takes place in?")."""
+    spans = [m.start() for m in re.finditer(r"\S+", body)]
+    words_ = body.split()
+    if "{" in words_[-1]:  # "... given to {q1}": a hop's answer, not a verb, ends it
+        return len(body)
+    cut = len(words_) - 1
+    while cut > 0 and words_[cut].lower() in _PARTICLES:
+        cut -= 1
+    word = words_[cut].lower()
+    if cut > 0 and words_[cut - 1].lower() in {"a", "an"} and cut < len(words_) - 1:
+        cut -= 1  # "a part of"
+    elif aux not in {"do", "does", "did"} and not (
+        word.endswith(("ed", "en")) or word in _IRREGULAR_PARTICIPLES
+    ):
+        return len(body)
+    return spans[cut] if cut > 0 else len(body)
+
+
+def _description(body: str) -> tuple[int, int] | None:
+    """The innermost description of ``body`` (a question without its final mark) that the
+    rest of the question asks something of, as a span."""
+    inverted = _INVERTED.match(body)
+    found: list[tuple[int, int, str]] = []
+    for start in (m.start() for m in _STARTS.finditer(body)):
+        if (m := _DESCRIPTION.match(body, start)) is None:
+            continue
+        kind = m.lastgroup or ""
+        if kind == "kin":
+            end = m.end()
+        elif inverted is not None and start == inverted.end():
+            end = _verb_tail(body, inverted.group("aux").lower())
+        else:
+            end = len(body)
+        # "the city with the largest population": the superlative belongs to the city.
+        if kind == "superlative" and re.search(r"\bwith\s+$", body[:start]):
+            continue
+        while end > start and body[end - 1].isspace():
+            end -= 1
+        # "Mesih Pasha's uncle", not "Pasha's uncle".
+        if kind == "kin" and found and found[-1][2] == "kin" and found[-1][1] == end:
+            continue
+        found.append((start, end, kind))
+    for start, end, kind in reversed(found):  # the innermost first
+        # A superlative inside an enclosing relative clause ("the space mission that had
+        # the first spacewalk") is part of what the clause describes.
+        if kind == "superlative" and any(k == "relative" and s < start for s, _, k in found):
+            continue
+        text = body[start:end]
+        if end <= start or _ASKED_HERE.search(text):
+            continue
+        if _asks_more(body[:start] + body[end:]):
+            return start, end
+    return None
+
+
+def _hop(description: str) -> str:
+    head = re.split(r"\b(?:who|that|which|where|whose|when|of|in)\b", description, maxsplit=1)[0]
+    ask = "Who" if _PERSON_HEAD.search(head) else "What"
+    return f"{ask} is {description}?"
+
+
+_ASKS_OF = frozenset(["where", "when", "why", "how"])
+"""Question words that ask something of a description ("Where is {q1}?"), where "What is
+{q1}?" only names it."""
+
+
+def _asks_more(outer: str) -> bool:
+    """Whether a question with its description cut out still asks something of it."""
+    rest = re.sub(r"\{q\d+\}", " ", outer)
+    return bool(content_stems(rest)) or any(w.lower() in _ASKS_OF for w in words(rest))
+
+
+def chain_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
+    """The plan a compositional question's phrasing asks for ("When did the president who
+    said Tear Down This Wall die?": "Who is the president who said Tear Down This Wall?",
+    then "When did {q1} die?"), innermost description first; None when its phrasing names
+    no description to look up first, or the question is more than one sentence."""
+    text = question.strip()
+    if not text.endswith("?") or re.search(r"[.?!]\s+\S", text[:-1]) or "\n" in text:
+        return None
+    body = text[:-1].rstrip()
+    steps: list[tuple[str, tuple[str, ...]]] = []
+    while len(steps) < _MAX_HOPS - 1 and (span := _description(body)) is not None:
+        start, end = span
+        description = body[start:end].strip()
+        steps.append((_hop(description), tuple(re.findall(r"\{(q\d+)\}", description))))
+        body = f"{body[:start]}{{q{len(steps)}}}{body[end:]}"
+    if not steps:
+        return None
+    return [*steps, (body + "?", (f"q{len(steps)}",))]

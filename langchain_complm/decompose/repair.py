@@ -44,6 +44,12 @@ in this order:
    X born?") gets a final step: the part with the asked span replaced by the placeholder
    ("Where was {q1} born?"), depending on it. A plan that asks nothing of the question
    falls back to the whole question.
+8. **Chains**: a compositional question ("When did the president who said ... die?",
+   "the X of the Y of Z", "Z's father", "the tallest ...") whose plan, after coverage, still
+   has no hop (no sub-query depends on another: it asks the question whole) gets the plan
+   its phrasing asks for: each description looked up, innermost first, and the question
+   asked of the last answer. Plans with a hop are the model's (coverage completes a chain
+   cut short), comparisons are rule 6's.
 
 Every change is recorded in :attr:`Plan.repairs <langchain_complm.plan.Plan.repairs>`.
 The rules work on words, not meaning: they are tuned to leave gold plans alone (the
@@ -60,7 +66,7 @@ from dataclasses import dataclass, field
 from difflib import Match, SequenceMatcher
 from functools import cached_property
 
-from langchain_complm.decompose._phrasing import comparison_items, comparison_plan
+from langchain_complm.decompose._phrasing import chain_plan, comparison_items, comparison_plan
 from langchain_complm.decompose._split import normalize_space, split_query
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
 from langchain_complm.text import (
@@ -822,6 +828,22 @@ def _compare_apart(work: _Work, max_sub_queries: int | None) -> None:
     )
 
 
+def _chain_apart(work: _Work, max_sub_queries: int | None) -> None:
+    """A compositional question ("When did the president who said ... die?") whose plan
+    has no hop (no sub-query depends on another: it asks the question whole, or lookups
+    that cannot feed each other) gets the plan its phrasing asks for, description by
+    description."""
+    if len(work.units) != 1 or any(s.depends_on for s in work.steps):
+        return
+    if comparison_items(work.query) is not None or (steps := chain_plan(work.query)) is None:
+        return
+    if max_sub_queries is not None and len(steps) > max_sub_queries:
+        return
+    replaced = ", ".join(s.id for s in work.steps)
+    work.steps = [_Step(f"q{i}", q, list(d)) for i, (q, d) in enumerate(steps, 1)]
+    work.notes.append(f"{replaced}: replaced: the question's descriptions are looked up hop by hop")
+
+
 # --- 7: coverage --------------------------------------------------------------------------------
 
 _MISSING_OK = 0.15
@@ -1037,6 +1059,7 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
             fallback_reason="the plan's sub-queries do not ask the question: "
             + "; ".join(s.question for s in plan.sub_queries)[:200],
         )
+    _chain_apart(work, max_sub_queries)
     if not work.notes:
         return plan
     sub_queries = tuple(

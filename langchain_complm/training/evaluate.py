@@ -147,6 +147,8 @@ def score_reply(
         "shape": float(plan_shape_ok(plan, example.kind, example.gold)),
         "n_predicted": len(plan.sub_queries),
         "repairs": list(plan.repairs),
+        # The plan scored, for reading: a shape check sees the graph, not the questions.
+        "sub_queries": [[sq.question, list(sq.depends_on)] for sq in plan.sub_queries],
     }
     if example.gold is not None:
         score = score_plan(plan, example.gold)
