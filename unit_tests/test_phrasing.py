@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from langchain_complm.decompose._phrasing import chain_plan, comparison_items, comparison_plan
+from langchain_complm.decompose.phrasing import chain_plan, comparison_items, comparison_plan
 
 
 @pytest.mark.parametrize(

@@ -66,8 +66,8 @@ from dataclasses import dataclass, field
 from difflib import Match, SequenceMatcher
 from functools import cached_property
 
-from langchain_complm.decompose._phrasing import chain_plan, comparison_items, comparison_plan
 from langchain_complm.decompose._split import normalize_space, split_query
+from langchain_complm.decompose.phrasing import chain_plan, comparison_items, comparison_plan
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
 from langchain_complm.text import (
     FUNCTION_WORDS,

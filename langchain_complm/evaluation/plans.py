@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from langchain_complm.decompose._phrasing import MultihopKind, comparison_items, multihop_kind
+from langchain_complm.decompose.phrasing import MultihopKind, comparison_items, multihop_kind
 from langchain_complm.evaluation.metrics import normalize_answer
 from langchain_complm.evaluation.multiexpertqa import Split, split_sources
 from langchain_complm.evaluation.sources import DataLocation

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from langchain_complm.decompose._phrasing import comparison_plan, multihop_kind
+from langchain_complm.decompose.phrasing import comparison_plan, multihop_kind
 from langchain_complm.plan import Plan, SubQuery
 from langchain_complm.prompts import TRAINED_DECOMPOSE_SYSTEM
 
@@ -1010,7 +1010,7 @@ def _bridge(rng: random.Random, src: _Sources) -> TrainingPair:
 
 def _multihop_comparison(rng: random.Random, src: _Sources) -> TrainingPair | None:
     """A comparison question of HotpotQA's train split, with the plan its phrasing asks for
-    (:func:`~langchain_complm.decompose._phrasing.comparison_plan`; questions whose phrasing
+    (:func:`~langchain_complm.decompose.phrasing.comparison_plan`; questions whose phrasing
     maps to no attribute are skipped)."""
     while (question := src.next_comparison()) is not None:
         if (steps := comparison_plan(question)) is not None:
