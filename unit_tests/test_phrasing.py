@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from langchain_complm.decompose.phrasing import chain_plan, comparison_items, comparison_plan
@@ -123,3 +125,17 @@ def test_a_compositional_question_is_planned_description_by_description(
 )
 def test_a_question_with_no_description_to_look_up_first_gets_no_chain(question: str) -> None:
     assert chain_plan(question) is None
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Are " + "x and " * 10_000 + "y?",  # lazy item patterns with no end in sight
+        "When did the " + "man who said " * 5_000 + "die?",
+    ],
+)
+def test_a_long_text_is_read_in_time(question: str) -> None:
+    started = time.perf_counter()
+    assert comparison_plan(question) is None
+    assert chain_plan(question) is None
+    assert time.perf_counter() - started < 2.0

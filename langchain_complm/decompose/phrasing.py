@@ -47,9 +47,16 @@ _NESTED = re.compile(
 )
 
 
+_MAX_CHARS = 600
+"""Longer text is no multi-hop question (the benchmarks' longest is under 300 characters);
+the readings' lazy patterns would take time quadratic in it."""
+
+
 def comparison_items(question: str) -> tuple[str, str] | None:
     """The two things a comparison question compares ("Who was born first, A or B?"),
     when its phrasing names them."""
+    if len(question) > _MAX_CHARS:
+        return None
     for pattern in (_OR_PAIR, _BOTH):
         if m := pattern.search(question):
             return m.group("a").strip(), m.group("b").strip()
@@ -333,7 +340,9 @@ def chain_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
     then "When did {q1} die?"), innermost description first; None when its phrasing names
     no description to look up first, or the question is more than one sentence."""
     text = question.strip()
-    if not text.endswith("?") or re.search(r"[.?!]\s+\S", text[:-1]) or "\n" in text:
+    if len(text) > _MAX_CHARS or not text.endswith("?") or "\n" in text:
+        return None
+    if re.search(r"[.?!]\s+\S", text[:-1]):
         return None
     body = text[:-1].rstrip()
     steps: list[tuple[str, tuple[str, ...]]] = []
