@@ -808,6 +808,39 @@ def test_a_comparison_not_looked_up_item_by_item_gets_its_plan(
 
 
 @pytest.mark.parametrize(
+    ("query", "steps", "expected"),
+    [
+        ("What are the populations of Lagos and Cairo, and what is the difference between them?",
+         [("What are the populations of Lagos and Cairo?", []),
+          ("What is the difference between {q1} and {q1}?", ["q1"])],
+         ["What is the population of Lagos?", "What is the population of Cairo?",
+          "What is the difference between {q1} and {q3}?"]),
+        ("What are the melting points of gold and silver, and which is higher?",
+         [("What are the melting points of gold and silver?", []),
+          ("Which is higher: gold or silver?", [])],
+         ["What is the melting point of gold?", "What is the melting point of silver?",
+          "Which is higher: {q1} or {q3}?"]),
+    ],
+)  # fmt: skip
+def test_a_lookup_of_two_items_at_once_is_split_when_they_are_compared(
+    query: str, steps: list[Step], expected: list[str]
+) -> None:
+    assert shape(repaired(query, *steps)) == [
+        ("q1", expected[0], ()),
+        ("q3", expected[1], ()),
+        ("q2", expected[2], ("q1", "q3")),
+    ]
+
+
+def test_a_lookup_of_two_items_is_kept_when_nothing_compares_them() -> None:
+    given = plan(
+        "What are the capitals of France and Spain?",
+        ("What are the capitals of France and Spain?", []),
+    )
+    assert repair_plan(given) == given
+
+
+@pytest.mark.parametrize(
     ("query", "steps"),
     [
         (  # each item looked up, in other words than the question's

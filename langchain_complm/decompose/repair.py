@@ -36,7 +36,9 @@ in this order:
    each item up in an independent sub-query of its own (it asks the comparison whole, or
    both items at once) gets the plan its phrasing asks for: each item's attribute, then
    the comparison. Bridge comparisons and phrasings with no attribute to look up are left
-   to the other rules.
+   to the other rules. A lookup asking the same of two items at once ("What are the
+   populations of Lagos and Cairo?") in a question that compares or combines them becomes
+   one lookup per item, and the steps using it get both.
 7. **Coverage**: each part of the question (its structural parts, else the whole; a
    source question with options, a word problem or a vignette counts as one) must be
    asked by the plan. A part no sub-query asks is added as a sub-query of its own; a part
@@ -802,6 +804,65 @@ def _looks_up(asked: set[str], item: set[str], other: set[str]) -> bool:
     return bool(asked & item) and not asked & other
 
 
+_TWO_ITEM_LOOKUP = re.compile(
+    r"^\s*(?P<ask>what|how\s+\w+)\s+(?:are|were)\s+the\s+(?P<noun>(?:[\w-]+\s+){0,2}[\w-]+s)\s+"
+    r"of\s+(?P<a>[^,?]+?)\s+and\s+(?P<b>[^,?]+?)\s*\?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _singular(noun: str) -> str:
+    """The singular of a plural noun phrase's last word ("melting points": "melting point")."""
+    head, _, last = noun.rpartition(" ")
+    for plural, one in (("ies", "y"), ("sses", "ss"), ("ches", "ch"), ("shes", "sh"), ("s", "")):
+        if last.endswith(plural) and not last.endswith("ss"):
+            last = last[: -len(plural)] + one
+            break
+    return f"{head} {last}".strip()
+
+
+def _split_two_item_lookups(work: _Work, max_sub_queries: int | None) -> None:
+    """A lookup asking the same of two items at once ("What are the populations of Lagos
+    and Cairo?") when the question goes on to combine or compare them becomes one lookup
+    per item, so the two can run, and be routed, apart; the steps using it get both."""
+    if not _COMBINES.search(work.query):
+        return
+    for step in list(work.steps):
+        m = _TWO_ITEM_LOOKUP.match(step.question)
+        if step.depends_on or m is None:
+            continue
+        if max_sub_queries is not None and len(work.steps) >= max_sub_queries:
+            return
+        noun = _singular(m.group("noun"))
+        items = m.group("a").strip(), m.group("b").strip()
+        first, second = work.split(step, [f"What is the {noun} of {item}?" for item in items])
+        for later in work.steps:
+            if first not in later.depends_on:
+                continue
+            named = later.question.count("{" + first + "}")
+            if named >= 2:  # "the difference between {q1} and {q1}"
+                later.question = later.question.replace("{" + first + "}", "{" + second + "}")
+                later.question = later.question.replace("{" + second + "}", "{" + first + "}", 1)
+            else:
+                later.question = later.question.replace(
+                    "{" + first + "}", "{" + first + "} and {" + second + "}"
+                )
+            later.depends_on.insert(later.depends_on.index(first) + 1, second)
+        # An independent comparison that names the two items ("Which is higher: gold or
+        # silver?") compares the two lookups' answers.
+        for later in work.steps:
+            if later.depends_on or later.id in {first, second}:
+                continue
+            text = later.question
+            for sq_id, item in zip((first, second), items, strict=True):
+                text = re.sub(rf"\b{re.escape(item)}\b", "{" + sq_id + "}", text, flags=re.I)
+            if text != later.question and "{" + first + "}" in text and "{" + second + "}" in text:
+                later.question, later.depends_on = text, [first, second]
+        work.notes.append(
+            f"{first}: split into {first}, {second}: it asked the {noun} of two items at once"
+        )
+
+
 def _compare_apart(work: _Work, max_sub_queries: int | None) -> None:
     """A comparison of two named items whose plan does not look each one up in an
     independent sub-query of its own (it asks the comparison whole, or both items at once)
@@ -1052,6 +1113,7 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
     _split_inner_references(work, max_sub_queries)
     _link_references(work)
     _link_placeholders(work)
+    _split_two_item_lookups(work, max_sub_queries)
     _compare_apart(work, max_sub_queries)
     if not _repair_coverage(work, max_sub_queries):
         return Plan.single(
