@@ -832,6 +832,16 @@ def test_a_lookup_of_two_items_at_once_is_split_when_they_are_compared(
     ]
 
 
+def test_a_comparison_of_the_answers_no_step_asks_is_added() -> None:
+    result = repaired(
+        "How tall is the Eiffel Tower and how tall is the Statue of Liberty? Which of them is "
+        "taller?",
+        ("How tall is the Eiffel Tower?", []),
+        ("How tall is the Statue of Liberty?", []),
+    )
+    assert shape(result)[2] == ("q3", "Which of {q1} and {q2} is taller?", ("q1", "q2"))
+
+
 def test_a_lookup_of_two_items_is_kept_when_nothing_compares_them() -> None:
     given = plan(
         "What are the capitals of France and Spain?",

@@ -1028,6 +1028,27 @@ def _readable(query: str) -> bool:
     return len(content_stems(query)) >= 2 and function_words >= 0.15 * len(all_words)
 
 
+_PICKS_ONE = re.compile(
+    r"^\W*(?:which|who)\b[^.?]*\b(?:\w{3,}er|more|less|first|earlier|later)\b[^.]*\??\s*$",
+    re.IGNORECASE,
+)
+"""A question picking one of two answers by a comparison ("Which of them is taller?")."""
+
+
+def _compares_unasked(work: _Work, unit: str) -> bool:
+    """Whether ``unit`` compares earlier answers ("Which of them is taller?") that no step
+    combines: its words are the lookups' words, so the word check sees it asked."""
+    compares = bool(_PICKS_ONE.match(unit) and _PLURAL_PRONOUN.search(unit))
+    return (
+        compares
+        and len(work.steps) >= 2
+        and not any(len(s.depends_on) >= 2 for s in work.steps)
+        and not any(
+            normalize_space(s.question).lower() == normalize_space(unit).lower() for s in work.steps
+        )
+    )
+
+
 def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
     """Make the plan ask every part of the question; False when it asks none of it. No
     step is added beyond ``max_sub_queries``."""
@@ -1053,6 +1074,14 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
         asked: set[str] = set()
         for step in work.steps:
             asked |= _content_with_agents(step.question)
+        if _compares_unasked(work, unit):
+            if max_sub_queries is not None and len(work.steps) >= max_sub_queries:
+                work.notes.append(f"the part {unit!r} is not asked; the plan is at its cap")
+                continue
+            step = _Step(id=work.new_id(), question=unit[:1].upper() + unit[1:], depends_on=[])
+            work.steps.append(step)
+            work.notes.append(f"{step.id}: added: the question's comparison {unit!r} was not asked")
+            continue
         share = _missing_share(unit, asked)
         unit_content = content_stems(unit)
         related = [s for s in work.steps if _content_with_agents(s.question) & unit_content]
@@ -1121,6 +1150,7 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
             fallback_reason="the plan's sub-queries do not ask the question: "
             + "; ".join(s.question for s in plan.sub_queries)[:200],
         )
+    _link_references(work)  # a comparison coverage added refers to the answers it compares
     _chain_apart(work, max_sub_queries)
     if not work.notes:
         return plan
