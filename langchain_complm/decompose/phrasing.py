@@ -106,6 +106,11 @@ _COMPARED: tuple[tuple[re.Pattern[str], str, str], ...] = (
      "Which is heavier: {q1} or {q2}?"),
     (re.compile(r"\b(?:is|was) (?:the )?(?:larger|bigger)\s*[,:]", re.I), "How large is {x}?",
      "Which is larger: {q1} or {q2}?"),
+    (re.compile(r"\b(?:closer|nearer) to (?P<noun>(?:the )?[\w-]+(?: [\w-]+){0,2}?)\s*[,:]", re.I),
+     "How far is {x} from {noun}?", _SMALLER),
+    (re.compile(r"\b(?:farther|further) from (?P<noun>(?:the )?[\w-]+(?: [\w-]+){0,2}?)\s*[,:]",
+                re.I),
+     "How far is {x} from {noun}?", _LARGER),
     (re.compile(r"\bmore populous\b|\blarger population\b", re.I),
      "What is the population of {x}?", _LARGER),
     (re.compile(r"\b(?:has|had|have) (?:a |the )?(?:higher|greater|larger|bigger) " + _NOUN, re.I),
@@ -191,7 +196,7 @@ def comparison_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
         if (match := pattern.search(question)) is None:
             continue
         verb = match.group().split()[0].lower()
-        fields = {k: v.lower() for k, v in match.groupdict().items()}
+        fields = match.groupdict()
         return [
             (attribute.format(x=named[0], verb=verb, **fields), ()),
             (attribute.format(x=named[1], verb=verb, **fields), ()),
