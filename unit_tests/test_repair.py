@@ -966,6 +966,18 @@ def test_gold_plans_of_the_benchmark_pairs_are_left_alone() -> None:
         assert repair_plan(gold) == gold, pair.query
 
 
+def test_a_step_naming_an_answer_without_its_dependency_is_judged_as_dependent() -> None:
+    # Linked only after the invented-step rules, it was kept once and removed on a second
+    # repair (MultiExpertQA-All item 00000's plan).
+    once = repaired(
+        "What is 15% of 80, and who wrote Hamlet?",
+        ("What is 15% of 80?", []),
+        ("Now draw the diagram representing {q1}.", []),
+    )
+    assert [q for _, q, _ in shape(once)] == ["What is 15% of 80?", "Who wrote Hamlet?"]
+    assert repair_plan(once) == once
+
+
 def test_repair_is_idempotent() -> None:
     once = repaired(
         "What are the populations of France and Spain, and what is the difference between them?",

@@ -30,7 +30,9 @@ in this order:
    own sub-query names ("What is gout, and how is it treated?") is no reference. A
    sub-query whose second question asks about its first one's answer ("Who founded X, and
    when was he born?") is split first, so the reference can become a dependency.
-5. **Placeholders without their dependency** get the dependency.
+5. **Placeholders without their dependency** get the dependency, once before rule 3 (so a
+   step naming ``{q1}`` is judged as the dependent step it is, and a second repair changes
+   nothing) and again after rule 4.
 6. **Comparisons**: a question comparing two named items ("Which is heavier, A or B?",
    "Are A and B both P?", "Were A and B from the same country?") whose plan does not look
    each item up in an independent sub-query of its own (it asks the comparison whole, or
@@ -1138,6 +1140,9 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
     parts = _marked_parts(plan.query, max_sub_queries)
     _split_merged_parts(work, parts, max_sub_queries)
     _restore_miscopied_parts(work, parts)
+    # A step naming {q1} without depending on it is a dependent step: the invented-step
+    # rules judge it as one (else a second repair would remove what the first kept).
+    _link_placeholders(work)
     _remove_invented_steps(work)
     _split_inner_references(work, max_sub_queries)
     _link_references(work)
