@@ -5,12 +5,14 @@
 * :func:`multihop_kind`: a multi-hop question's kind (comparison, bridge comparison,
   compositional chain);
 * :func:`comparison_plan`: the plan a comparison's phrasing asks for: each item's attribute
-  looked up on its own, then compared.
+  looked up on its own, then compared;
+* :func:`chain_plan`: the plan a compositional question's phrasing asks for: each
+  description it holds ("the person who said ...") looked up, innermost first.
 
 One reading serves three readers: plan repair (a comparison whose plan does not look each
-item up gets the plan its phrasing asks for), the training data (HotpotQA train comparisons
-become pairs with that plan) and the plan evaluation (the kind of a benchmark question, and
-the items its plan must look up apart).
+item up, or a chain asked whole, gets the plan its phrasing asks for), the training data
+(HotpotQA train comparisons become pairs with that plan) and the plan evaluation (the kind
+of a benchmark question, and the items its plan must look up apart).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ _SMALLER = "Which number is smaller: {q1} or {q2}?"
 # Comparative phrasings of "..., A or B?" questions: the attribute each asks of an item
 # ({x}; {verb} is the phrasing's first word, {noun} what it compares), and the comparison.
 _NOUN = r"(?P<noun>(?:[\w-]+ ){0,2}[\w-]+)\s*[,:]"  # "has a higher melting point, ..."
+_PLACE = r"(?P<noun>(?:the )?[\w-]+(?: [\w-]+){0,2}?)\s*[,:]"  # "closer to the Sun, ..."
 _COMPARED: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"\bborn (?:first|earlier)\b|\bolder\b", re.I), "When was {x} born?", _EARLIER),
     (re.compile(r"\bborn later\b|\byounger\b", re.I), "When was {x} born?", _LATER),
@@ -106,11 +109,10 @@ _COMPARED: tuple[tuple[re.Pattern[str], str, str], ...] = (
      "Which is heavier: {q1} or {q2}?"),
     (re.compile(r"\b(?:is|was) (?:the )?(?:larger|bigger)\s*[,:]", re.I), "How large is {x}?",
      "Which is larger: {q1} or {q2}?"),
-    (re.compile(r"\b(?:closer|nearer) to (?P<noun>(?:the )?[\w-]+(?: [\w-]+){0,2}?)\s*[,:]", re.I),
-     "How far is {x} from {noun}?", _SMALLER),
-    (re.compile(r"\b(?:farther|further) from (?P<noun>(?:the )?[\w-]+(?: [\w-]+){0,2}?)\s*[,:]",
-                re.I),
-     "How far is {x} from {noun}?", _LARGER),
+    (re.compile(r"\b(?:closer|nearer) to " + _PLACE, re.I), "How far is {x} from {noun}?",
+     _SMALLER),
+    (re.compile(r"\b(?:farther|further) from " + _PLACE, re.I), "How far is {x} from {noun}?",
+     _LARGER),
     (re.compile(r"\bmore populous\b|\blarger population\b", re.I),
      "What is the population of {x}?", _LARGER),
     (re.compile(r"\b(?:has|had|have) (?:a |the )?(?:higher|greater|larger|bigger) " + _NOUN, re.I),
@@ -153,11 +155,11 @@ def _both_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
         ]
     # "Were A and B born in the same country?": the words after the second name ("born
     # in"), in lower case, say how each item has its N: "What country was A born in?".
+    names = b.split()
     tail: list[str] = []
-    while b.split() and b.split()[-1].islower():
-        *kept, last = b.split()
-        tail.insert(0, last)
-        b = " ".join(kept)
+    while names and names[-1].islower():
+        tail.insert(0, names.pop())
+    b = " ".join(names)
     if not b:
         return None
     if how == "from the same":
@@ -268,8 +270,8 @@ def _verb_tail(body: str, aux: str) -> int:
     """Where the own verb of an inverted question starts ("When did D die?", "When was D
     born?", "What company is D a part of?"); the end when its verb is the copula ("Where
     is the casino that Summer Nights takes place in?")."""
-    spans = [m.start() for m in re.finditer(r"\S+", body)]
-    words_ = body.split()
+    tokens = list(re.finditer(r"\S+", body))
+    words_ = [t.group() for t in tokens]
     if "{" in words_[-1]:  # "... given to {q1}": a hop's answer, not a verb, ends it
         return len(body)
     cut = len(words_) - 1
@@ -282,7 +284,7 @@ def _verb_tail(body: str, aux: str) -> int:
         word.endswith(("ed", "en")) or word in _IRREGULAR_PARTICIPLES
     ):
         return len(body)
-    return spans[cut] if cut > 0 else len(body)
+    return tokens[cut].start() if cut > 0 else len(body)
 
 
 def _description(body: str) -> tuple[int, int] | None:

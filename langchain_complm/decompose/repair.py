@@ -189,6 +189,12 @@ class _Work:
             self.steps.insert(at + offset, _Step(id=ids[-1], question=piece, depends_on=[]))
         return ids
 
+    def replace_all(self, steps: Sequence[tuple[str, Sequence[str]]], why: str) -> None:
+        """Replace the whole plan by ``steps`` ((question, parents), ids ``q1``...)."""
+        replaced = ", ".join(s.id for s in self.steps)
+        self.steps = [_Step(f"q{i}", q, list(d)) for i, (q, d) in enumerate(steps, 1)]
+        self.notes.append(f"{replaced}: replaced: {why}")
+
     def new_id(self) -> str:
         taken = {s.id for s in self.steps}
         n = len(self.steps) + 1
@@ -838,17 +844,14 @@ def _split_two_item_lookups(work: _Work, max_sub_queries: int | None) -> None:
         noun = _singular(m.group("noun"))
         items = m.group("a").strip(), m.group("b").strip()
         first, second = work.split(step, [f"What is the {noun} of {item}?" for item in items])
+        one, two = "{" + first + "}", "{" + second + "}"
         for later in work.steps:
             if first not in later.depends_on:
                 continue
-            named = later.question.count("{" + first + "}")
-            if named >= 2:  # "the difference between {q1} and {q1}"
-                later.question = later.question.replace("{" + first + "}", "{" + second + "}")
-                later.question = later.question.replace("{" + second + "}", "{" + first + "}", 1)
+            if later.question.count(one) >= 2:  # "the difference between {q1} and {q1}"
+                later.question = later.question.replace(one, two).replace(two, one, 1)
             else:
-                later.question = later.question.replace(
-                    "{" + first + "}", "{" + first + "} and {" + second + "}"
-                )
+                later.question = later.question.replace(one, f"{one} and {two}")
             later.depends_on.insert(later.depends_on.index(first) + 1, second)
         # An independent comparison that names the two items ("Which is higher: gold or
         # silver?") compares the two lookups' answers.
@@ -858,7 +861,7 @@ def _split_two_item_lookups(work: _Work, max_sub_queries: int | None) -> None:
             text = later.question
             for sq_id, item in zip((first, second), items, strict=True):
                 text = re.sub(rf"\b{re.escape(item)}\b", "{" + sq_id + "}", text, flags=re.I)
-            if text != later.question and "{" + first + "}" in text and "{" + second + "}" in text:
+            if text != later.question and one in text and two in text:
                 later.question, later.depends_on = text, [first, second]
         work.notes.append(
             f"{first}: split into {first}, {second}: it asked the {noun} of two items at once"
@@ -884,11 +887,7 @@ def _compare_apart(work: _Work, max_sub_queries: int | None) -> None:
     a, b = a - frame, b - frame
     if any(_looks_up(x, a, b) for x in lookups) and any(_looks_up(x, b, a) for x in lookups):
         return
-    replaced = ", ".join(s.id for s in work.steps)
-    work.steps = [_Step(f"q{i}", q, list(d)) for i, (q, d) in enumerate(steps, 1)]
-    work.notes.append(
-        f"{replaced}: replaced: the comparison's items are looked up one by one, then compared"
-    )
+    work.replace_all(steps, "the comparison's items are looked up one by one, then compared")
 
 
 def _chain_apart(work: _Work, max_sub_queries: int | None) -> None:
@@ -902,9 +901,7 @@ def _chain_apart(work: _Work, max_sub_queries: int | None) -> None:
         return
     if max_sub_queries is not None and len(steps) > max_sub_queries:
         return
-    replaced = ", ".join(s.id for s in work.steps)
-    work.steps = [_Step(f"q{i}", q, list(d)) for i, (q, d) in enumerate(steps, 1)]
-    work.notes.append(f"{replaced}: replaced: the question's descriptions are looked up hop by hop")
+    work.replace_all(steps, "the question's descriptions are looked up hop by hop")
 
 
 # --- 7: coverage --------------------------------------------------------------------------------
@@ -1039,7 +1036,7 @@ _PICKS_ONE = re.compile(
 
 def _compares_unasked(work: _Work, unit: str) -> bool:
     """Whether ``unit`` compares earlier answers ("Which of them is taller?") that no step
-    combines: its words are the lookups' words, so the word check sees it asked."""
+    combines."""
     compares = bool(_PICKS_ONE.match(unit) and _PLURAL_PRONOUN.search(unit))
     return (
         compares
@@ -1076,14 +1073,8 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
         asked: set[str] = set()
         for step in work.steps:
             asked |= _content_with_agents(step.question)
-        if _compares_unasked(work, unit):
-            if max_sub_queries is not None and len(work.steps) >= max_sub_queries:
-                work.notes.append(f"the part {unit!r} is not asked; the plan is at its cap")
-                continue
-            step = _Step(id=work.new_id(), question=unit[:1].upper() + unit[1:], depends_on=[])
-            work.steps.append(step)
-            work.notes.append(f"{step.id}: added: the question's comparison {unit!r} was not asked")
-            continue
+        # Its words are the lookups' words, but no step compares them.
+        unasked_comparison = _compares_unasked(work, unit)
         share = _missing_share(unit, asked)
         unit_content = content_stems(unit)
         related = [s for s in work.steps if _content_with_agents(s.question) & unit_content]
@@ -1091,12 +1082,14 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
         # ("the usual first-line drug") may be gone without a hop being lost.
         stepped = any(s.depends_on or work.dependents(s.id) for s in related)
         missing = len(unit_content - asked)
-        if share <= _MISSING_OK or (stepped and (share <= _MISSING_OK_STEPPED or missing <= 2)):
+        if not unasked_comparison and (
+            share <= _MISSING_OK or (stepped and (share <= _MISSING_OK_STEPPED or missing <= 2))
+        ):
             continue
         if max_sub_queries is not None and len(work.steps) >= max_sub_queries:
             work.notes.append(f"the part {unit!r} is not asked; the plan is at its cap")
             continue
-        if 1.0 - share < _DROPPED or not related:
+        if unasked_comparison or 1.0 - share < _DROPPED or not related:
             text = unit[:1].upper() + unit[1:]
             step = _Step(id=work.new_id(), question=text, depends_on=[])
             work.steps.append(step)
