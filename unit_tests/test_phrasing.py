@@ -6,7 +6,13 @@ import time
 
 import pytest
 
-from langchain_complm.decompose.phrasing import chain_plan, comparison_items, comparison_plan
+from langchain_complm.decompose.phrasing import (
+    bridge_plan,
+    chain_plan,
+    comparison_items,
+    comparison_plan,
+    multihop_kind,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +49,15 @@ from langchain_complm.decompose.phrasing import chain_plan, comparison_items, co
         ("Were Ernest Hemingway and William Faulkner born in the same state?",
          ["What state was Ernest Hemingway born in?", "What state was William Faulkner born in?"],
          "Are {q1} and {q2} the same state?"),
+        ("Who died first, Jane Austen or Charlotte Bronte?",
+         ["When did Jane Austen die?", "When did Charlotte Bronte die?"],
+         "Which date is earlier: {q1} or {q2}?"),
+        ("Which city is further north, Oslo or Helsinki?",
+         ["What is the latitude of the city Oslo?", "What is the latitude of the city Helsinki?"],
+         "Which number is larger: {q1} or {q2}?"),
+        ("Which film was released first, Jaws or The Godfather?",  # a title keeps its "The"
+         ["When was the film Jaws released?", "When was the film The Godfather released?"],
+         "Which date is earlier: {q1} or {q2}?"),
         ("Do Marie Curie and Pierre Curie have the same nationality?",
          ["What is the nationality of Marie Curie?", "What is the nationality of Pierre Curie?"],
          "Are {q1} and {q2} the same nationality?"),
@@ -78,6 +93,55 @@ def test_have_the_same_ends_the_second_item() -> None:
         "Jelena Jankovic",
         "Marat Safin",
     )
+
+
+@pytest.mark.parametrize(
+    ("question", "finds", "attribute", "compare"),
+    [
+        ("Which film has the director born later, Amadeus or The Shining?",
+         ["Who is the director of the film Amadeus?",
+          "Who is the director of the film The Shining?"],
+         "When was {x} born?", "Which date is later: {q3} or {q4}?"),
+        ("Whose composer died younger, The Magic Flute or The Barber of Seville?",
+         ["Who is the composer of The Magic Flute?",
+          "Who is the composer of The Barber of Seville?"],
+         "At what age did {x} die?", "Which number is smaller: {q3} or {q4}?"),
+        ("Which company's founder was born earlier, Ford or Toyota?",
+         ["Who is the founder of the company Ford?", "Who is the founder of the company Toyota?"],
+         "When was {x} born?", "Which date is earlier: {q3} or {q4}?"),
+        ("Which band's lead singer is younger, Coldplay or U2?",
+         ["Who is the lead singer of the band Coldplay?", "Who is the lead singer of the band U2?"],
+         "When was {x} born?", "Which date is later: {q3} or {q4}?"),
+        ("Which country's capital is further north, Finland or Estonia?",
+         ["What is the capital of the country Finland?",
+          "What is the capital of the country Estonia?"],
+         "What is the latitude of {x}?", "Which number is larger: {q3} or {q4}?"),
+    ],
+)  # fmt: skip
+def test_a_bridge_finds_each_items_relation_then_compares_its_attribute(
+    question: str, finds: list[str], attribute: str, compare: str
+) -> None:
+    assert multihop_kind(question) == "bridge"
+    assert bridge_plan(question) == [
+        (finds[0], ()),
+        (finds[1], ()),
+        (attribute.format(x="{q1}"), ("q1",)),
+        (attribute.format(x="{q2}"), ("q2",)),
+        (compare, ("q3", "q4")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Who was born first, Johann Sebastian Bach or George Frideric Handel?",  # no relation
+        "Which film has the director who was also a writer, Jaws or Alien?",  # no attribute
+        "Were the authors of The Hobbit and Dune born in the same country?",  # not at the head
+        "Which film has the director born later, Paris, Texas or Alien?",  # commas in items
+    ],
+)
+def test_a_question_the_bridge_reading_cannot_plan_gets_none(question: str) -> None:
+    assert bridge_plan(question) is None
 
 
 @pytest.mark.parametrize(
@@ -140,5 +204,6 @@ def test_a_question_with_no_description_to_look_up_first_gets_no_chain(question:
 def test_a_long_text_is_read_in_time(question: str) -> None:
     started = time.perf_counter()
     assert comparison_plan(question) is None
+    assert bridge_plan(question) is None
     assert chain_plan(question) is None
     assert time.perf_counter() - started < 2.0

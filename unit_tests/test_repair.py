@@ -53,6 +53,17 @@ def repaired(query: str, *steps: Step) -> Plan:
             [("What is the atomic number of oxygen?", []), ("What is twice that number?", [])],
             ("What is twice {q1}?", ("q1",)),
         ),
+        (  # the reference resolved by copying what q1 asks: q1's answer is meant
+            "What is 2 to the power of 10, and is that number larger than 1000?",
+            [("What is 2 to the power of 10?", []),
+             ("Is 2 to the power of 10 larger than 1000?", [])],
+            ("Is {q1} larger than 1000?", ("q1",)),
+        ),
+        (
+            "Who wrote Dracula, and where was that author born?",
+            [("Who wrote Dracula?", []), ("Where was Dracula born?", [])],
+            ("Where was {q1} born?", ("q1",)),
+        ),
         (
             "Which organ produces insulin, and how much does that organ weigh?",
             [("Which organ produces insulin?", []), ("How much does that organ weigh?", [])],
@@ -866,9 +877,11 @@ def test_a_lookup_of_two_items_is_kept_when_nothing_compares_them() -> None:
              ("How many inhabitants does {q2} have?", ["q2"]),
              ("Are both {q3} and {q4} more than a million?", ["q3", "q4"])],
         ),
-        (  # a bridge comparison: each item's director, not the item, was born
-            "Which film has the director born later, Amadeus or The Shining?",
-            [("Which film has the director born later, Amadeus or The Shining?", [])],
+        (  # a bridge whose plan holds its two hops: the model's
+            "Whose director was born first, Gladiator or Avatar?",
+            [("Who directed Gladiator?", []), ("Who directed Avatar?", []),
+             ("In which year was {q1} born?", ["q1"]), ("In which year was {q2} born?", ["q2"]),
+             ("Which year is earlier: {q3} or {q4}?", ["q3", "q4"])],
         ),
         (  # a phrasing with no attribute to look up
             "Which director was also a writer, Noel M. Smith or Reza Parsa?",
@@ -881,6 +894,43 @@ def test_a_comparison_is_left_alone_when_it_cannot_be_looked_up_better(
 ) -> None:
     given = plan(query, *steps)
     assert repair_plan(given) == given
+
+
+BRIDGE = [
+    ("q1", "Who is the director of the film Amadeus?", ()),
+    ("q2", "Who is the director of the film The Shining?", ()),
+    ("q3", "When was {q1} born?", ("q1",)),
+    ("q4", "When was {q2} born?", ("q2",)),
+    ("q5", "Which date is later: {q3} or {q4}?", ("q3", "q4")),
+]
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("Which film has the director born later, Amadeus or The Shining?", [])],
+        [("Who directed the film Amadeus or The Shining?", [])],
+        # each item's director looked up, then compared as if they were the answer
+        [("Who directed Amadeus?", []), ("Who directed The Shining?", []),
+         ("Which is younger: {q1} or {q2}?", ["q1", "q2"])],
+        # the items compared directly
+        [("When was Amadeus released?", []), ("When was The Shining released?", []),
+         ("Which date is later: {q1} or {q2}?", ["q1", "q2"])],
+    ],
+)  # fmt: skip
+def test_a_bridge_planned_without_its_two_hops_gets_them(steps: list[Step]) -> None:
+    result = repaired("Which film has the director born later, Amadeus or The Shining?", *steps)
+    assert shape(result) == BRIDGE
+    assert "related entity" in result.repairs[-1]
+    assert repair_plan(result) == result
+
+
+def test_a_bridge_is_not_replaced_beyond_the_sub_query_limit() -> None:
+    given = plan(
+        "Which film has the director born later, Amadeus or The Shining?",
+        ("Which film has the director born later, Amadeus or The Shining?", []),
+    )
+    assert repair_plan(given, max_sub_queries=4) == given
 
 
 def test_a_comparison_beside_another_part_is_left_to_coverage() -> None:
@@ -913,6 +963,46 @@ def test_a_compositional_question_planned_without_a_hop_gets_its_chain(steps: li
         ("q2", "When was {q1} born?", ("q1",)),
     ]
     assert "hop by hop" in result.repairs[-1]
+
+
+@pytest.mark.parametrize(
+    ("query", "steps", "expected"),
+    [
+        ("In what year did the author of The Little Prince die?",
+         [("Who wrote The Little Prince?", []), ("In which year was {q1} born?", ["q1"]),
+          ("In which year was {q2} born?", ["q2"]), ("What is the year {q3}?", ["q3"])],
+         [("q1", "Who is the author of The Little Prince?", ()),
+          ("q2", "In what year did {q1} die?", ("q1",))]),
+        ("What is the birth date of the wife of the actor who played Forrest Gump?",
+         [("Who played Forrest Gump?", []), ("In which year was {q1} born?", ["q1"]),
+          ("In which year was {q2} born?", ["q2"]), ("What is the birth date of {q3}?", ["q3"])],
+         [("q1", "Who is the actor who played Forrest Gump?", ()),
+          ("q2", "Who is the wife of {q1}?", ("q1",)),
+          ("q3", "What is the birth date of {q2}?", ("q2",))]),
+    ],
+)  # fmt: skip
+def test_a_chain_with_an_invented_hop_in_between_gets_its_phrasings_chain(
+    query: str, steps: list[Step], expected: list[tuple[str, str, tuple[str, ...]]]
+) -> None:
+    result = repaired(query, *steps)
+    assert shape(result) == expected
+    assert "hop by hop" in result.repairs[-1]
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        # its hop in other words than the question's: as long as the phrasing's chain
+        [("Which actor played Forrest Gump?", []), ("Who is the spouse of {q1}?", ["q1"]),
+         ("When was {q2} born?", ["q2"])],
+        # one hop more than the phrasing asks, but none asking what the question does not
+        [("Which actor played Forrest Gump?", []), ("Who is the actor {q1}?", ["q1"]),
+         ("Who is the wife of {q2}?", ["q2"]), ("What is the birth date of {q3}?", ["q3"])],
+    ],
+)  # fmt: skip
+def test_a_chain_whose_hops_the_question_asks_is_left_to_the_model(steps: list[Step]) -> None:
+    given = plan("What is the birth date of the wife of the actor who played Forrest Gump?", *steps)
+    assert not any("hop by hop" in r for r in repair_plan(given).repairs)
 
 
 def test_a_compositional_question_planned_with_a_hop_is_left_to_the_model() -> None:

@@ -6,6 +6,8 @@
   compositional chain);
 * :func:`comparison_plan`: the plan a comparison's phrasing asks for: each item's attribute
   looked up on its own, then compared;
+* :func:`bridge_plan`: the plan a bridge comparison's phrasing asks for: each item's
+  related entity found, its attribute looked up, then compared;
 * :func:`chain_plan`: the plan a compositional question's phrasing asks for: each
   description it holds ("the person who said ...") looked up, innermost first.
 
@@ -25,7 +27,8 @@ from langchain_complm.text import content_stems, words
 MultihopKind = Literal["chain", "comparison", "bridge"]
 
 _OR_PAIR = re.compile(
-    r"[,:]\s*(?:the\s+)?(?P<a>[^,:?]+?),?\s+or\s+(?:the\s+)?(?P<b>[^,?]+?)\s*\?\s*$", re.I
+    r"[,:]\s*(?:(?-i:the)\s+)?(?P<a>[^,:?]+?),?\s+or\s+(?:(?-i:the)\s+)?(?P<b>[^,?]+?)\s*\?\s*$",
+    re.I,
 )
 _BOTH = re.compile(
     r"^\s*(?P<verb>are|were|is|was|do|did|does|have|has)\s+(?:both\s+)?(?P<a>.+?)\s+and\s+(?P<b>.+?)\s+"
@@ -34,12 +37,22 @@ _BOTH = re.compile(
 )
 _RELATED = (
     r"director|author|writer|composer|performer|singer|creator|founder|father|mother|"
-    r"spouse|wife|husband|producer|publisher|designer|owner|manufacturer"
+    r"spouse|wife|husband|producer|publisher|designer|owner|manufacturer|artist|painter|"
+    r"architect|inventor"
 )
 _BRIDGE = re.compile(
     r"\b(?:has|had|with)\s+the\s+(?:" + _RELATED + r")\b|\bwhose\s+(?:" + _RELATED + r")\b"
     r"|\b(?:" + _RELATED + r")s?\s+of\s+(?:the\s+)?(?:film|movie|book|novel|song|album|"
     r"opera|company|band|play|series)\b",
+    re.IGNORECASE,
+)
+# "Which band's lead singer is younger, ...", "Whose director was born first, ...": the
+# relation named at the head of a comparison, before its attribute.
+_BRIDGE_HEAD = re.compile(
+    r"^\s*(?:(?:which|what)\s+(?P<category>[\w-]+(?:\s+[\w-]+)?)(?:['’]s\s+|\s+(?:has|had)\s+"
+    r"the\s+)|whose\s+)(?P<relation>(?:lead\s+|main\s+|original\s+)?(?:"
+    + _RELATED
+    + r"|capital))\b",
     re.IGNORECASE,
 )
 _NESTED = re.compile(
@@ -71,7 +84,8 @@ def multihop_kind(question: str) -> MultihopKind | None:
     has the director born later, A or B?"), or a compositional ``chain`` ("the X of the Y
     of Z", "the woman who ...", "Z's Y"); None when the phrasing does not tell."""
     if comparison_items(question) is not None:
-        return "bridge" if _BRIDGE.search(question) else "comparison"
+        bridge = _BRIDGE.search(question) or _BRIDGE_HEAD.match(question)
+        return "bridge" if bridge else "comparison"
     if _NESTED.search(question):
         return "chain"
     return None
@@ -88,9 +102,26 @@ _SMALLER = "Which number is smaller: {q1} or {q2}?"
 # ({x}; {verb} is the phrasing's first word, {noun} what it compares), and the comparison.
 _NOUN = r"(?P<noun>(?:[\w-]+ ){0,2}[\w-]+)\s*[,:]"  # "has a higher melting point, ..."
 _PLACE = r"(?P<noun>(?:the )?[\w-]+(?: [\w-]+){0,2}?)\s*[,:]"  # "closer to the Sun, ..."
+# "is further north": the item itself lies there ("originates from a region farther east"
+# asks of a region, not of the item).
+_LIES = r"\b(?:is|are|was|were|lies|lie|located)\s+(?:further|farther|more)\s+"
 _COMPARED: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"\bborn (?:first|earlier)\b|\bolder\b", re.I), "When was {x} born?", _EARLIER),
+    (re.compile(r"\bdied (?:younger|at a younger age)\b", re.I), "At what age did {x} die?",
+     _SMALLER),
+    (re.compile(r"\bdied (?:older|at an older age)\b", re.I), "At what age did {x} die?",
+     _LARGER),
     (re.compile(r"\bborn later\b|\byounger\b", re.I), "When was {x} born?", _LATER),
+    (re.compile(r"\bdied (?:first|earlier|sooner)\b", re.I), "When did {x} die?", _EARLIER),
+    (re.compile(r"\bdied (?:later|last)\b", re.I), "When did {x} die?", _LATER),
+    (re.compile(_LIES + r"north(?:erly)?\b", re.I),
+     "What is the latitude of {x}?", _LARGER),
+    (re.compile(_LIES + r"south(?:erly)?\b", re.I),
+     "What is the latitude of {x}?", _SMALLER),
+    (re.compile(_LIES + r"east(?:erly)?\b", re.I),
+     "What is the longitude of {x}?", _LARGER),
+    (re.compile(_LIES + r"west(?:erly)?\b", re.I),
+     "What is the longitude of {x}?", _SMALLER),
     (re.compile(r"\b(?:formed|founded|established|created) (?:first|earlier)\b", re.I),
      "When was {x} {verb}?", _EARLIER),
     (re.compile(r"\b(?:released|published|launched|opened|built) (?:first|earlier)\b", re.I),
@@ -194,17 +225,51 @@ def comparison_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
     # "Which American rock band ..." keeps its category in each lookup.
     category = _CATEGORY.match(question)
     named = [f"the {category.group(1)} {x}" if category else x for x in items]
+    if (compared := _compared(question, *named)) is None:
+        return None
+    first, second, compare = compared
+    return [(first, ()), (second, ()), (compare, ("q1", "q2"))]
+
+
+def _compared(text: str, a: str, b: str) -> tuple[str, str, str] | None:
+    """The attribute ``text``'s comparative phrasing asks of ``a`` and of ``b``, and the
+    comparison of the two answers (of ``{q1}`` and ``{q2}``)."""
     for pattern, attribute, compare in _COMPARED:
-        if (match := pattern.search(question)) is None:
+        if (match := pattern.search(text)) is None:
             continue
         verb = match.group().split()[0].lower()
         fields = match.groupdict()
-        return [
-            (attribute.format(x=named[0], verb=verb, **fields), ()),
-            (attribute.format(x=named[1], verb=verb, **fields), ()),
-            (compare, ("q1", "q2")),
-        ]
+        return (
+            attribute.format(x=a, verb=verb, **fields),
+            attribute.format(x=b, verb=verb, **fields),
+            compare,
+        )
     return None
+
+
+def bridge_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
+    """The plan a bridge comparison's phrasing asks for ("Which film has the director born
+    later, A or B?"): each item's related entity found ("Who is the director of the film
+    A?"), its attribute looked up ("When was {q1} born?"), then the two compared. None when
+    the question names no relation at its head ("Which film has the director ...",
+    "Whose director ...", "Which band's lead singer ...") or no attribute this reading maps."""
+    if multihop_kind(question) != "bridge" or (head := _BRIDGE_HEAD.match(question)) is None:
+        return None
+    items = comparison_items(question)
+    assert items is not None  # a bridge is a comparison of two named items
+    if len(re.findall(r"[,:]", question)) > 1 or not _OR_PAIR.search(question):
+        return None
+    kind = f"the {head.group('category')} " if head.group("category") else ""
+    relation = head.group("relation").lower()
+    if (compared := _compared(question[head.end() :], "{q1}", "{q2}")) is None:
+        return None
+    first, second, compare = compared
+    return [
+        *((_hop(f"the {relation} of {kind}{x}"), ()) for x in items),
+        (first, ("q1",)),
+        (second, ("q2",)),
+        (compare.format(q1="{q3}", q2="{q4}"), ("q3", "q4")),
+    ]
 
 
 # --- the plan a compositional chain asks for ---------------------------------------------------

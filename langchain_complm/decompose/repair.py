@@ -29,7 +29,10 @@ in this order:
    earlier question and its answer as context. A pronoun in a second clause about what its
    own sub-query names ("What is gout, and how is it treated?") is no reference. A
    sub-query whose second question asks about its first one's answer ("Who founded X, and
-   when was he born?") is split first, so the reference can become a dependency.
+   when was he born?") is split first, so the reference can become a dependency. A
+   sub-query that resolved the reference by copying what an earlier one asks ("Is 2 to
+   the power of 10 larger than 1000?" for "is that number larger than 1000?") gets the
+   placeholder in place of the copy.
 5. **Placeholders without their dependency** get the dependency, once before rule 3 (so a
    step naming ``{q1}`` is judged as the dependent step it is, and a second repair changes
    nothing) and again after rule 4.
@@ -37,8 +40,10 @@ in this order:
    "Are A and B both P?", "Were A and B from the same country?") whose plan does not look
    each item up in an independent sub-query of its own (it asks the comparison whole, or
    both items at once) gets the plan its phrasing asks for: each item's attribute, then
-   the comparison. Bridge comparisons and phrasings with no attribute to look up are left
-   to the other rules. A lookup asking the same of two items at once ("What are the
+   the comparison. A bridge comparison ("Which film has the director born later, A or
+   B?") whose plan holds no two-hop path (it compares the items, or their related
+   entities, directly) gets each item's related entity found, its attribute looked up,
+   then the comparison. Phrasings with no attribute to look up are left to the other rules. A lookup asking the same of two items at once ("What are the
    populations of Lagos and Cairo?") in a question that compares or combines them becomes
    one lookup per item, and the steps using it get both.
 7. **Coverage**: each part of the question (its structural parts, else the whole; a
@@ -52,8 +57,10 @@ in this order:
    "the X of the Y of Z", "Z's father", "the tallest ...") whose plan, after coverage, still
    has no hop (no sub-query depends on another: it asks the question whole) gets the plan
    its phrasing asks for: each description looked up, innermost first, and the question
-   asked of the last answer. Plans with a hop are the model's (coverage completes a chain
-   cut short), comparisons are rule 6's.
+   asked of the last answer. So does a one-line chain with more hops than its phrasing
+   asks, one of them in between asking what the question does not ("In which year was
+   {q1} born?" on the way to "... die?"). Other plans with a hop are the model's
+   (coverage completes a chain cut short), comparisons are rule 6's.
 
 Every change is recorded in :attr:`Plan.repairs <langchain_complm.plan.Plan.repairs>`.
 The rules work on words, not meaning: they are tuned to leave gold plans alone (the
@@ -71,7 +78,12 @@ from difflib import Match, SequenceMatcher
 from functools import cached_property
 
 from langchain_complm.decompose._split import normalize_space, split_query
-from langchain_complm.decompose.phrasing import chain_plan, comparison_items, comparison_plan
+from langchain_complm.decompose.phrasing import (
+    bridge_plan,
+    chain_plan,
+    comparison_items,
+    comparison_plan,
+)
 from langchain_complm.plan import DEFAULT_MAX_SUB_QUERIES, Plan, SubQuery, braced_names
 from langchain_complm.text import (
     FUNCTION_WORDS,
@@ -795,6 +807,45 @@ def _link_references(work: _Work) -> None:
             work.notes.append(f"{step.id}: {phrase!r} refers to {', '.join(names)}: dependency")
 
 
+def _holds(asked: Sequence[str], phrase: str) -> bool:
+    return f" {phrase} " in f" {' '.join(asked)} "
+
+
+def _link_copied_referents(work: _Work) -> None:
+    """A sub-query asking a part of the question whose reference it resolved by copying
+    what an earlier sub-query asks ("Is 2 to the power of 10 larger than 1000?" for "is
+    that number larger than 1000?") asks that again instead of using its answer: the copy
+    becomes the earlier sub-query's placeholder."""
+    for unit in work.units if len(work.units) > 1 else ():
+        ref = _find_reference(unit, [])
+        if ref is None or ref.plural or ref.start == ref.end:
+            continue
+        head, tail = _lower_words(unit[: ref.start]), _lower_words(unit[ref.end :])
+        phrase = " ".join(_lower_words(unit[ref.start : ref.end]))
+        for index, step in enumerate(work.steps):
+            spans = word_spans(step.question)
+            asked = [w.lower() for _, _, w in spans]
+            middle = len(asked) - len(head) - len(tail)
+            if step.depends_on or middle < 1 or len(asked) > _LONG_SUB_QUERY_WORDS:
+                continue
+            if asked[: len(head)] != head or (tail and asked[-len(tail) :] != tail):
+                continue
+            copy = " ".join(asked[len(head) : len(head) + middle])
+            if copy == phrase:  # the part asked as the question words it
+                continue
+            earlier = work.steps[:index]
+            source = next((e for e in earlier if _holds(_lower_words(e.question), copy)), None)
+            if source is None:
+                continue
+            start, end = spans[len(head)][0], spans[len(head) + middle - 1][1]
+            step.question = f"{step.question[:start]}{{{source.id}}}{step.question[end:]}"
+            step.depends_on.append(source.id)
+            work.notes.append(
+                f"{step.id}: asked {source.id}'s {copy!r} again where the question refers to "
+                f"its answer: dependency and placeholder"
+            )
+
+
 def _link_placeholders(work: _Work) -> None:
     ids = {s.id for s in work.steps}
     for step in work.steps:
@@ -890,17 +941,45 @@ def _compare_apart(work: _Work, max_sub_queries: int | None) -> None:
     work.replace_all(steps, "the comparison's items are looked up one by one, then compared")
 
 
+def _bridge_apart(work: _Work, max_sub_queries: int | None) -> None:
+    """A bridge comparison ("Which film has the director born later, A or B?") whose plan
+    holds no hop of two ("Who directed A?", then "When was {q1} born?"): it compares the
+    items, or their related entities, directly) gets the plan its phrasing asks for."""
+    if len(work.units) != 1 or (steps := bridge_plan(work.query)) is None:
+        return
+    if max_sub_queries is not None and len(steps) > max_sub_queries:
+        return
+    parents = {d for s in work.steps for d in s.depends_on}
+    if any(s.depends_on for s in work.steps if s.id in parents):
+        return
+    work.replace_all(
+        steps, "each item's related entity is found, its attribute looked up, compared"
+    )
+
+
 def _chain_apart(work: _Work, max_sub_queries: int | None) -> None:
     """A compositional question ("When did the president who said ... die?") whose plan
     has no hop (no sub-query depends on another: it asks the question whole, or lookups
-    that cannot feed each other) gets the plan its phrasing asks for, description by
-    description."""
-    if len(work.units) != 1 or any(s.depends_on for s in work.steps):
+    that cannot feed each other), or more hops than its phrasing asks with one in between
+    that asks what the question does not ("In which year was {q1} born?" on the way to
+    "... die?"), gets the plan its phrasing asks for, description by description."""
+    if len(work.units) != 1:
         return
     if comparison_items(work.query) is not None or (steps := chain_plan(work.query)) is None:
         return
     if max_sub_queries is not None and len(steps) > max_sub_queries:
         return
+    if any(s.depends_on for s in work.steps):
+        if any(len(s.depends_on) > 1 for s in work.steps):
+            return  # a plan that combines answers is no chain gone wrong
+        parents = {d for s in work.steps for d in s.depends_on}
+        invented = [
+            s
+            for s in work.steps
+            if s.depends_on and s.id in parents and content_stems(s.question) - work.named
+        ]
+        if not invented or len(steps) >= len(work.steps):
+            return
     work.replace_all(steps, "the question's descriptions are looked up hop by hop")
 
 
@@ -1138,10 +1217,12 @@ def repair_plan(plan: Plan, max_sub_queries: int | None = DEFAULT_MAX_SUB_QUERIE
     _link_placeholders(work)
     _remove_invented_steps(work)
     _split_inner_references(work, max_sub_queries)
+    _link_copied_referents(work)
     _link_references(work)
     _link_placeholders(work)
     _split_two_item_lookups(work, max_sub_queries)
     _compare_apart(work, max_sub_queries)
+    _bridge_apart(work, max_sub_queries)
     if not _repair_coverage(work, max_sub_queries):
         return Plan.single(
             plan.query,
