@@ -116,6 +116,10 @@ def test_have_the_same_ends_the_second_item() -> None:
          ["What is the capital of the country Finland?",
           "What is the capital of the country Estonia?"],
          "What is the latitude of {x}?", "Which number is larger: {q3} or {q4}?"),
+        ("Which company's headquarters is located farther west, Nokia or Volvo?",
+         ["What is the headquarters of the company Nokia?",
+          "What is the headquarters of the company Volvo?"],
+         "What is the longitude of {x}?", "Which number is smaller: {q3} or {q4}?"),
     ],
 )  # fmt: skip
 def test_a_bridge_finds_each_items_relation_then_compares_its_attribute(

@@ -52,7 +52,7 @@ _BRIDGE_HEAD = re.compile(
     r"^\s*(?:(?:which|what)\s+(?P<category>[\w-]+(?:\s+[\w-]+)?)(?:['’]s\s+|\s+(?:has|had)\s+"
     r"the\s+)|whose\s+)(?P<relation>(?:lead\s+|main\s+|original\s+)?(?:"
     + _RELATED
-    + r"|capital))\b",
+    + r"|capital|headquarters))\b",
     re.IGNORECASE,
 )
 _NESTED = re.compile(

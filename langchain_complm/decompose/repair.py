@@ -43,9 +43,10 @@ in this order:
    the comparison. A bridge comparison ("Which film has the director born later, A or
    B?") whose plan holds no two-hop path (it compares the items, or their related
    entities, directly) gets each item's related entity found, its attribute looked up,
-   then the comparison. Phrasings with no attribute to look up are left to the other rules. A lookup asking the same of two items at once ("What are the
-   populations of Lagos and Cairo?") in a question that compares or combines them becomes
-   one lookup per item, and the steps using it get both.
+   then the comparison. Phrasings with no attribute to look up are left to the other
+   rules. A lookup asking the same of two items at once ("What are the populations of
+   Lagos and Cairo?") in a question that compares or combines them becomes one lookup per
+   item, and the steps using it get both.
 7. **Coverage**: each part of the question (its structural parts, else the whole; a
    source question with options, a word problem or a vignette counts as one) must be
    asked by the plan. A part no sub-query asks is added as a sub-query of its own; a part
