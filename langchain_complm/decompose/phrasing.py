@@ -78,14 +78,18 @@ def comparison_items(question: str) -> tuple[str, str] | None:
     return None
 
 
+def _relates(question: str) -> bool:
+    """Whether a comparison compares an entity related to each item, not the items."""
+    return bool(_BRIDGE.search(question) or _BRIDGE_HEAD.match(question))
+
+
 def multihop_kind(question: str) -> MultihopKind | None:
     """The kind of a multi-hop question, read from its phrasing: a ``comparison`` of two
     named items, a ``bridge`` comparison (of an entity related to each item: "Which film
     has the director born later, A or B?"), or a compositional ``chain`` ("the X of the Y
     of Z", "the woman who ...", "Z's Y"); None when the phrasing does not tell."""
     if comparison_items(question) is not None:
-        bridge = _BRIDGE.search(question) or _BRIDGE_HEAD.match(question)
-        return "bridge" if bridge else "comparison"
+        return "bridge" if _relates(question) else "comparison"
     if _NESTED.search(question):
         return "chain"
     return None
@@ -210,10 +214,8 @@ def comparison_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
     no comparison of two named items, a bridge comparison (the attribute belongs to an
     entity related to each item), or phrased in a way this reading does not map to an
     attribute."""
-    if multihop_kind(question) != "comparison":
+    if (items := comparison_items(question)) is None or _relates(question):
         return None
-    items = comparison_items(question)
-    assert items is not None  # a comparison names its items
     # Items with commas of their own ("University of California, Berkeley") or that point
     # back ("his brother Dexter") cannot be cut out reliably.
     if len(re.findall(r"[,:]", question)) > 1:
@@ -253,10 +255,9 @@ def bridge_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
     A?"), its attribute looked up ("When was {q1} born?"), then the two compared. None when
     the question names no relation at its head ("Which film has the director ...",
     "Whose director ...", "Which band's lead singer ...") or no attribute this reading maps."""
-    if multihop_kind(question) != "bridge" or (head := _BRIDGE_HEAD.match(question)) is None:
-        return None
     items = comparison_items(question)
-    assert items is not None  # a bridge is a comparison of two named items
+    if items is None or (head := _BRIDGE_HEAD.match(question)) is None:
+        return None
     if len(re.findall(r"[,:]", question)) > 1 or not _OR_PAIR.search(question):
         return None
     kind = f"the {head.group('category')} " if head.group("category") else ""
@@ -321,7 +322,7 @@ _PERSON_HEAD = re.compile(
     + r")\b",
     re.IGNORECASE,
 )
-_ASKED_HERE = re.compile(r"\b(?:what|how\s+(?:many|much))\b|\{q\}", re.IGNORECASE)
+_ASKED_HERE = re.compile(r"\b(?:what|how\s+(?:many|much))\b", re.IGNORECASE)
 _MAX_HOPS = 4
 
 

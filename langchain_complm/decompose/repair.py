@@ -573,12 +573,14 @@ _NAMED_REFERENCE = re.compile(r"\b(?:that|this|the said)\s+([^\W\d_]{3,})\b", re
 _PLURAL_PRONOUN = re.compile(r"\b(?:they|them|their|theirs)\b", re.IGNORECASE)
 _PERSON_PRONOUN = re.compile(r"\b(?:he|she|him|his|her|hers)\b", re.IGNORECASE)
 _THING_PRONOUN = re.compile(r"\b(?:it|its)\b", re.IGNORECASE)
+_COMPARATIVE = r"(?:\w{2,}er|more|less|first|earlier|later)\b"
+"""A word picking one of two things ("taller", "more ...", "first")."""
 _BARE_COMPARISON = re.compile(
     r"^\W*(?:which|who|what)\s+(?:one\s+)?(?:is|was|are|were|has|had|came|comes|happened|did)?"
-    r"\s*(?:\w+er|more \w+|less \w+|first|earlier|later|bigger|older|younger|larger|longer|"
-    r"higher|lower)\b[^,]*\??$",
+    r"\s*" + _COMPARATIVE + r"[^,]*\??$",
     re.IGNORECASE,
 )
+"""A comparison naming nothing it compares ("Which is older?")."""
 
 _ASKS_PERSON = re.compile(r"^\W*(?:who|whom|whose)\b|\b(?:" + _PERSON + r")\b", re.IGNORECASE)
 _ASKS_PLACE = re.compile(
@@ -1107,10 +1109,7 @@ def _readable(query: str) -> bool:
     return len(content_stems(query)) >= 2 and function_words >= 0.15 * len(all_words)
 
 
-_PICKS_ONE = re.compile(
-    r"^\W*(?:which|who)\b[^.?]*\b(?:\w{3,}er|more|less|first|earlier|later)\b[^.]*\??\s*$",
-    re.IGNORECASE,
-)
+_PICKS_ONE = re.compile(r"^\W*(?:which|who)\b[^.?]*\b" + _COMPARATIVE + r"[^.]*\??\s*$", re.I)
 """A question picking one of two answers by a comparison ("Which of them is taller?")."""
 
 
