@@ -162,6 +162,13 @@ def test_a_question_the_bridge_reading_cannot_plan_gets_none(question: str) -> N
         ("How many times did plague occur in the place where Crucifixion's creator died?",
          [("Who is Crucifixion's creator?", ()), ("What is the place where {q1} died?", ("q1",)),
           ("How many times did plague occur in {q2}?", ("q2",))]),
+        # a description inside an inverted question's subject ends before its verb
+        ("Where was the wife of the director of Jaws born?",
+         [("Who is the director of Jaws?", ()), ("Who is the wife of {q1}?", ("q1",)),
+          ("Where was {q2} born?", ("q2",))]),
+        ("In what country was the only cruise line that flies the American flag incorporated in?",
+         [("What is the only cruise line that flies the American flag?", ()),
+          ("In what country was {q1} incorporated in?", ("q1",))]),
         ("Mesih Pasha's uncle became emperor in what year?",
          [("Who is Mesih Pasha's uncle?", ()), ("{q1} became emperor in what year?", ("q1",))]),
         ("What company is the label responsible for Don't Let Me Wait Too Long a part of?",

@@ -357,17 +357,22 @@ def _description(body: str) -> tuple[int, int] | None:
     """The innermost description of ``body`` (a question without its final mark) that the
     rest of the question asks something of, as a span."""
     inverted = _INVERTED.match(body)
+    # An inverted question whose subject is a description ends with its own verb, and so
+    # does any description inside that subject ("the director of Jaws" in "Where was the
+    # wife of the director of Jaws born?"); "How many times did plague occur in the place
+    # where ... died?" has its verb after a plain subject, and ends with the description's.
+    subject = inverted.end() if inverted else len(body)
+    verb = len(body)
+    if inverted is not None and _DESCRIPTION.match(body, subject):
+        verb = _verb_tail(body, inverted.group("aux").lower())
     found: list[tuple[int, int, str]] = []
     for start in (m.start() for m in _STARTS.finditer(body)):
         if (m := _DESCRIPTION.match(body, start)) is None:
             continue
         kind = m.lastgroup or ""
-        if kind == "kin":
-            end = m.end()
-        elif inverted is not None and start == inverted.end():
-            end = _verb_tail(body, inverted.group("aux").lower())
-        else:
-            end = len(body)
+        end = m.end() if kind == "kin" else verb if subject <= start < verb else len(body)
+        if m.end() > end:  # its own words run into the question's verb
+            continue
         # "the city with the largest population": the superlative belongs to the city.
         if kind == "superlative" and re.search(r"\bwith\s+$", body[:start]):
             continue
