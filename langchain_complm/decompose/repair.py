@@ -175,6 +175,11 @@ class _Work:
     def dependents(self, sq_id: str) -> list[_Step]:
         return [s for s in self.steps if sq_id in s.depends_on]
 
+    def hops(self) -> list[_Step]:
+        """The steps in between: each depends on a step and has a step depending on it."""
+        used = {d for s in self.steps for d in s.depends_on}
+        return [s for s in self.steps if s.depends_on and s.id in used]
+
     def remove(self, step: _Step, replacement: str | None, why: str) -> None:
         """Drop ``step``; its dependents depend on ``replacement`` (or on its own parents)."""
         self.steps.remove(step)
@@ -946,14 +951,12 @@ def _compare_apart(work: _Work, max_sub_queries: int | None) -> None:
 
 def _bridge_apart(work: _Work, max_sub_queries: int | None) -> None:
     """A bridge comparison ("Which film has the director born later, A or B?") whose plan
-    holds no hop of two ("Who directed A?", then "When was {q1} born?"): it compares the
-    items, or their related entities, directly) gets the plan its phrasing asks for."""
+    has no step in between (none found from one answer and feeding another: "When was
+    {q1} born?" after "Who directed A?"), so that it compares the items, or their related
+    entities, directly, gets the plan its phrasing asks for."""
     if len(work.units) != 1 or (steps := bridge_plan(work.query)) is None:
         return
-    if max_sub_queries is not None and len(steps) > max_sub_queries:
-        return
-    parents = {d for s in work.steps for d in s.depends_on}
-    if any(s.depends_on for s in work.steps if s.id in parents):
+    if (max_sub_queries is not None and len(steps) > max_sub_queries) or work.hops():
         return
     work.replace_all(
         steps, "each item's related entity is found, its attribute looked up, compared"
@@ -975,12 +978,7 @@ def _chain_apart(work: _Work, max_sub_queries: int | None) -> None:
     if any(s.depends_on for s in work.steps):
         if any(len(s.depends_on) > 1 for s in work.steps):
             return  # a plan that combines answers is no chain gone wrong
-        parents = {d for s in work.steps for d in s.depends_on}
-        invented = [
-            s
-            for s in work.steps
-            if s.depends_on and s.id in parents and content_stems(s.question) - work.named
-        ]
+        invented = [s for s in work.hops() if content_stems(s.question) - work.named]
         if not invented or len(steps) >= len(work.steps):
             return
     work.replace_all(steps, "the question's descriptions are looked up hop by hop")
