@@ -10,6 +10,7 @@ import pytest
 from langchain_complm.decompose.repair import repair_plan
 from langchain_complm.evaluation.multiexpertqa import split_sources
 from langchain_complm.evaluation.plans import (
+    FRESH_HELDOUT_FILE,
     PlanExample,
     comparison_items,
     heldout_examples,
@@ -61,10 +62,29 @@ def test_the_heldout_set_has_every_kind_and_valid_gold_plans() -> None:
         assert repair_plan(example.gold) == example.gold, example.query  # gold needs no repair
 
 
+def test_the_fresh_heldout_set_has_every_kind_and_valid_gold_plans() -> None:
+    examples = heldout_examples(FRESH_HELDOUT_FILE)
+    assert Counter(e.kind for e in examples) == {
+        "reference": 12,
+        "chain": 12,
+        "parallel": 10,
+        "comparison": 10,
+        "bridge": 10,
+        "single": 8,
+    }
+    queries = {e.query for e in examples}
+    assert len(queries) == len(examples)
+    assert not queries & {e.query for e in heldout_examples()}
+    for example in examples:
+        assert example.gold is not None
+        assert plan_shape_ok(example.gold, example.kind, example.gold), example.query
+
+
 @needs_data
 def test_no_heldout_question_is_a_training_question() -> None:
     training = {p.query for p in build_training_pairs(3000, seed=0)}
-    assert not training & {e.query for e in heldout_examples()}
+    heldout = heldout_examples() + heldout_examples(FRESH_HELDOUT_FILE)
+    assert not training & {e.query for e in heldout}
 
 
 @pytest.mark.parametrize(

@@ -152,9 +152,10 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--split",
-        choices=("dev", "test", "heldout", "multihop", "multihop-dev"),
+        choices=("dev", "test", "heldout", "heldout-2", "multihop", "multihop-dev"),
         default="dev",
-        help="a benchmark split; heldout: the 126 held-out compound questions; multihop: "
+        help="a benchmark split; heldout: the 126 held-out compound questions; heldout-2: "
+        "the 62 fresh ones; multihop: "
         "HotpotQA/MuSiQue/Bamboogle test-split questions by kind (--n per kind); "
         "multihop-dev: the same from the dev split",
     )

@@ -5,6 +5,10 @@
   gold plan): independent parts, implicit references ("twice that number", "that organ",
   "between them"), comparisons, multi-hop chains in "the X of the Y of Z" phrasing, bridge
   comparisons, and single questions that must not be split.
+* **Fresh held-out compound questions** (``data/heldout-compound-2.jsonl``, 62, the same
+  kinds), written after the plan-repair rules of the seventeenth session and committed
+  before any generator or rule had been run on them: the first set's gains partly come
+  from rules written after reading its misses; this one measures the rules as they stood.
 * **Multi-hop questions** of HotpotQA, MuSiQue and Bamboogle, of a benchmark split (the
   builder's test split by default; training may use the train split, never the same
   questions), with their kind read from their phrasing (:func:`multihop_kind`). They have no
@@ -43,6 +47,7 @@ from langchain_complm.plan import Plan, SubQuery
 MULTIHOP_KINDS: tuple[MultihopKind, ...] = ("chain", "comparison", "bridge")
 
 HELDOUT_FILE = "heldout-compound.jsonl"
+FRESH_HELDOUT_FILE = "heldout-compound-2.jsonl"
 
 
 class PlanExample(BaseModel):
@@ -60,9 +65,10 @@ class PlanExample(BaseModel):
     """Where the question comes from (``heldout``, ``hotpotqa``, ``musique``, ...)."""
 
 
-def heldout_examples() -> list[PlanExample]:
-    """The 126 held-out compound questions with their gold plans, in file order."""
-    text = resources.files("langchain_complm.evaluation").joinpath("data", HELDOUT_FILE)
+def heldout_examples(file: str = HELDOUT_FILE) -> list[PlanExample]:
+    """The held-out compound questions of ``file`` (the 126 of the first set, or
+    :data:`FRESH_HELDOUT_FILE`'s 62) with their gold plans, in file order."""
+    text = resources.files("langchain_complm.evaluation").joinpath("data", file)
     examples = []
     for line in text.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -196,6 +202,7 @@ def examples_summary(examples: Sequence[PlanExample]) -> dict[str, Any]:
 
 
 __all__ = [
+    "FRESH_HELDOUT_FILE",
     "HELDOUT_FILE",
     "MULTIHOP_KINDS",
     "MultihopKind",

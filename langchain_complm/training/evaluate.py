@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_complm.evaluation.plans import (
+    FRESH_HELDOUT_FILE,
     PlanExample,
     heldout_examples,
     multihop_examples,
@@ -48,8 +49,9 @@ def eval_examples(
 
     Args:
         split: ``"dev"`` or ``"test"`` (never ``"train"``); ``"heldout"``: the first ``n``
-            held-out compound questions; ``"multihop"``: ``n`` multi-hop questions of each
-            kind from the test split (see :mod:`langchain_complm.evaluation.plans`);
+            held-out compound questions; ``"heldout-2"``: the same of the fresh set;
+            ``"multihop"``: ``n`` multi-hop questions of each kind from the test split (see
+            :mod:`langchain_complm.evaluation.plans`);
             ``"multihop-dev"``: the same from the dev split, a second sample.
         n: number of examples.
         seed: the builder's seed (use the training data's).
@@ -61,6 +63,8 @@ def eval_examples(
 
     if split == "heldout":
         return heldout_examples()[:n]
+    if split == "heldout-2":
+        return heldout_examples(FRESH_HELDOUT_FILE)[:n]
     if split in {"multihop", "multihop-dev"}:
         return multihop_examples(
             n, "dev" if split == "multihop-dev" else "test", seed, data_dir=data_dir
