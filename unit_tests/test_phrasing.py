@@ -197,6 +197,8 @@ def test_a_compositional_question_is_planned_description_by_description(
         "What is the largest planet in the solar system?",
         "hey, what is the greatest common divisor of 270 and 70?",
         "What did the families of Romeo and Juliet have against each other?",
+        # a description listed beside another part is asked beside it
+        "Can you tell me the freezing point of mercury and the author of Moby-Dick?",
         "Which country hosted the 2016 Summer Olympics, and what is the currency of that country?",
         "The native country of emu birds started conscription. What year did the draft start?",
     ],

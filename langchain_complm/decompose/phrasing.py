@@ -324,6 +324,7 @@ _PERSON_HEAD = re.compile(
 )
 _ASKED_HERE = re.compile(r"\b(?:what|how\s+(?:many|much))\b", re.IGNORECASE)
 _MAX_HOPS = 4
+_LISTED = re.compile(r"(?:,|\b(?:and|or))\s+$", re.IGNORECASE)
 
 
 _IRREGULAR_PARTICIPLES = {
@@ -389,6 +390,10 @@ def _description(body: str) -> tuple[int, int] | None:
             continue
         text = body[start:end]
         if end <= start or _ASKED_HERE.search(text):
+            continue
+        # "the freezing point of mercury and the author of Moby-Dick": an item of a list
+        # is asked beside the others, not asked something of.
+        if _LISTED.search(body[:start]):
             continue
         if _asks_more(body[:start] + body[end:]):
             return start, end
