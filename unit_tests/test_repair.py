@@ -1136,3 +1136,21 @@ def test_a_follow_up_resolved_from_the_conversation_is_kept(
     generator = SubQueryGenerator(llm=FakeListChatModel(responses=[reply]))
     result = generator.invoke(DecompositionInput(query=follow_up, history=history))
     assert shape(result) == shape(plan(follow_up, *steps)) and not result.repairs
+
+
+def test_a_question_with_options_asked_only_partly_gets_the_users_text_not_a_hop() -> None:
+    # The cut copy had a dependent (an invented hop) when miscopies were restored; once
+    # that hop is removed, coverage must not complete a multiple-choice question with one.
+    question = (
+        "Which gas do plants absorb from the air during photosynthesis?\n"
+        "A) Oxygen\nB) Carbon dioxide\nC) Nitrogen\nD) Helium"
+    )
+    result = repaired(
+        f"I have two questions. First, {question}\nSecond, who wrote Hamlet?",
+        ("Which gas do plants absorb from the air", []),
+        ("A previous step found the result {q1}. Now multiply that result by 4 and add 20.",
+         ["q1"]),
+        ("Who wrote Hamlet?", []),
+    )  # fmt: skip
+    assert [(q, d) for _, q, d in shape(result)] == [(question, ()), ("Who wrote Hamlet?", ())]
+    assert any("question with options" in r for r in result.repairs)

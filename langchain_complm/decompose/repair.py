@@ -52,8 +52,9 @@ in this order:
    asked by the plan. A part no sub-query asks is added as a sub-query of its own; a part
    only partly asked (a chain cut short: "Who directed X?" for "Where was the director of
    X born?") gets a final step: the part with the asked span replaced by the placeholder
-   ("Where was {q1} born?"), depending on it. A plan that asks nothing of the question
-   falls back to the whole question.
+   ("Where was {q1} born?"), depending on it; a question with options has one answer, so
+   the independent step asking part of it gets the user's text instead. A plan that asks
+   nothing of the question falls back to the whole question.
 8. **Chains**: a compositional question ("When did the president who said ... die?",
    "the X of the Y of Z", "Z's father", "the tallest ...") whose plan, after coverage, still
    has no hop (no sub-query depends on another: it asks the question whole) gets the plan
@@ -1176,6 +1177,18 @@ def _repair_coverage(work: _Work, max_sub_queries: int | None) -> bool:
             continue
         used = {d for s in work.steps for d in s.depends_on}
         sinks = [s for s in related if s.id not in used]
+        if _OPTIONS.search(unit):
+            # A question with options has one answer, the option picked: no hop completes
+            # it. The independent step asking most of it gets the user's text.
+            copies = [s for s in sinks if not s.depends_on]
+            if copies:
+                step = max(copies, key=lambda s: len(content_stems(s.question) & unit_content))
+                step.question = unit.strip()
+                work.notes.append(
+                    f"{step.id}: restored to the user's text of a question with options it "
+                    "asked only partly"
+                )
+                continue
         completion = _complete(work, unit, sinks or related)
         if completion is None:
             continue
