@@ -216,9 +216,8 @@ def comparison_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
     attribute."""
     if (items := comparison_items(question)) is None or _relates(question):
         return None
-    # Items with commas of their own ("University of California, Berkeley") or that point
-    # back ("his brother Dexter") cannot be cut out reliably.
-    if len(re.findall(r"[,:]", question)) > 1:
+    # Items that point back ("his brother Dexter") cannot be cut out reliably either.
+    if _commas_in_items(question):
         return None
     if any(re.search(r"\b(?:his|her|its|their)\b", item, re.I) for item in items):
         return None
@@ -231,6 +230,12 @@ def comparison_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
         return None
     first, second, compare = compared
     return [(first, ()), (second, ()), (compare, ("q1", "q2"))]
+
+
+def _commas_in_items(question: str) -> bool:
+    """Whether a comparison's items have commas of their own ("University of California,
+    Berkeley"), so that they cannot be cut out reliably."""
+    return len(re.findall(r"[,:]", question)) > 1
 
 
 def _compared(text: str, a: str, b: str) -> tuple[str, str, str] | None:
@@ -258,7 +263,7 @@ def bridge_plan(question: str) -> list[tuple[str, tuple[str, ...]]] | None:
     items = comparison_items(question)
     if items is None or (head := _BRIDGE_HEAD.match(question)) is None:
         return None
-    if len(re.findall(r"[,:]", question)) > 1 or not _OR_PAIR.search(question):
+    if _commas_in_items(question) or not _OR_PAIR.search(question):
         return None
     kind = f"the {head.group('category')} " if head.group("category") else ""
     relation = head.group("relation").lower()
